@@ -1,0 +1,48 @@
+# lastcall: build, test and lint. `make help` lists the targets.
+
+GO        ?= go
+BIN       := bin
+TESTBIN   := $(CURDIR)/.testbin
+TOOLS     := $(CURDIR)/.tools
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS   := -s -w -X main.version=$(VERSION)
+STATICCHECK_VERSION := v0.8.2
+EC2_METADATA_MOCK_VERSION := v1.13.0
+
+export KUBEBUILDER_ASSETS := $(TESTBIN)
+export LASTCALL_TESTBIN := $(TESTBIN)
+
+.PHONY: help build test unit lint testbin bench fuzz clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+build: ## build the binaries into bin/
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
+
+test: testbin ## everything CI runs: lint, then all tests with -race against the real control plane
+	$(MAKE) lint
+	$(GO) test -race -count=1 -timeout 20m ./...
+
+unit: ## only the tests that need no control plane (-short)
+	$(GO) test -race -short -count=1 ./...
+
+testbin: $(TESTBIN)/ec2-metadata-mock ## build etcd, kube-apiserver, kube-controller-manager and the EC2 metadata mock into .testbin/
+	./hack/testbin.sh
+
+$(TESTBIN)/ec2-metadata-mock:
+	GOBIN=$(TESTBIN) $(GO) install github.com/aws/amazon-ec2-metadata-mock/cmd/ec2-metadata-mock@$(EC2_METADATA_MOCK_VERSION)
+
+$(TOOLS)/staticcheck:
+	GOBIN=$(TOOLS) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+
+lint: $(TOOLS)/staticcheck ## gofmt, go vet and staticcheck
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(TOOLS)/staticcheck ./...
+
+bench: testbin ## run the benchmarks against the real control plane
+	$(GO) test -run '^$$' -bench . -benchtime 5x ./...
+
+clean: ## remove build outputs (keeps .testbin/)
+	rm -rf $(BIN)

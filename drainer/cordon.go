@@ -1,0 +1,168 @@
+package drainer
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
+)
+
+const (
+	// TaintKey is the NoSchedule taint lastcall puts on a node it drains; its
+	// value is the notice source (gce, aws, azure, sim).
+	TaintKey = "lastcall.dev/draining"
+	// ExcludeLBLabel takes the node out of external load balancers.
+	ExcludeLBLabel = "node.kubernetes.io/exclude-from-external-load-balancers"
+	// RecordAnnotation holds, as JSON, which changes lastcall made to the
+	// node, so that Uncordon reverts those and only those.
+	RecordAnnotation = "lastcall.dev/cordon"
+)
+
+// Record is what lastcall changed on a node when it cordoned it. It is
+// stored in RecordAnnotation.
+type Record struct {
+	// Unschedulable is true when lastcall set spec.unschedulable.
+	Unschedulable bool `json:"unschedulable,omitempty"`
+	// Taint is true when lastcall added the TaintKey taint.
+	Taint bool `json:"taint,omitempty"`
+	// Label is true when lastcall added ExcludeLBLabel.
+	Label bool `json:"label,omitempty"`
+	// Source is the notice source that caused the cordon.
+	Source string `json:"source"`
+	// Time is when lastcall first cordoned the node.
+	Time time.Time `json:"time"`
+}
+
+// RecordOf returns the record lastcall left on node, and whether there is
+// one. A record that does not parse counts as none.
+func RecordOf(node *corev1.Node) (Record, bool) {
+	raw, ok := node.Annotations[RecordAnnotation]
+	if !ok {
+		return Record{}, false
+	}
+	var r Record
+	if err := json.Unmarshal([]byte(raw), &r); err != nil {
+		return Record{}, false
+	}
+	return r, true
+}
+
+// Cordon marks node unschedulable, adds the TaintKey taint (value source)
+// and ExcludeLBLabel, and records which of them lastcall added; what was
+// already there is left alone and not recorded. It is safe to call again:
+// a second call re-applies anything removed since and keeps the first
+// record. It retries conflicts and transient apiserver errors until ctx is
+// done. changed reports whether the node was updated.
+func (d *Drainer) Cordon(ctx context.Context, node, source string) (changed bool, err error) {
+	changed, err = d.updateNode(ctx, node, func(n *corev1.Node) bool {
+		rec, _ := RecordOf(n)
+		if rec.Source == "" {
+			rec.Source = source
+			rec.Time = d.now().UTC()
+		}
+		mutated := false
+		if !n.Spec.Unschedulable {
+			n.Spec.Unschedulable = true
+			rec.Unschedulable = true
+			mutated = true
+		}
+		if !hasTaint(n) {
+			n.Spec.Taints = append(n.Spec.Taints, corev1.Taint{Key: TaintKey, Value: source, Effect: corev1.TaintEffectNoSchedule})
+			rec.Taint = true
+			mutated = true
+		}
+		if _, ok := n.Labels[ExcludeLBLabel]; !ok {
+			if n.Labels == nil {
+				n.Labels = map[string]string{}
+			}
+			n.Labels[ExcludeLBLabel] = "true"
+			rec.Label = true
+			mutated = true
+		}
+		if !mutated {
+			return false
+		}
+		raw, _ := json.Marshal(rec)
+		if n.Annotations == nil {
+			n.Annotations = map[string]string{}
+		}
+		n.Annotations[RecordAnnotation] = string(raw)
+		return true
+	})
+	if err != nil {
+		return false, fmt.Errorf("cordon node %s: %w", node, err)
+	}
+	return changed, nil
+}
+
+// Uncordon reverts what Cordon recorded on node and removes the record. A
+// node without a record is left untouched: lastcall never undoes a cordon it
+// did not make. changed reports whether the node was updated.
+func (d *Drainer) Uncordon(ctx context.Context, node string) (changed bool, err error) {
+	changed, err = d.updateNode(ctx, node, func(n *corev1.Node) bool {
+		if _, ok := n.Annotations[RecordAnnotation]; !ok {
+			return false
+		}
+		rec, _ := RecordOf(n)
+		if rec.Unschedulable {
+			n.Spec.Unschedulable = false
+		}
+		if rec.Taint {
+			kept := n.Spec.Taints[:0]
+			for _, t := range n.Spec.Taints {
+				if t.Key != TaintKey {
+					kept = append(kept, t)
+				}
+			}
+			n.Spec.Taints = kept
+		}
+		if rec.Label {
+			delete(n.Labels, ExcludeLBLabel)
+		}
+		delete(n.Annotations, RecordAnnotation)
+		return true
+	})
+	if err != nil {
+		return false, fmt.Errorf("uncordon node %s: %w", node, err)
+	}
+	return changed, nil
+}
+
+func hasTaint(n *corev1.Node) bool {
+	for _, t := range n.Spec.Taints {
+		if t.Key == TaintKey && t.Effect == corev1.TaintEffectNoSchedule {
+			return true
+		}
+	}
+	return false
+}
+
+// updateNode reads node, applies mutate and writes it back when mutate says
+// it changed something, retrying conflicts (client-go's retry helper) and
+// transient errors until ctx is done.
+func (d *Drainer) updateNode(ctx context.Context, name string, mutate func(*corev1.Node) bool) (changed bool, err error) {
+	err = d.retryTransient(ctx, "update node", func(ctx context.Context) error {
+		return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			changed = false
+			cctx, cancel := d.callContext(ctx)
+			defer cancel()
+			n, err := d.client.CoreV1().Nodes().Get(cctx, name, metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			if !mutate(n) {
+				return nil
+			}
+			if _, err := d.client.CoreV1().Nodes().Update(cctx, n, metav1.UpdateOptions{}); err != nil {
+				return err
+			}
+			changed = true
+			return nil
+		})
+	})
+	return changed, err
+}

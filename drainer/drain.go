@@ -1,0 +1,298 @@
+package drainer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+)
+
+// Outcome is what happened to one pod in a drain.
+type Outcome string
+
+// The outcomes of a drain for one pod.
+const (
+	// Evicted: the Eviction API accepted the eviction.
+	Evicted Outcome = "evicted"
+	// Deleted: a budget refused eviction until the cut-off and the pod was
+	// deleted (Policy.OnBlocked Delete).
+	Deleted Outcome = "deleted"
+	// Gone: the pod was gone, or replaced by another of the same name,
+	// before lastcall evicted it.
+	Gone Outcome = "gone"
+	// Blocked: a budget refused eviction until the cut-off and the pod was
+	// left (Policy.OnBlocked Leave).
+	Blocked Outcome = "blocked"
+	// Failed: the apiserver did not accept the eviction before the deadline,
+	// or refused it for good (for example RBAC).
+	Failed Outcome = "failed"
+)
+
+// PodResult is what a drain did with one pod.
+type PodResult struct {
+	// Pod is namespace/name.
+	Pod string
+	// UID is the pod's UID; evictions carry it as a precondition.
+	UID types.UID
+	// Tier is the pod's eviction tier.
+	Tier Tier
+	// Outcome is what happened.
+	Outcome Outcome
+	// Grace is the grace period, in seconds, the pod was given.
+	Grace int64
+	// At is when the outcome was reached.
+	At time.Time
+	// Attempts counts the eviction and delete requests sent.
+	Attempts int
+	// Err is the last error, for Blocked and Failed.
+	Err error
+}
+
+// Report is the result of one Drain.
+type Report struct {
+	// Node is the drained node.
+	Node string
+	// Deadline is the deadline the drain worked to.
+	Deadline time.Time
+	// Started and Finished bound the drain.
+	Started, Finished time.Time
+	// Pods holds one result per pod the drain acted on, in completion order.
+	Pods []PodResult
+	// Skipped holds the pods left alone.
+	Skipped []Skipped
+	// Drained is true when every evicted or deleted pod, and every pod that
+	// was already terminating, was gone before the deadline.
+	Drained bool
+}
+
+// Count returns how many pods had outcome o.
+func (r Report) Count(o Outcome) int {
+	n := 0
+	for _, p := range r.Pods {
+		if p.Outcome == o {
+			n++
+		}
+	}
+	return n
+}
+
+// Drain evicts the pods on node so that they are gone before deadline: the
+// workload tier first, in parallel; the critical tier once the workload pods
+// are gone or at Plan.CriticalStart, whichever is first. It returns when
+// every evicted pod is gone or the deadline passes, never later, with a
+// report of each pod. Drain does not cordon; call Cordon first. It is safe
+// to run again after an interrupted run: pods already terminating are
+// waited for, not evicted again. The error is non-nil only when the pods
+// could not be listed or ctx was canceled before the deadline.
+func (d *Drainer) Drain(ctx context.Context, node string, deadline time.Time, policy Policy) (Report, error) {
+	ctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	rep := Report{Node: node, Deadline: deadline, Started: d.now()}
+	plan, err := d.Plan(ctx, node, deadline, policy)
+	if err != nil {
+		rep.Finished = d.now()
+		return rep, fmt.Errorf("drain node %s: %w", node, err)
+	}
+	rep.Skipped = plan.Skipped
+	log := d.log.With("node", node)
+	log.Info("drain started", "pods", plan.Len(), "critical", len(plan.Tiers[TierCritical]),
+		"skipped", len(plan.Skipped), "deadline_in", deadline.Sub(rep.Started).Round(time.Millisecond).String())
+
+	var (
+		mu      sync.Mutex // guards rep.Pods and leaving
+		leaving = map[types.UID]bool{}
+		wg      sync.WaitGroup
+	)
+	// Pods an earlier run (or anyone) already started deleting count as
+	// leaving: the drain waits for them too.
+	for _, s := range plan.Skipped {
+		if s.Reason == SkipTerminating {
+			leaving[s.UID] = true
+		}
+	}
+	launch := func(tier Tier) {
+		for _, pod := range plan.Tiers[tier] {
+			wg.Go(func() {
+				res := d.evict(ctx, log, plan, pod)
+				d.m.observe(res.Outcome)
+				mu.Lock()
+				defer mu.Unlock()
+				rep.Pods = append(rep.Pods, res)
+				if res.Outcome == Evicted || res.Outcome == Deleted {
+					leaving[pod.UID] = true
+				}
+			})
+		}
+	}
+	workload := uids(plan.Tiers[TierWorkload])
+	launch(TierWorkload)
+	if len(plan.Tiers[TierCritical]) > 0 {
+		d.waitGone(ctx, node, func() map[types.UID]bool {
+			mu.Lock()
+			defer mu.Unlock()
+			w := map[types.UID]bool{}
+			for uid := range workload {
+				w[uid] = true
+			}
+			for uid := range leaving {
+				w[uid] = true
+			}
+			return w
+		}, plan.CriticalStart())
+		launch(TierCritical)
+	}
+	wg.Wait()
+	rep.Drained = d.waitGone(ctx, node, func() map[types.UID]bool { return leaving }, deadline)
+	rep.Finished = d.now()
+	log.Info("drain finished", "drained", rep.Drained, "evicted", rep.Count(Evicted), "deleted", rep.Count(Deleted),
+		"gone", rep.Count(Gone), "blocked", rep.Count(Blocked), "failed", rep.Count(Failed),
+		"took", rep.Finished.Sub(rep.Started).Round(time.Millisecond).String())
+	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		return rep, fmt.Errorf("drain node %s: %w", node, err)
+	}
+	return rep, nil
+}
+
+func uids(pods []corev1.Pod) map[types.UID]bool {
+	m := make(map[types.UID]bool, len(pods))
+	for _, p := range pods {
+		m[p.UID] = true
+	}
+	return m
+}
+
+// waitGone polls the node's pods until none of the UIDs that want returns is
+// left, or until until; it reports whether they all went.
+func (d *Drainer) waitGone(ctx context.Context, node string, want func() map[types.UID]bool, until time.Time) bool {
+	ctx, cancel := context.WithDeadline(ctx, until)
+	defer cancel()
+	for {
+		cctx, ccancel := d.callContext(ctx)
+		pods, err := d.pods.ListPods(cctx, node)
+		ccancel()
+		if err == nil {
+			w := want()
+			left := 0
+			for _, p := range pods {
+				if w[p.UID] {
+					left++
+				}
+			}
+			if left == 0 {
+				return true
+			}
+		}
+		if !sleep(ctx, d.poll) {
+			return false
+		}
+	}
+}
+
+// evict asks pod to leave: through the Eviction API with the pod's UID as a
+// precondition until the cut-off, then as the policy says. It returns when
+// the pod is asked, gone, left, or the deadline (ctx) passes.
+func (d *Drainer) evict(ctx context.Context, log *slog.Logger, plan Plan, pod corev1.Pod) PodResult {
+	res := PodResult{Pod: pod.Namespace + "/" + pod.Name, UID: pod.UID, Tier: TierOf(&pod)}
+	log = log.With("pod", res.Pod)
+	backoff := newBackoff()
+	refused := false // the last answer was a budget's refusal
+	for {
+		now := d.now()
+		grace := plan.Grace(&pod, now)
+		pastCutoff := res.Attempts > 0 && !now.Before(plan.Cutoff())
+		if pastCutoff && refused && plan.Policy.OnBlocked == Leave {
+			res.Outcome, res.At = Blocked, now
+			log.Warn("eviction blocked by disruption budget, leaving pod", "err", res.Err)
+			return res
+		}
+		deleting := pastCutoff && plan.Policy.OnBlocked == Delete
+		res.Attempts++
+		cctx, cancel := d.callContext(ctx)
+		var err error
+		if deleting {
+			err = d.client.CoreV1().Pods(pod.Namespace).Delete(cctx, pod.Name, metav1.DeleteOptions{
+				GracePeriodSeconds: &grace,
+				Preconditions:      &metav1.Preconditions{UID: &pod.UID},
+			})
+		} else {
+			err = d.client.PolicyV1().Evictions(pod.Namespace).Evict(cctx, &policyv1.Eviction{
+				ObjectMeta: metav1.ObjectMeta{Namespace: pod.Namespace, Name: pod.Name},
+				DeleteOptions: &metav1.DeleteOptions{
+					GracePeriodSeconds: &grace,
+					Preconditions:      &metav1.Preconditions{UID: &pod.UID},
+				},
+			})
+		}
+		cancel()
+		switch {
+		case err == nil:
+			res.Outcome, res.At, res.Grace = Evicted, d.now(), grace
+			if deleting {
+				res.Outcome = Deleted
+				log.Warn("pod deleted past the cut-off", "grace_seconds", grace, "last_refusal", res.Err)
+			} else {
+				log.Debug("pod evicted", "grace_seconds", grace)
+			}
+			res.Err = nil
+			return res
+		case apierrors.IsNotFound(err):
+			// 404: the pod is gone already.
+			res.Outcome, res.At = Gone, d.now()
+			return res
+		case apierrors.IsConflict(err) && d.replaced(ctx, pod):
+			// 409 on the UID precondition: a new pod took the name; the one
+			// this drain was after is gone.
+			res.Outcome, res.At = Gone, d.now()
+			return res
+		case apierrors.IsTooManyRequests(err) && apierrors.HasStatusCause(err, policyv1.DisruptionBudgetCause),
+			apierrors.IsInternalError(err):
+			// 429 with a DisruptionBudget cause: a budget allows no
+			// disruption now; retry until the cut-off. 500: the pod has more
+			// than one budget, which eviction does not support; only the
+			// policy can get it off the node.
+			refused = true
+		case permanent(err):
+			// 401/403/400/422: retrying will not change the answer.
+			res.Outcome, res.At, res.Err = Failed, d.now(), err
+			log.Error("eviction refused", "err", err)
+			return res
+		default:
+			// Anything else (apiserver down, timeout, flow-control 429, 5xx)
+			// is transient: retry until the deadline.
+			refused = false
+		}
+		res.Err = err
+		wait := backoff.Step()
+		if cut := plan.Cutoff(); now.Before(cut) && now.Add(wait).After(cut) {
+			wait = cut.Sub(now) // act on the policy as soon as the cut-off comes
+		}
+		if !sleep(ctx, wait) {
+			res.Outcome, res.At = Failed, d.now()
+			if refused {
+				res.Outcome = Blocked
+			}
+			log.Error("pod not evicted before the deadline", "outcome", res.Outcome, "err", err)
+			return res
+		}
+	}
+}
+
+// replaced reports whether pod is gone and maybe replaced by another pod of
+// the same name. On errors it says no, so that the eviction is retried.
+func (d *Drainer) replaced(ctx context.Context, pod corev1.Pod) bool {
+	cctx, cancel := d.callContext(ctx)
+	defer cancel()
+	got, err := d.client.CoreV1().Pods(pod.Namespace).Get(cctx, pod.Name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return true
+	}
+	return err == nil && got.UID != pod.UID
+}

@@ -1,0 +1,159 @@
+package drainer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes"
+)
+
+// PodLister lists the pods bound to a node. The agent passes one backed by
+// its informer so that a drain adds no list requests; the default asks the
+// apiserver with the field selector spec.nodeName.
+type PodLister interface {
+	// ListPods returns the pods bound to node. It blocks until the answer
+	// arrives or ctx is done.
+	ListPods(ctx context.Context, node string) ([]corev1.Pod, error)
+}
+
+// Options configure a Drainer. The zero value of each field is a sane default.
+type Options struct {
+	// Logger receives the drainer's log. Default: discard.
+	Logger *slog.Logger
+	// Self is the agent's own pod, never evicted.
+	Self types.NamespacedName
+	// Pods lists the node's pods. Default: the apiserver, field selector
+	// spec.nodeName.
+	Pods PodLister
+	// Metrics counts outcomes; nil counts nothing.
+	Metrics *Metrics
+	// Now is the clock. Default time.Now.
+	Now func() time.Time
+	// CallTimeout bounds each apiserver request. Default 5s.
+	CallTimeout time.Duration
+	// PollInterval is how often a drain checks which pods are gone.
+	// Default 250ms.
+	PollInterval time.Duration
+}
+
+// Drainer cordons and drains nodes. It is safe for concurrent use.
+type Drainer struct {
+	client kubernetes.Interface
+	log    *slog.Logger
+	self   types.NamespacedName
+	pods   PodLister
+	m      *Metrics
+	now    func() time.Time
+	call   time.Duration
+	poll   time.Duration
+}
+
+// New returns a Drainer that talks to the apiserver through client.
+func New(client kubernetes.Interface, opts Options) *Drainer {
+	d := &Drainer{
+		client: client, log: opts.Logger, self: opts.Self, pods: opts.Pods, m: opts.Metrics,
+		now: opts.Now, call: opts.CallTimeout, poll: opts.PollInterval,
+	}
+	if d.log == nil {
+		d.log = slog.New(slog.DiscardHandler)
+	}
+	if d.pods == nil {
+		d.pods = apiPods{client}
+	}
+	if d.now == nil {
+		d.now = time.Now
+	}
+	if d.call == 0 {
+		d.call = 5 * time.Second
+	}
+	if d.poll == 0 {
+		d.poll = 250 * time.Millisecond
+	}
+	return d
+}
+
+type apiPods struct{ client kubernetes.Interface }
+
+func (a apiPods) ListPods(ctx context.Context, node string) ([]corev1.Pod, error) {
+	list, err := a.client.CoreV1().Pods(metav1.NamespaceAll).List(ctx, metav1.ListOptions{
+		FieldSelector: fields.OneTermEqualSelector("spec.nodeName", node).String(),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list pods on node %s: %w", node, err)
+	}
+	return list.Items, nil
+}
+
+// Plan lists the node's pods and returns what a drain before deadline would
+// do, changing nothing. It retries transient errors until ctx is done.
+func (d *Drainer) Plan(ctx context.Context, node string, deadline time.Time, policy Policy) (Plan, error) {
+	var pods []corev1.Pod
+	err := d.retryTransient(ctx, "list pods", func(ctx context.Context) error {
+		cctx, cancel := d.callContext(ctx)
+		defer cancel()
+		var err error
+		pods, err = d.pods.ListPods(cctx, node)
+		return err
+	})
+	if err != nil {
+		return Plan{}, err
+	}
+	return NewPlan(pods, d.self, deadline, policy), nil
+}
+
+// callContext bounds one apiserver request.
+func (d *Drainer) callContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, d.call)
+}
+
+// retryTransient calls fn until it succeeds, fails with an error that
+// retrying cannot fix, or ctx is done; it backs off between tries.
+func (d *Drainer) retryTransient(ctx context.Context, what string, fn func(context.Context) error) error {
+	backoff := newBackoff()
+	for {
+		err := fn(ctx)
+		if err == nil {
+			return nil
+		}
+		if permanent(err) {
+			return err
+		}
+		d.log.Debug("apiserver request failed, retrying", "what", what, "err", err)
+		if !sleep(ctx, backoff.Step()) {
+			return fmt.Errorf("%s: %w (last error: %w)", what, context.Cause(ctx), err)
+		}
+	}
+}
+
+// permanent reports errors that no retry within a drain can fix.
+func permanent(err error) bool {
+	return apierrors.IsForbidden(err) || apierrors.IsUnauthorized(err) ||
+		apierrors.IsNotFound(err) || apierrors.IsInvalid(err) || apierrors.IsBadRequest(err) ||
+		errors.Is(err, context.Canceled)
+}
+
+func newBackoff() *wait.Backoff {
+	return &wait.Backoff{Duration: 50 * time.Millisecond, Factor: 2, Jitter: 0.2, Steps: 1 << 30, Cap: 2 * time.Second}
+}
+
+// sleep waits for d or until ctx is done; it reports whether the full wait
+// happened.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}

@@ -1,6 +1,7 @@
 package gce
 
 import (
+	"context"
 	"fmt"
 	"hash/fnv"
 	"net"
@@ -30,6 +31,7 @@ type fakeMetadata struct {
 	requests []fakeRequest        // what the server saw
 	waiting  map[string]chan bool // signalled when a hanging GET for a path starts
 	down     bool                 // in-memory transport: refuse connections
+	drop     chan struct{}        // closed when the server goes down: in-flight requests fail
 }
 
 type fault struct {
@@ -53,6 +55,7 @@ func newFake(values map[string]string) *fakeMetadata {
 		timeout: time.Minute,
 		faults:  make(map[string][]fault),
 		waiting: make(map[string]chan bool),
+		drop:    make(chan struct{}),
 	}
 }
 
@@ -219,14 +222,14 @@ func (f *fakeMetadata) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // server runs a fakeMetadata on a loopback port that survives stop and start,
 // so a test can take the metadata server away and bring it back.
 type server struct {
-	t    *testing.T
+	t    testing.TB
 	fake *fakeMetadata
 	addr string
 	mu   sync.Mutex
 	srv  *httptest.Server
 }
 
-func startServer(t *testing.T, fake *fakeMetadata) *server {
+func startServer(t testing.TB, fake *fakeMetadata) *server {
 	t.Helper()
 	s := &server{t: t, fake: fake}
 	s.start()
@@ -270,13 +273,26 @@ type memTransport struct{ fake *fakeMetadata }
 
 func (t memTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	t.fake.mu.Lock()
-	down := t.fake.down
+	down, drop := t.fake.down, t.fake.drop
 	t.fake.mu.Unlock()
 	if down {
 		return nil, &net.OpError{Op: "dial", Net: "tcp", Err: &syscallError{err: syscall.ECONNREFUSED}}
 	}
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
 	rec := httptest.NewRecorder()
-	t.fake.ServeHTTP(rec, r)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t.fake.ServeHTTP(rec, r.WithContext(ctx))
+	}()
+	select {
+	case <-done:
+	case <-drop:
+		cancel()
+		<-done
+		return nil, &net.OpError{Op: "read", Net: "tcp", Err: &syscallError{err: syscall.ECONNRESET}}
+	}
 	if err := r.Context().Err(); err != nil {
 		return nil, err
 	}
@@ -292,6 +308,9 @@ func (e *syscallError) Unwrap() error { return e.err }
 func (f *fakeMetadata) setDown(down bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if down && !f.down {
+		close(f.drop)
+		f.drop = make(chan struct{})
+	}
 	f.down = down
 }
-

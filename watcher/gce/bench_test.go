@@ -24,15 +24,15 @@ func BenchmarkDetection(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
+		before := fake.startedHanging(PathPreempted)
 		ctx, cancel := context.WithCancel(b.Context())
 		out := make(chan watcher.Notice, 1)
 		done := make(chan struct{})
-		hanging := fake.hanging(PathPreempted)
 		go func() {
 			defer close(done)
 			_ = w.Watch(ctx, out)
 		}()
-		<-hanging
+		fake.waitStarted(ctx, PathPreempted, before+1)
 		start := time.Now()
 		fake.set(PathPreempted, "TRUE")
 		n := <-out

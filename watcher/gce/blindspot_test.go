@@ -38,13 +38,12 @@ func afterOutage(t *testing.T, outage time.Duration, subscribe func(ctx context.
 		ctx, cancel := context.WithCancel(t.Context())
 		defer cancel()
 		preempted := make(chan struct{}, 1)
-		hanging := fake.hanging(PathPreempted)
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
 			subscribe(ctx, hc, preempted)
 		}()
-		<-hanging
+		fake.waitHeld(ctx, PathPreempted)
 		fake.setDown(true)
 		time.Sleep(outage)
 		fake.set(PathPreempted, "TRUE")

@@ -29,7 +29,9 @@ type fakeMetadata struct {
 	timeout  time.Duration        // server-side cap of a hanging GET
 	faults   map[string][]fault   // next answers per path, consumed in order
 	requests []fakeRequest        // what the server saw
-	waiting  map[string]chan bool // signalled when a hanging GET for a path starts
+	held     map[string]int       // hanging GETs being held now, per path
+	started  map[string]int       // hanging GETs held so far, per path
+	heldCh   chan struct{}        // closed and replaced when held or started change
 	down     bool                 // in-memory transport: refuse connections
 	drop     chan struct{}        // closed when the server goes down: in-flight requests fail
 }
@@ -54,7 +56,9 @@ func newFake(values map[string]string) *fakeMetadata {
 		changed: make(chan struct{}),
 		timeout: time.Minute,
 		faults:  make(map[string][]fault),
-		waiting: make(map[string]chan bool),
+		held:    make(map[string]int),
+		started: make(map[string]int),
+		heldCh:  make(chan struct{}),
 		drop:    make(chan struct{}),
 	}
 }
@@ -93,14 +97,49 @@ func (f *fakeMetadata) pendingFaults(path string) int {
 	return len(f.faults[path])
 }
 
-// hanging returns a channel that receives once a hanging GET for path is
-// being held by the server.
-func (f *fakeMetadata) hanging(path string) <-chan bool {
+// waitHeld blocks until the server holds a hanging GET for path, or ctx
+// ends; it reports which.
+func (f *fakeMetadata) waitHeld(ctx context.Context, path string) bool {
+	return f.waitFor(ctx, func() bool { return f.held[path] > 0 })
+}
+
+// startedHanging returns how many hanging GETs for path the server has held.
+func (f *fakeMetadata) startedHanging(path string) int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	ch := make(chan bool, 1)
-	f.waiting[path] = ch
-	return ch
+	return f.started[path]
+}
+
+// waitStarted blocks until the server has held n hanging GETs for path.
+func (f *fakeMetadata) waitStarted(ctx context.Context, path string, n int) bool {
+	return f.waitFor(ctx, func() bool { return f.started[path] >= n })
+}
+
+func (f *fakeMetadata) waitFor(ctx context.Context, cond func() bool) bool {
+	for {
+		f.mu.Lock()
+		ok, ch := cond(), f.heldCh
+		f.mu.Unlock()
+		if ok {
+			return true
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
+
+func (f *fakeMetadata) hold(path string, delta int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.held[path] += delta
+	if delta > 0 {
+		f.started[path]++
+	}
+	close(f.heldCh)
+	f.heldCh = make(chan struct{})
 }
 
 func (f *fakeMetadata) seen() []fakeRequest {
@@ -177,12 +216,8 @@ func (f *fakeMetadata) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			last = etagOf(v) // without last_etag, wait for the next change
 		}
 		if etagOf(v) == last {
-			f.mu.Lock()
-			if sig := f.waiting[path]; sig != nil {
-				sig <- true
-				delete(f.waiting, path)
-			}
-			f.mu.Unlock()
+			f.hold(path, 1)
+			defer f.hold(path, -1)
 			deadline := time.NewTimer(timeout)
 			defer deadline.Stop()
 		wait:

@@ -63,12 +63,8 @@ func (e *env) next(t *testing.T) watcher.Notice {
 // least rounds times, then checks nothing else was sent meanwhile.
 func (e *env) settle(t *testing.T, path string, rounds int) {
 	t.Helper()
-	for range rounds {
-		select {
-		case <-e.fake.hanging(path):
-		case <-t.Context().Done():
-			t.Fatal("watcher never went back to a hanging GET")
-		}
+	if !e.fake.waitStarted(t.Context(), path, e.fake.startedHanging(path)+rounds) {
+		t.Fatal("watcher never went back to a hanging GET")
 	}
 	select {
 	case n := <-e.out:
@@ -96,7 +92,7 @@ func TestPreemption(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := start(t, fresh(), Options{PreemptionNotice: tc.notice, IgnoreMaintenance: true})
-			<-e.fake.hanging(PathPreempted)
+			e.fake.waitHeld(t.Context(), PathPreempted)
 			e.fake.setTimeout(20 * time.Millisecond) // many server-side timeouts from now on
 			e.fake.set(PathPreempted, "TRUE")
 			n := e.next(t)
@@ -152,7 +148,7 @@ func TestMaintenance(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			e := start(t, fresh(), Options{})
 			for _, s := range tc.steps {
-				<-e.fake.hanging(PathMaintenance)
+				e.fake.waitHeld(t.Context(), PathMaintenance)
 				e.fake.set(PathMaintenance, s.value)
 				if s.want == "" {
 					continue
@@ -195,7 +191,7 @@ func TestFaults(t *testing.T) {
 			f := newFake(fresh())
 			f.fail(PathPreempted, tc.n, tc.fault)
 			e := startWithFake(t, f, Options{IgnoreMaintenance: true, RequestTimeout: cmp.Or(tc.rt, 10*time.Second), MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond})
-			<-e.fake.hanging(PathPreempted)
+			e.fake.waitHeld(t.Context(), PathPreempted)
 			if got := e.fake.pendingFaults(PathPreempted); got != 0 {
 				t.Fatalf("%d faults not consumed", got)
 			}
@@ -242,7 +238,7 @@ func startWithFake(t *testing.T, f *fakeMetadata, opts Options) *env {
 // gone.
 func TestServerGoneAndBack(t *testing.T) {
 	e := start(t, fresh(), Options{IgnoreMaintenance: true, MinBackoff: time.Millisecond, MaxBackoff: 10 * time.Millisecond})
-	<-e.fake.hanging(PathPreempted)
+	e.fake.waitHeld(t.Context(), PathPreempted)
 	e.srv.stop()
 	for e.errors(watcher.ReasonNetwork) == 0 {
 		select {

@@ -25,15 +25,15 @@ import (
 type fakeMetadata struct {
 	mu       sync.Mutex
 	values   map[string]string
-	changed  chan struct{}        // closed and replaced on every change
-	timeout  time.Duration        // server-side cap of a hanging GET
-	faults   map[string][]fault   // next answers per path, consumed in order
-	requests []fakeRequest        // what the server saw
-	held     map[string]int       // hanging GETs being held now, per path
-	started  map[string]int       // hanging GETs held so far, per path
-	heldCh   chan struct{}        // closed and replaced when held or started change
-	down     bool                 // in-memory transport: refuse connections
-	drop     chan struct{}        // closed when the server goes down: in-flight requests fail
+	changed  chan struct{}      // closed and replaced on every change
+	timeout  time.Duration      // server-side cap of a hanging GET
+	faults   map[string][]fault // next answers per path, consumed in order
+	requests []fakeRequest      // what the server saw
+	held     map[string]int     // hanging GETs being held now, per path
+	started  map[string]int     // hanging GETs held so far, per path
+	heldCh   chan struct{}      // closed and replaced when held or started change
+	down     bool               // in-memory transport: refuse connections
+	drop     chan struct{}      // closed when the server goes down: in-flight requests fail
 }
 
 type fault struct {

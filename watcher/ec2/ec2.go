@@ -1,0 +1,311 @@
+package ec2
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/aws/ratelimit"
+	"github.com/aws/aws-sdk-go-v2/aws/retry"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
+	"github.com/aws/aws-sdk-go-v2/feature/ec2/imds"
+
+	"github.com/lastcall-dev/lastcall/watcher"
+	"github.com/lastcall-dev/lastcall/watcher/internal/poll"
+)
+
+// DefaultEndpoint is the IPv4 address of the instance metadata service.
+const DefaultEndpoint = "http://169.254.169.254"
+
+// maxBody bounds what is read from one metadata answer.
+const maxBody = 1 << 20
+
+// Options configure a Watcher. The zero value watches the real metadata
+// service with the defaults documented on each field.
+type Options struct {
+	// Endpoint is the metadata service's base URL. Default DefaultEndpoint.
+	Endpoint string
+	// HTTPClient sends the requests. Default: the SDK's client for IMDS
+	// (250 ms dial timeout, 500 ms to the response headers) without any
+	// proxy.
+	HTTPClient imds.HTTPClient
+	// PollInterval is the time between two reads of each path. Default 1 s.
+	PollInterval time.Duration
+	// RequestTimeout bounds one read of one path, the SDK's retries
+	// included. Default 2 s.
+	RequestTimeout time.Duration
+	// AllowIMDSv1 lets the SDK read without a session token when none can be
+	// had (IMDSv1). Off by default: without a token every read fails, is
+	// counted and retried.
+	AllowIMDSv1 bool
+	// ASGTerminationNotice is the time between the Auto Scaling target
+	// lifecycle state turning Terminated and the instance going away, as
+	// allowed by the group's lifecycle hook. Default 0: the deadline is the
+	// moment of detection.
+	ASGTerminationNotice time.Duration
+	// Paths are the paths to watch. Default: PathSpot, PathRebalance,
+	// PathScheduled and PathASG.
+	Paths []string
+	// Clock returns the time a notice is detected. Default time.Now.
+	Clock func() time.Time
+	// Logger receives the watcher's logs. Default: discard.
+	Logger *slog.Logger
+	// Metrics counts errors and notices. Default: nil, count nothing.
+	Metrics *watcher.Metrics
+}
+
+// Watcher polls the EC2 instance metadata service. Create it with New.
+type Watcher struct {
+	opts   Options
+	client *imds.Client
+	logger *slog.Logger
+	errs   *poll.Errors
+	dedup  watcher.Dedup
+
+	mu          sync.Mutex
+	spotActions map[string]string // action -> ID of the spot notice sent for it; guarded by mu
+}
+
+var _ watcher.Watcher = (*Watcher)(nil)
+
+// New returns a Watcher configured by opts. It does not contact the service.
+func New(opts Options) (*Watcher, error) {
+	if opts.Endpoint == "" {
+		opts.Endpoint = DefaultEndpoint
+	}
+	if opts.PollInterval < 0 || opts.RequestTimeout < 0 || opts.ASGTerminationNotice < 0 {
+		return nil, errors.New("ec2 options: negative duration")
+	}
+	if opts.PollInterval == 0 {
+		opts.PollInterval = time.Second
+	}
+	if opts.RequestTimeout == 0 {
+		opts.RequestTimeout = 2 * time.Second
+	}
+	if len(opts.Paths) == 0 {
+		opts.Paths = []string{PathSpot, PathRebalance, PathScheduled, PathASG}
+	}
+	for _, p := range opts.Paths {
+		switch p {
+		case PathSpot, PathRebalance, PathScheduled, PathASG:
+		default:
+			return nil, fmt.Errorf("ec2 options: unknown path %q", p)
+		}
+	}
+	if opts.Clock == nil {
+		opts.Clock = time.Now
+	}
+	if opts.HTTPClient == nil {
+		opts.HTTPClient = awshttp.NewBuildableClient().
+			WithDialerOptions(func(d *net.Dialer) { d.Timeout = 250 * time.Millisecond }).
+			WithTransportOptions(func(tr *http.Transport) {
+				tr.Proxy = nil // link-local; an HTTP_PROXY must never see these requests
+				tr.ResponseHeaderTimeout = 500 * time.Millisecond
+			})
+	}
+	opts.HTTPClient = earlyRefresh{opts.HTTPClient}
+	fallback := aws.FalseTernary
+	if opts.AllowIMDSv1 {
+		fallback = aws.TrueTernary
+	}
+	client := imds.New(imds.Options{
+		Endpoint:          opts.Endpoint,
+		HTTPClient:        opts.HTTPClient,
+		ClientEnableState: imds.ClientEnabled,
+		EnableFallback:    fallback,
+		// Without a rate limiter the retry quota cannot run dry during a
+		// long outage, which would also stop the retry after a 401.
+		Retryer: retry.NewStandard(func(o *retry.StandardOptions) { o.RateLimiter = ratelimit.None }),
+	})
+	logger := poll.Logger(opts.Logger).With("source", string(watcher.SourceAWS))
+	return &Watcher{
+		opts:        opts,
+		client:      client,
+		logger:      logger,
+		errs:        &poll.Errors{Source: watcher.SourceAWS, Logger: logger, Metrics: opts.Metrics},
+		spotActions: make(map[string]string),
+	}, nil
+}
+
+// Watch implements watcher.Watcher. It polls every path in its own
+// goroutine, the first time at once, then every PollInterval, and returns nil
+// when ctx is canceled and all of them have ended.
+func (w *Watcher) Watch(ctx context.Context, out chan<- watcher.Notice) error {
+	var wg sync.WaitGroup
+	for _, p := range w.opts.Paths {
+		wg.Go(func() { w.poll(ctx, out, p) })
+	}
+	wg.Wait()
+	return nil
+}
+
+func (w *Watcher) poll(ctx context.Context, out chan<- watcher.Notice, path string) {
+	t := time.NewTicker(w.opts.PollInterval)
+	defer t.Stop()
+	for {
+		if !w.pollOnce(ctx, out, path) {
+			return
+		}
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// pollOnce reads path once and sends what it announces. It returns false
+// when ctx ended.
+func (w *Watcher) pollOnce(ctx context.Context, out chan<- watcher.Notice, path string) bool {
+	body, found, err := w.get(ctx, path)
+	if ctx.Err() != nil {
+		return false
+	}
+	if err != nil {
+		w.errs.Fail(ctx, path, reason(err), err)
+		return true
+	}
+	w.errs.OK(ctx, path)
+	if !found {
+		return true // 404: no event
+	}
+	detected := w.opts.Clock()
+	var ns []watcher.Notice
+	switch path {
+	case PathSpot:
+		var n watcher.Notice
+		if n, err = spotNotice(body, detected); err == nil && w.newSpot(ctx, n) {
+			ns = append(ns, n)
+		}
+	case PathRebalance:
+		var n watcher.Notice
+		if n, err = rebalanceNotice(body, detected); err == nil {
+			ns = append(ns, n)
+		}
+	case PathScheduled:
+		ns, err = scheduledNotices(body, detected)
+	case PathASG:
+		var n watcher.Notice
+		var ok bool
+		if n, ok, err = asgNotice(body, detected, w.opts.ASGTerminationNotice); ok {
+			ns = append(ns, n)
+		}
+	}
+	if err != nil {
+		r := watcher.ReasonMalformed
+		if errors.Is(err, errEmpty) {
+			r = watcher.ReasonEmpty
+		}
+		w.errs.Fail(ctx, path, r, err)
+	}
+	for _, n := range ns {
+		if !w.dedup.First(n) {
+			continue
+		}
+		w.opts.Metrics.Notice(n)
+		w.logger.InfoContext(ctx, "notice", "kind", string(n.Kind), "state", string(n.State), "id", n.ID, "action", n.Action, "deadline", n.Deadline)
+		if !watcher.Send(ctx, out, n) {
+			return false
+		}
+	}
+	return true
+}
+
+// newSpot reports whether n is the first spot notice for its action. AWS
+// keeps the time of a notice fixed, but some emulators (the
+// amazon-ec2-metadata-mock among them) compute it afresh on every read;
+// without this check each read would look like a new notice.
+func (w *Watcher) newSpot(ctx context.Context, n watcher.Notice) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if id, ok := w.spotActions[n.Action]; ok {
+		if id != n.ID {
+			w.logger.DebugContext(ctx, "spot notice time moved", "id", id, "new_id", n.ID)
+		}
+		return id == n.ID
+	}
+	w.spotActions[n.Action] = n.ID
+	return true
+}
+
+// get reads path. found is false when the service answered 404, which for
+// these paths means there is no event.
+func (w *Watcher) get(ctx context.Context, path string) (body []byte, found bool, err error) {
+	ctx, cancel := context.WithTimeout(ctx, w.opts.RequestTimeout)
+	defer cancel()
+	res, err := w.client.GetMetadata(ctx, &imds.GetMetadataInput{Path: path})
+	if err != nil {
+		if re, ok := errors.AsType[httpStatusError](err); ok && re.HTTPStatusCode() == http.StatusNotFound {
+			return nil, false, nil
+		}
+		return nil, false, fmt.Errorf("get %s: %w", path, err)
+	}
+	defer res.Content.Close()
+	body, err = io.ReadAll(io.LimitReader(res.Content, maxBody))
+	if err != nil {
+		return nil, false, fmt.Errorf("read %s: %w", path, err)
+	}
+	return body, true, nil
+}
+
+var statusInMessage = regexp.MustCompile(`StatusCode: (\d{3})\b`)
+
+// httpStatusError is implemented by the SDK's response errors.
+type httpStatusError interface {
+	error
+	HTTPStatusCode() int
+}
+
+func reason(err error) string {
+	// The SDK wraps a failed token request in an error type without Unwrap,
+	// so its message is the only mark it leaves.
+	if strings.Contains(err.Error(), "failed to get API token") {
+		return watcher.ReasonToken
+	}
+	if re, ok := errors.AsType[httpStatusError](err); ok {
+		return watcher.ReasonForStatus(re.HTTPStatusCode())
+	}
+	// A 401 comes back through the same wrapper without Unwrap.
+	if m := statusInMessage.FindStringSubmatch(err.Error()); m != nil {
+		code, _ := strconv.Atoi(m[1])
+		return watcher.ReasonForStatus(code)
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return watcher.ReasonTimeout
+	}
+	if ne, ok := errors.AsType[net.Error](err); ok && ne.Timeout() {
+		return watcher.ReasonTimeout
+	}
+	return watcher.ReasonNetwork
+}
+
+// earlyRefresh lowers the TTL the service reports for a new session token by
+// a tenth (at least a second), so the SDK, which replaces a token only once
+// its own reckoning of the TTL has run out, replaces it before the service
+// stops accepting it. The SDK starts its clock when the answer arrives, later
+// than the service does, so without the margin the last read before expiry
+// can draw a 401 (which the SDK then recovers from with a new token and a
+// retry).
+type earlyRefresh struct{ next imds.HTTPClient }
+
+func (c earlyRefresh) Do(req *http.Request) (*http.Response, error) {
+	res, err := c.next.Do(req)
+	if err != nil || req.Method != http.MethodPut || res.StatusCode != http.StatusOK {
+		return res, err
+	}
+	const h = "X-Aws-Ec2-Metadata-Token-Ttl-Seconds"
+	if ttl, perr := strconv.Atoi(res.Header.Get(h)); perr == nil && ttl > 1 {
+		res.Header.Set(h, strconv.Itoa(ttl-max(ttl/10, 1)))
+	}
+	return res, nil
+}

@@ -3,6 +3,7 @@ package kubetest
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -34,8 +35,9 @@ type Env struct {
 	Dir string
 
 	env    *envtest.Environment
-	kcm    *exec.Cmd
-	kcmErr chan error
+	kcm     *exec.Cmd
+	kcmDone chan struct{} // closed when kcm has exited
+	kcmExit error         // kcm's exit status, set before kcmDone closes
 	seq    atomic.Int64
 }
 
@@ -127,7 +129,6 @@ func (e *Env) startControllerManager(ctx context.Context, assets string) error {
 		"--controllers=disruption",
 		"--leader-elect=false",
 		"--secure-port=0",
-		"--concurrent-disruption-syncs=20",
 	)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
@@ -135,14 +136,15 @@ func (e *Env) startControllerManager(ctx context.Context, assets string) error {
 		return fmt.Errorf("start kube-controller-manager: %w", err)
 	}
 	e.kcm = cmd
-	e.kcmErr = make(chan error, 1)
+	e.kcmDone = make(chan struct{})
 	go func() {
-		e.kcmErr <- cmd.Wait()
+		e.kcmExit = cmd.Wait()
 		logf.Close()
+		close(e.kcmDone)
 	}()
 	// The disruption controller is ready once it has computed the status of
 	// a budget; probe with one in a namespace of its own.
-	probeCtx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	probeCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	ns, err := e.CreateNamespace(probeCtx, "kcm-probe")
 	if err != nil {
@@ -160,8 +162,8 @@ func (e *Env) startControllerManager(ctx context.Context, assets string) error {
 	}
 	err = wait.PollUntilContextCancel(probeCtx, 100*time.Millisecond, true, func(ctx context.Context) (bool, error) {
 		select {
-		case err := <-e.kcmErr:
-			return false, fmt.Errorf("kube-controller-manager exited (log in %s): %v", e.Dir, err)
+		case <-e.kcmDone:
+			return false, fmt.Errorf("kube-controller-manager exited: %v", e.kcmExit)
 		default:
 		}
 		got, err := e.Client.PolicyV1().PodDisruptionBudgets(ns).Get(ctx, pdb.Name, metav1.GetOptions{})
@@ -171,7 +173,11 @@ func (e *Env) startControllerManager(ctx context.Context, assets string) error {
 		return got.Status.ObservedGeneration >= got.Generation, nil
 	})
 	if err != nil {
-		return fmt.Errorf("wait for the disruption controller: %w", err)
+		log, _ := os.ReadFile(filepath.Join(e.Dir, "kube-controller-manager.log"))
+		if len(log) > 4000 {
+			log = log[len(log)-4000:]
+		}
+		return fmt.Errorf("wait for the disruption controller: %w; controller-manager log ends:\n%s", err, log)
 	}
 	return nil
 }
@@ -183,10 +189,10 @@ func (e *Env) Stop() error {
 	if e.kcm != nil && e.kcm.Process != nil {
 		_ = e.kcm.Process.Signal(os.Interrupt)
 		select {
-		case <-e.kcmErr:
+		case <-e.kcmDone:
 		case <-time.After(10 * time.Second):
 			_ = e.kcm.Process.Kill()
-			<-e.kcmErr
+			<-e.kcmDone
 		}
 	}
 	if e.env != nil {
@@ -205,6 +211,7 @@ func (e *Env) Stop() error {
 // no control plane is started and *env stays nil: tests that need it must
 // call Need, which skips them only in -short mode.
 func Main(m *testing.M, env **Env) int {
+	flag.Parse()
 	if testing.Short() {
 		return m.Run()
 	}

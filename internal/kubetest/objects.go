@@ -10,7 +10,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 )
 
-// CreateNode creates a Ready node with the given labels.
+// CreateNode creates a Ready, untainted node with the given labels.
 func (e *Env) CreateNode(ctx context.Context, name string, labels map[string]string) (*corev1.Node, error) {
 	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels}}
 	node, err := e.Client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
@@ -24,6 +24,13 @@ func (e *Env) CreateNode(ctx context.Context, name string, labels map[string]str
 	node, err = e.Client.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("mark node %s ready: %w", name, err)
+	}
+	// Admission tainted the new node not-ready; the node lifecycle
+	// controller, which does not run here, would lift that once it is Ready.
+	node.Spec.Taints = nil
+	node, err = e.Client.CoreV1().Nodes().Update(ctx, node, metav1.UpdateOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("untaint node %s: %w", name, err)
 	}
 	return node, nil
 }

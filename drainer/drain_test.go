@@ -1,0 +1,539 @@
+package drainer_test
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"slices"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/lastcall-dev/lastcall/drainer"
+	"github.com/lastcall-dev/lastcall/internal/kubetest"
+)
+
+var env *kubetest.Env
+
+func TestMain(m *testing.M) { os.Exit(kubetest.Main(m, &env)) }
+
+func testLogger(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelInfo}))
+}
+
+// fixture is one node with its own namespace and kubelet.
+type fixture struct {
+	env     *kubetest.Env
+	node    string
+	ns      string
+	kubelet *kubetest.Kubelet
+}
+
+func newFixture(t *testing.T, kopts kubetest.KubeletOptions) *fixture {
+	t.Helper()
+	e := kubetest.Need(t, env)
+	ctx := t.Context()
+	f := &fixture{env: e, node: e.UniqueName("node")}
+	if _, err := e.CreateNode(ctx, f.node, nil); err != nil {
+		t.Fatal(err)
+	}
+	ns, err := e.CreateNamespace(ctx, "drain")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.ns = ns
+	k, stop := e.StartKubelet(context.Background(), f.node, kopts)
+	t.Cleanup(stop)
+	f.kubelet = k
+	return f
+}
+
+func (f *fixture) pods(t *testing.T, n int, prefix string, opts ...kubetest.PodOption) []*corev1.Pod {
+	t.Helper()
+	var pods []*corev1.Pod
+	for i := range n {
+		pods = append(pods, kubetest.NewPod(f.ns, fmt.Sprintf("%s-%d", prefix, i), f.node, opts...))
+	}
+	got, err := f.env.CreatePods(t.Context(), pods...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return got
+}
+
+// waitRunning waits until the kubelet marked n pods running.
+func (f *fixture) waitRunning(t *testing.T, n int) {
+	t.Helper()
+	err := wait.PollUntilContextTimeout(t.Context(), 20*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
+		c := 0
+		for _, e := range f.kubelet.Events() {
+			if e.What == "running" {
+				c++
+			}
+		}
+		return c >= n, nil
+	})
+	if err != nil {
+		t.Fatalf("pods not running: %v", err)
+	}
+}
+
+func (f *fixture) drainer(opts drainer.Options) *drainer.Drainer {
+	return drainer.New(f.env.Client, opts)
+}
+
+func getPod(t *testing.T, c kubernetes.Interface, ns, name string) (*corev1.Pod, bool) {
+	t.Helper()
+	p, err := c.CoreV1().Pods(ns).Get(t.Context(), name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil, false
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p, true
+}
+
+func TestCordonAndUncordon(t *testing.T) {
+	e := kubetest.Need(t, env)
+	ctx := t.Context()
+	d := drainer.New(e.Client, drainer.Options{Logger: testLogger(t)})
+
+	t.Run("undoes exactly what it did", func(t *testing.T) {
+		name := e.UniqueName("node")
+		if _, err := e.CreateNode(ctx, name, map[string]string{"pool": "spot"}); err != nil {
+			t.Fatal(err)
+		}
+		// An operator's taint that lastcall must keep.
+		n, _ := e.Client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+		n.Spec.Taints = []corev1.Taint{{Key: "team", Value: "ml", Effect: corev1.TaintEffectNoSchedule}}
+		if _, err := e.Client.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+
+		changed, err := d.Cordon(ctx, name, "gce")
+		if err != nil || !changed {
+			t.Fatalf("Cordon = %v, %v; want true, nil", changed, err)
+		}
+		n, _ = e.Client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+		if !n.Spec.Unschedulable {
+			t.Error("node not unschedulable after Cordon")
+		}
+		if !slices.ContainsFunc(n.Spec.Taints, func(t corev1.Taint) bool {
+			return t.Key == drainer.TaintKey && t.Value == "gce" && t.Effect == corev1.TaintEffectNoSchedule
+		}) {
+			t.Errorf("taints = %v, want %s=gce:NoSchedule", n.Spec.Taints, drainer.TaintKey)
+		}
+		if n.Labels[drainer.ExcludeLBLabel] != "true" {
+			t.Errorf("labels = %v, want %s", n.Labels, drainer.ExcludeLBLabel)
+		}
+		rec, ok := drainer.RecordOf(n)
+		if !ok || !rec.Unschedulable || !rec.Taint || !rec.Label || rec.Source != "gce" {
+			t.Errorf("record = %+v, %v", rec, ok)
+		}
+
+		if changed, err := d.Cordon(ctx, name, "aws"); err != nil || changed {
+			t.Errorf("second Cordon = %v, %v; want false, nil", changed, err)
+		}
+
+		if changed, err := d.Uncordon(ctx, name); err != nil || !changed {
+			t.Fatalf("Uncordon = %v, %v; want true, nil", changed, err)
+		}
+		n, _ = e.Client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+		if n.Spec.Unschedulable {
+			t.Error("node still unschedulable")
+		}
+		if want := []corev1.Taint{{Key: "team", Value: "ml", Effect: corev1.TaintEffectNoSchedule}}; !slices.Equal(n.Spec.Taints, want) {
+			t.Errorf("taints = %v, want only %v", n.Spec.Taints, want)
+		}
+		if _, ok := n.Labels[drainer.ExcludeLBLabel]; ok || n.Labels["pool"] != "spot" {
+			t.Errorf("labels = %v", n.Labels)
+		}
+		if _, ok := n.Annotations[drainer.RecordAnnotation]; ok {
+			t.Error("record annotation left behind")
+		}
+	})
+
+	t.Run("keeps an operator's cordon", func(t *testing.T) {
+		name := e.UniqueName("node")
+		if _, err := e.CreateNode(ctx, name, nil); err != nil {
+			t.Fatal(err)
+		}
+		n, _ := e.Client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+		n.Spec.Unschedulable = true
+		if _, err := e.Client.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := d.Cordon(ctx, name, "aws"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := d.Uncordon(ctx, name); err != nil {
+			t.Fatal(err)
+		}
+		n, _ = e.Client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+		if !n.Spec.Unschedulable {
+			t.Error("Uncordon undid the operator's cordon")
+		}
+		if len(n.Spec.Taints) != 0 {
+			t.Errorf("taints = %v, want none", n.Spec.Taints)
+		}
+	})
+
+	t.Run("no record, no change", func(t *testing.T) {
+		name := e.UniqueName("node")
+		if _, err := e.CreateNode(ctx, name, nil); err != nil {
+			t.Fatal(err)
+		}
+		n, _ := e.Client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+		n.Spec.Unschedulable = true
+		n.Spec.Taints = []corev1.Taint{{Key: drainer.TaintKey, Value: "manual", Effect: corev1.TaintEffectNoSchedule}}
+		if _, err := e.Client.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if changed, err := d.Uncordon(ctx, name); err != nil || changed {
+			t.Fatalf("Uncordon = %v, %v; want false, nil", changed, err)
+		}
+		n, _ = e.Client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+		if !n.Spec.Unschedulable || len(n.Spec.Taints) != 1 {
+			t.Errorf("node changed: unschedulable=%v taints=%v", n.Spec.Unschedulable, n.Spec.Taints)
+		}
+	})
+
+	t.Run("missing node is a clear error", func(t *testing.T) {
+		_, err := d.Cordon(ctx, "no-such-node", "gce")
+		if !apierrors.IsNotFound(err) {
+			t.Fatalf("Cordon(missing) = %v, want a NotFound error", err)
+		}
+	})
+}
+
+func TestDrainTierOrder(t *testing.T) {
+	f := newFixture(t, kubetest.KubeletOptions{FinishAtOnce: true})
+	f.pods(t, 4, "web")
+	f.pods(t, 2, "dns", kubetest.WithPriorityClass("system-cluster-critical"))
+	f.pods(t, 1, "cni", kubetest.WithPriorityClass("system-node-critical"))
+	f.waitRunning(t, 7)
+
+	d := f.drainer(drainer.Options{Logger: testLogger(t)})
+	deadline := time.Now().Add(60 * time.Second)
+	rep, err := d.Drain(t.Context(), f.node, deadline, drainer.Policy{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rep.Drained || rep.Count(drainer.Evicted) != 7 {
+		t.Fatalf("report: drained=%v evicted=%d, want true, 7: %+v", rep.Drained, rep.Count(drainer.Evicted), rep.Pods)
+	}
+	// Every critical pod starts terminating after every workload pod is gone.
+	var lastWorkloadGone, firstCritical time.Time
+	for _, ev := range f.kubelet.Events() {
+		critical := ev.Pod[len(f.ns)+1:][:3] != "web"
+		switch {
+		case !critical && ev.What == "deleted" && ev.Time.After(lastWorkloadGone):
+			lastWorkloadGone = ev.Time
+		case critical && ev.What == "terminating" && (firstCritical.IsZero() || ev.Time.Before(firstCritical)):
+			firstCritical = ev.Time
+		}
+	}
+	if lastWorkloadGone.IsZero() || firstCritical.IsZero() || !firstCritical.After(lastWorkloadGone) {
+		t.Errorf("critical pods started terminating at %v, before the last workload pod was gone at %v", firstCritical, lastWorkloadGone)
+	}
+	for _, p := range rep.Pods {
+		wantTier := drainer.TierWorkload
+		if p.Pod[len(f.ns)+1:][:3] != "web" {
+			wantTier = drainer.TierCritical
+		}
+		if p.Tier != wantTier {
+			t.Errorf("%s tier = %v, want %v", p.Pod, p.Tier, wantTier)
+		}
+	}
+}
+
+func TestDrainGraceCappedByDeadline(t *testing.T) {
+	f := newFixture(t, kubetest.KubeletOptions{FinishAtOnce: true})
+	f.pods(t, 1, "long", kubetest.WithGrace(300))
+	f.pods(t, 1, "short", kubetest.WithGrace(5))
+	f.pods(t, 1, "default")
+	f.waitRunning(t, 3)
+
+	d := f.drainer(drainer.Options{Logger: testLogger(t)})
+	deadline := time.Now().Add(20 * time.Second)
+	rep, err := d.Drain(t.Context(), f.node, deadline, drainer.Policy{Reserve: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rep.Drained {
+		t.Fatalf("not drained: %+v", rep.Pods)
+	}
+	// The grace the kubelet saw is the one the apiserver stored.
+	seen := map[string]int64{}
+	for _, ev := range f.kubelet.Events() {
+		if ev.What == "terminating" {
+			seen[ev.Pod] = ev.Grace
+		}
+	}
+	for pod, check := range map[string]func(int64) bool{
+		"long-0":    func(g int64) bool { return g >= 15 && g <= 18 }, // deadline 20s, reserve 2s
+		"short-0":   func(g int64) bool { return g == 5 },             // its own, shorter
+		"default-0": func(g int64) bool { return g >= 15 && g <= 18 }, // 30s default, capped
+	} {
+		if g, ok := seen[f.ns+"/"+pod]; !ok || !check(g) {
+			t.Errorf("%s: grace %d (seen %v)", pod, g, ok)
+		}
+	}
+}
+
+func TestDrainSkips(t *testing.T) {
+	f := newFixture(t, kubetest.KubeletOptions{FinishAtOnce: true})
+	ctx := t.Context()
+	ds, err := f.env.CreateDaemonSet(ctx, f.ns, "node-exporter")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.pods(t, 1, "ds", kubetest.WithOwner("DaemonSet", ds.Name, ds.UID))
+	f.pods(t, 1, "mirror", kubetest.WithAnnotations(map[string]string{corev1.MirrorPodAnnotationKey: "static"}))
+	f.pods(t, 1, "agent")
+	done := f.pods(t, 1, "job")[0]
+	f.pods(t, 2, "worker")
+	f.waitRunning(t, 6)
+	done, _ = getPod(t, f.env.Client, f.ns, done.Name)
+	done.Status.Phase = corev1.PodSucceeded
+	if _, err := f.env.Client.CoreV1().Pods(f.ns).UpdateStatus(ctx, done, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	d := f.drainer(drainer.Options{Logger: testLogger(t), Self: types.NamespacedName{Namespace: f.ns, Name: "agent-0"}})
+	rep, err := d.Drain(ctx, f.node, time.Now().Add(30*time.Second), drainer.Policy{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]drainer.SkipReason{
+		"ds-0": drainer.SkipDaemonSet, "mirror-0": drainer.SkipMirror, "agent-0": drainer.SkipSelf, "job-0": drainer.SkipFinished,
+	}
+	got := map[string]drainer.SkipReason{}
+	for _, s := range rep.Skipped {
+		got[s.Pod[len(f.ns)+1:]] = s.Reason
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("skipped = %v, want %v", got, want)
+	}
+	for name := range want {
+		p, ok := getPod(t, f.env.Client, f.ns, name)
+		if !ok || p.DeletionTimestamp != nil {
+			t.Errorf("%s was touched: exists=%v", name, ok)
+		}
+	}
+	if rep.Count(drainer.Evicted) != 2 || !rep.Drained {
+		t.Errorf("evicted %d, drained %v; want 2 workers evicted", rep.Count(drainer.Evicted), rep.Drained)
+	}
+}
+
+// guarded creates n pods owned by a ReplicaSet and a budget over them that
+// allows maxUnavailable, and waits until the disruption controller has
+// computed the budget's status.
+func (f *fixture) guarded(t *testing.T, name string, n int, maxUnavailable int) {
+	t.Helper()
+	ctx := t.Context()
+	rs, err := f.env.CreateReplicaSet(ctx, f.ns, name, int32(n))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.pods(t, n, name, kubetest.WithLabels(map[string]string{"app": name}), kubetest.WithOwner("ReplicaSet", name, rs.UID))
+	_, err = f.env.Client.PolicyV1().PodDisruptionBudgets(f.ns).Create(ctx, &policyv1.PodDisruptionBudget{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: policyv1.PodDisruptionBudgetSpec{
+			MaxUnavailable: &intstr.IntOrString{Type: intstr.Int, IntVal: int32(maxUnavailable)},
+			Selector:       &metav1.LabelSelector{MatchLabels: map[string]string{"app": name}},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		pdb, err := f.env.Client.PolicyV1().PodDisruptionBudgets(f.ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return false, err
+		}
+		return pdb.Status.ObservedGeneration == pdb.Generation && pdb.Status.ExpectedPods == int32(n) &&
+			pdb.Status.CurrentHealthy == int32(n), nil
+	})
+	if err != nil {
+		t.Fatalf("budget %s never observed: %v", name, err)
+	}
+}
+
+func TestDrainBlockedByBudget(t *testing.T) {
+	for _, tc := range []struct {
+		policy drainer.BlockedAction
+		want   drainer.Outcome
+	}{
+		{drainer.Delete, drainer.Deleted},
+		{drainer.Leave, drainer.Blocked},
+	} {
+		t.Run(string(tc.policy), func(t *testing.T) {
+			f := newFixture(t, kubetest.KubeletOptions{FinishAtOnce: true})
+			f.guarded(t, "guarded", 2, 0)
+			f.pods(t, 1, "free")
+			f.waitRunning(t, 3)
+
+			d := f.drainer(drainer.Options{Logger: testLogger(t)})
+			start := time.Now()
+			deadline := start.Add(8 * time.Second)
+			policy := drainer.Policy{OnBlocked: tc.policy, BlockedCutoff: 4 * time.Second}
+			rep, err := d.Drain(t.Context(), f.node, deadline, policy)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cutoff := deadline.Add(-policy.BlockedCutoff)
+			for _, p := range rep.Pods {
+				name := p.Pod[len(f.ns)+1:]
+				switch {
+				case name == "free-0":
+					if p.Outcome != drainer.Evicted || p.Attempts != 1 || !p.At.Before(cutoff) {
+						t.Errorf("free pod: %+v, want evicted at once", p)
+					}
+				default:
+					if p.Outcome != tc.want {
+						t.Errorf("%s: outcome %s, want %s (err %v)", name, p.Outcome, tc.want, p.Err)
+					}
+					// Refused (429) until the cut-off, retried in between.
+					if p.At.Before(cutoff) || p.Attempts < 3 || !p.At.Before(deadline) {
+						t.Errorf("%s: acted at %v after %d attempts; cut-off %v, deadline %v",
+							name, p.At.Sub(start), p.Attempts, cutoff.Sub(start), deadline.Sub(start))
+					}
+				}
+			}
+			for i := range 2 {
+				_, exists := getPod(t, f.env.Client, f.ns, fmt.Sprintf("guarded-%d", i))
+				if exists != (tc.policy == drainer.Leave) {
+					t.Errorf("guarded-%d exists=%v with policy %s", i, exists, tc.policy)
+				}
+			}
+			if rep.Drained != true {
+				t.Errorf("drained = false; evicted and deleted pods should be gone")
+			}
+		})
+	}
+}
+
+func TestDrainBudgetAllowsOne(t *testing.T) {
+	f := newFixture(t, kubetest.KubeletOptions{FinishAtOnce: true})
+	// maxUnavailable 1 over a ReplicaSet of 3: the budget allows one
+	// eviction; with no ReplicaSet controller to replace that pod, it allows
+	// no second one, so two pods wait for the cut-off and are deleted.
+	f.guarded(t, "rolling", 3, 1)
+	f.waitRunning(t, 3)
+	d := f.drainer(drainer.Options{Logger: testLogger(t)})
+	deadline := time.Now().Add(8 * time.Second)
+	policy := drainer.Policy{BlockedCutoff: 4 * time.Second}
+	rep, err := d.Drain(t.Context(), f.node, deadline, policy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Count(drainer.Evicted) != 1 || rep.Count(drainer.Deleted) != 2 || !rep.Drained {
+		t.Fatalf("evicted %d deleted %d drained %v; want 1, 2, true: %+v",
+			rep.Count(drainer.Evicted), rep.Count(drainer.Deleted), rep.Drained, rep.Pods)
+	}
+	for _, p := range rep.Pods {
+		if p.Outcome == drainer.Deleted && p.At.Before(deadline.Add(-policy.BlockedCutoff)) {
+			t.Errorf("%s deleted at %v, before the cut-off", p.Pod, p.At)
+		}
+	}
+}
+
+func TestDrainResumesAfterInterruption(t *testing.T) {
+	// Pods take their whole grace period: the first run is cut short while
+	// they terminate, as when the agent is killed mid-drain.
+	f := newFixture(t, kubetest.KubeletOptions{})
+	f.pods(t, 3, "slow", kubetest.WithGrace(3))
+	f.waitRunning(t, 3)
+	d := f.drainer(drainer.Options{Logger: testLogger(t)})
+	deadline := time.Now().Add(30 * time.Second)
+
+	first, cancel := context.WithCancel(t.Context())
+	go func() {
+		// Interrupt once every pod has started terminating.
+		_ = wait.PollUntilContextCancel(first, 10*time.Millisecond, true, func(context.Context) (bool, error) {
+			n := 0
+			for _, e := range f.kubelet.Events() {
+				if e.What == "terminating" {
+					n++
+				}
+			}
+			return n == 3, nil
+		})
+		cancel()
+	}()
+	rep1, err := d.Drain(first, f.node, deadline, drainer.Policy{})
+	if err == nil || rep1.Drained {
+		t.Fatalf("first run: drained=%v err=%v; want interrupted", rep1.Drained, err)
+	}
+	// New pods arrived meanwhile (the node was not cordoned in this test).
+	f.pods(t, 2, "late", kubetest.WithGrace(3))
+	f.waitRunning(t, 5)
+
+	rep2, err := d.Drain(t.Context(), f.node, deadline, drainer.Policy{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rep2.Drained {
+		t.Fatalf("second run did not drain: %+v", rep2)
+	}
+	terminating := 0
+	for _, s := range rep2.Skipped {
+		if s.Reason == drainer.SkipTerminating {
+			terminating++
+		}
+	}
+	if terminating != 3 || rep2.Count(drainer.Evicted) != 2 {
+		t.Errorf("second run: %d waited for as terminating, %d evicted; want 3 and 2", terminating, rep2.Count(drainer.Evicted))
+	}
+	list, _ := f.env.Client.CoreV1().Pods(f.ns).List(t.Context(), metav1.ListOptions{})
+	if len(list.Items) != 0 {
+		t.Errorf("%d pods left", len(list.Items))
+	}
+}
+
+func TestDrainSurvivesAPIServerOutage(t *testing.T) {
+	f := newFixture(t, kubetest.KubeletOptions{FinishAtOnce: true})
+	f.pods(t, 10, "worker")
+	f.waitRunning(t, 10)
+
+	proxy, cfg, err := f.env.NewProxy()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(proxy.Close)
+	client := kubernetes.NewForConfigOrDie(cfg)
+	d := drainer.New(client, drainer.Options{Logger: testLogger(t), CallTimeout: time.Second})
+
+	proxy.Down()
+	outage := 3 * time.Second
+	time.AfterFunc(outage, func() {
+		if err := proxy.Up(); err != nil {
+			t.Error(err)
+		}
+	})
+	start := time.Now()
+	if _, err := d.Cordon(t.Context(), f.node, "aws"); err != nil {
+		t.Fatalf("cordon through an outage: %v", err)
+	}
+	rep, err := d.Drain(t.Context(), f.node, start.Add(20*time.Second), drainer.Policy{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rep.Drained || rep.Count(drainer.Evicted) != 10 {
+		t.Fatalf("drained=%v evicted=%d; want all 10 after the outage", rep.Drained, rep.Count(drainer.Evicted))
+	}
+	if took := time.Since(start); took < outage {
+		t.Errorf("drain finished in %v, before the apiserver came back", took)
+	}
+}

@@ -34,11 +34,11 @@ type Env struct {
 	// Dir holds the control plane's kubeconfig and logs.
 	Dir string
 
-	env    *envtest.Environment
+	env     *envtest.Environment
 	kcm     *exec.Cmd
 	kcmDone chan struct{} // closed when kcm has exited
 	kcmExit error         // kcm's exit status, set before kcmDone closes
-	seq    atomic.Int64
+	seq     atomic.Int64
 }
 
 // AssetsDir returns the directory holding etcd, kube-apiserver and

@@ -52,8 +52,8 @@ type Kubelet struct {
 	node   string
 	opts   KubeletOptions
 
-	mu      sync.Mutex          // guards the fields below
-	nextIP  netip.Addr          // next pod IP to hand out
+	mu      sync.Mutex           // guards the fields below
+	nextIP  netip.Addr           // next pod IP to hand out
 	ips     map[types.UID]string // pod IPs handed out
 	release map[string]chan struct{}
 	ending  map[types.UID]bool // graceful deletions being finished

@@ -56,6 +56,10 @@ func startWith(t *testing.T, fake *fakeIMDS, opts Options) *env {
 	return &env{fake: fake, reg: reg, out: wtest.Run(t, w)}
 }
 
+func errorsOf(e *env, reason string) float64 {
+	return wtest.Errors(e.reg, watcher.SourceAWS, reason)
+}
+
 func (e *env) next(t *testing.T) watcher.Notice {
 	t.Helper()
 	select {

@@ -72,8 +72,8 @@ type Watcher struct {
 	errs   *poll.Errors
 	dedup  watcher.Dedup
 
-	mu          sync.Mutex
-	spotActions map[string]string // action -> ID of the spot notice sent for it; guarded by mu
+	mu       sync.Mutex
+	firstIDs map[string]string // sort of notice -> ID of the first one seen; guarded by mu
 }
 
 var _ watcher.Watcher = (*Watcher)(nil)
@@ -129,11 +129,11 @@ func New(opts Options) (*Watcher, error) {
 	})
 	logger := poll.Logger(opts.Logger).With("source", string(watcher.SourceAWS))
 	return &Watcher{
-		opts:        opts,
-		client:      client,
-		logger:      logger,
-		errs:        &poll.Errors{Source: watcher.SourceAWS, Logger: logger, Metrics: opts.Metrics},
-		spotActions: make(map[string]string),
+		opts:     opts,
+		client:   client,
+		logger:   logger,
+		errs:     &poll.Errors{Source: watcher.SourceAWS, Logger: logger, Metrics: opts.Metrics},
+		firstIDs: make(map[string]string),
 	}, nil
 }
 
@@ -184,12 +184,12 @@ func (w *Watcher) pollOnce(ctx context.Context, out chan<- watcher.Notice, path 
 	switch path {
 	case PathSpot:
 		var n watcher.Notice
-		if n, err = spotNotice(body, detected); err == nil && w.newSpot(ctx, n) {
+		if n, err = spotNotice(body, detected); err == nil && w.firstOf(ctx, "spot/"+n.Action, n) {
 			ns = append(ns, n)
 		}
 	case PathRebalance:
 		var n watcher.Notice
-		if n, err = rebalanceNotice(body, detected); err == nil {
+		if n, err = rebalanceNotice(body, detected); err == nil && w.firstOf(ctx, "rebalance", n) {
 			ns = append(ns, n)
 		}
 	case PathScheduled:
@@ -221,20 +221,21 @@ func (w *Watcher) pollOnce(ctx context.Context, out chan<- watcher.Notice, path 
 	return true
 }
 
-// newSpot reports whether n is the first spot notice for its action. AWS
-// keeps the time of a notice fixed, but some emulators (the
-// amazon-ec2-metadata-mock among them) compute it afresh on every read;
+// firstOf reports whether n is the first notice of its sort (a spot notice
+// for one action, a rebalance recommendation), or the same one again. AWS
+// keeps the time in these fixed, and the ID is made from it, but emulators
+// (the amazon-ec2-metadata-mock among them) compute it afresh on every read;
 // without this check each read would look like a new notice.
-func (w *Watcher) newSpot(ctx context.Context, n watcher.Notice) bool {
+func (w *Watcher) firstOf(ctx context.Context, sort string, n watcher.Notice) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if id, ok := w.spotActions[n.Action]; ok {
+	if id, ok := w.firstIDs[sort]; ok {
 		if id != n.ID {
-			w.logger.DebugContext(ctx, "spot notice time moved", "id", id, "new_id", n.ID)
+			w.logger.DebugContext(ctx, "notice time moved", "id", id, "new_id", n.ID)
 		}
 		return id == n.ID
 	}
-	w.spotActions[n.Action] = n.ID
+	w.firstIDs[sort] = n.ID
 	return true
 }
 

@@ -60,7 +60,9 @@ type Notice struct {
 	Action string
 	// Detected is when this process first saw the notice.
 	Detected time.Time
-	// Deadline is when the machine is expected to go away.
+	// Deadline is when the machine is expected to go away. It is zero when
+	// the source gives none: an AWS rebalance recommendation (advisory) and
+	// most Canceled notices.
 	Deadline time.Time
 	// Raw is the metadata payload the notice was built from.
 	Raw []byte

@@ -1,0 +1,61 @@
+package ec2
+
+import (
+	"context"
+	"math/rand/v2"
+	"net/http/httptest"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/lastcall-dev/lastcall/watcher"
+)
+
+// BenchmarkDetection measures, at the default 1 s poll interval, the time
+// from a spot interruption notice appearing in a loopback fake IMDS (at a
+// random moment between two polls) to the Notice arriving on the watcher's
+// channel. It reports percentiles in milliseconds; the bound is one interval
+// plus one request.
+func BenchmarkDetection(b *testing.B) {
+	fake := newFake()
+	srv := httptest.NewServer(fake)
+	b.Cleanup(srv.Close)
+	var lat []time.Duration
+	for b.Loop() {
+		fake.unset(PathSpot)
+		w, err := New(Options{Endpoint: srv.URL, Paths: []string{PathSpot}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(b.Context())
+		out := make(chan watcher.Notice, 1)
+		done := make(chan struct{})
+		before := fake.getsOf(PathSpot)
+		go func() {
+			defer close(done)
+			_ = w.Watch(ctx, out)
+		}()
+		fake.waitGets(ctx, PathSpot, before+1)
+		time.Sleep(rand.N(time.Second))
+		start := time.Now()
+		fake.set(PathSpot, itn)
+		n := <-out
+		lat = append(lat, time.Since(start))
+		if n.Kind != watcher.KindSpotInterruption {
+			b.Fatalf("got %v", n)
+		}
+		cancel()
+		<-done
+	}
+	slices.Sort(lat)
+	var sum time.Duration
+	for _, d := range lat {
+		sum += d
+	}
+	b.ReportMetric(ms(sum/time.Duration(len(lat))), "mean-ms")
+	b.ReportMetric(ms(lat[len(lat)/2]), "p50-ms")
+	b.ReportMetric(ms(lat[min(len(lat)-1, len(lat)*99/100)]), "p99-ms")
+	b.ReportMetric(ms(lat[len(lat)-1]), "max-ms")
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

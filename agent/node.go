@@ -1,0 +1,79 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/util/retry"
+
+	"github.com/lastcall-dev/lastcall/watcher"
+)
+
+// ConditionType is the node condition the agent sets while a notice is
+// active, for autoscalers and dashboards.
+const ConditionType corev1.NodeConditionType = "PreemptionImminent"
+
+// setCondition sets (or clears) the PreemptionImminent condition with a
+// strategic merge patch of the node's status, retrying transient errors
+// until ctx is done.
+func (a *Agent) setCondition(ctx context.Context, n watcher.Notice, imminent bool) error {
+	now := metav1.NewTime(a.Now())
+	cond := corev1.NodeCondition{
+		Type:               ConditionType,
+		Status:             corev1.ConditionTrue,
+		Reason:             conditionReason(n.Kind),
+		Message:            fmt.Sprintf("%s notice %s from %s; node goes away at %s", n.Kind, n.ID, n.Source, n.Deadline.UTC().Format(time.RFC3339)),
+		LastHeartbeatTime:  now,
+		LastTransitionTime: now,
+	}
+	if !imminent {
+		cond.Status = corev1.ConditionFalse
+		cond.Reason = "NoticeCanceled"
+		cond.Message = fmt.Sprintf("%s notice %s from %s canceled", n.Kind, n.ID, n.Source)
+	}
+	patch, err := json.Marshal(map[string]any{"status": map[string]any{"conditions": []corev1.NodeCondition{cond}}})
+	if err != nil {
+		return err
+	}
+	backoff := wait.Backoff{Duration: 50 * time.Millisecond, Factor: 2, Jitter: 0.2, Steps: 12, Cap: 2 * time.Second}
+	return retry.OnError(backoff, transient(ctx), func() error {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		_, err := a.Client.CoreV1().Nodes().Patch(cctx, a.cfg.Node, types.StrategicMergePatchType, patch, metav1.PatchOptions{}, "status")
+		return err
+	})
+}
+
+// transient says which errors are worth another try while ctx lasts.
+func transient(ctx context.Context) func(error) bool {
+	return func(err error) bool {
+		if ctx.Err() != nil {
+			return false
+		}
+		return !(apierrors.IsForbidden(err) || apierrors.IsUnauthorized(err) || apierrors.IsNotFound(err) ||
+			apierrors.IsInvalid(err) || apierrors.IsBadRequest(err))
+	}
+}
+
+func conditionReason(k watcher.Kind) string {
+	switch k {
+	case watcher.KindPreemption:
+		return "Preemption"
+	case watcher.KindSpotInterruption:
+		return "SpotInterruption"
+	case watcher.KindRebalance:
+		return "RebalanceRecommendation"
+	case watcher.KindMaintenance:
+		return "Maintenance"
+	case watcher.KindTermination:
+		return "Termination"
+	}
+	return "Notice"
+}

@@ -1,0 +1,303 @@
+// Command node-agent is lastcall's DaemonSet process: it watches the cloud's
+// termination notice for its node, cordons and drains the node before the
+// deadline, and tells the sidecars of the worker pods.
+//
+// It only parses flags and wires the packages together; see package agent.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"golang.org/x/sync/errgroup"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/tools/record"
+	"k8s.io/klog/v2"
+
+	"github.com/lastcall-dev/lastcall/agent"
+	"github.com/lastcall-dev/lastcall/drainer"
+	"github.com/lastcall-dev/lastcall/watcher"
+	"github.com/lastcall-dev/lastcall/watcher/detect"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	os.Exit(Main(os.Args[1:], os.Getenv, os.Stderr))
+}
+
+// options are the parsed flags.
+type options struct {
+	node, podName, podNamespace, kubeconfig string
+	cloud                                   string
+	gceHost                                 string
+	gceNotice, gceMaintenance               time.Duration
+	awsEndpoint                             string
+	awsInterval                             time.Duration
+	awsIMDSv1                               bool
+	azureEndpoint                           string
+	simFile, simListen                      string
+	policies                                map[watcher.Kind]*string
+	onBlocked                               string
+	reserve, cutoff, criticalWindow         time.Duration
+	dryRun                                  bool
+	listen                                  string
+	webhookURL, webhookFormat               string
+	logFormat, logLevel                     string
+	checkAccess                             bool
+	showVersion                             bool
+}
+
+const usage = `node-agent watches this node's cloud termination notice (GCE preemption
+and maintenance, AWS spot interruption, rebalance, scheduled events and ASG
+termination, Azure scheduled events), then cordons the node, tells the worker
+sidecars, and drains the node before the deadline.
+
+It runs as a DaemonSet pod with hostNetwork. Defaults suit that: the node and
+pod names come from the downward API (NODE_NAME, POD_NAME, POD_NAMESPACE), the
+cloud is detected, the apiserver is found in-cluster.
+
+Flags:
+`
+
+func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*options, error) {
+	o := &options{policies: map[watcher.Kind]*string{}}
+	fs := flag.NewFlagSet("node-agent", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, usage)
+		fs.PrintDefaults()
+	}
+	fs.StringVar(&o.node, "node-name", getenv("NODE_NAME"), "name of this node (env NODE_NAME)")
+	fs.StringVar(&o.podName, "pod-name", getenv("POD_NAME"), "the agent's own pod, never evicted (env POD_NAME)")
+	fs.StringVar(&o.podNamespace, "pod-namespace", getenv("POD_NAMESPACE"), "the agent's own namespace (env POD_NAMESPACE)")
+	fs.StringVar(&o.kubeconfig, "kubeconfig", getenv("KUBECONFIG"), "kubeconfig file; empty: in-cluster config (env KUBECONFIG)")
+	fs.StringVar(&o.cloud, "cloud", "auto", "notice source: auto, gce, aws, azure or sim")
+	fs.StringVar(&o.gceHost, "gce-metadata-host", getenv("GCE_METADATA_HOST"), "GCE metadata server host[:port] (env GCE_METADATA_HOST; default metadata.google.internal)")
+	fs.DurationVar(&o.gceNotice, "gce-preemption-notice", 30*time.Second, "time from instance/preempted to the VM stopping; 120s for Spot VMs with preemptionNoticeDuration")
+	fs.DurationVar(&o.gceMaintenance, "gce-maintenance-notice", 60*time.Second, "time from TERMINATE_ON_HOST_MAINTENANCE to the VM stopping (GPU VMs: 1h)")
+	fs.StringVar(&o.awsEndpoint, "aws-imds-endpoint", "", "EC2 instance metadata base URL (default http://169.254.169.254)")
+	fs.DurationVar(&o.awsInterval, "aws-poll-interval", time.Second, "how often to poll EC2 instance metadata")
+	fs.BoolVar(&o.awsIMDSv1, "aws-allow-imdsv1", false, "fall back to IMDSv1 when no IMDSv2 token can be had")
+	fs.StringVar(&o.azureEndpoint, "azure-imds-endpoint", "", "Azure instance metadata base URL (default http://169.254.169.254)")
+	fs.StringVar(&o.simFile, "sim-file", "", "with --cloud=sim: a notice file to watch")
+	fs.StringVar(&o.simListen, "sim-listen", "", "with --cloud=sim: address of the POST /notice trigger, e.g. 127.0.0.1:8099")
+	for kind, def := range agent.DefaultPolicies() {
+		v := string(def)
+		o.policies[kind] = &v
+		fs.StringVar(o.policies[kind], "on-"+string(kind), v, "action on a "+string(kind)+" notice: drain, cordon or none")
+	}
+	fs.StringVar(&o.onBlocked, "on-blocked", string(drainer.Delete), "pods a PodDisruptionBudget still blocks at the cut-off: delete or leave")
+	fs.DurationVar(&o.reserve, "reserve", 2*time.Second, "time kept back from the deadline when grace periods are computed")
+	fs.DurationVar(&o.cutoff, "blocked-cutoff", 5*time.Second, "stop retrying evictions a budget refuses this long before the deadline")
+	fs.DurationVar(&o.criticalWindow, "critical-window", 10*time.Second, "evict system-critical pods this long before the deadline at the latest")
+	fs.BoolVar(&o.dryRun, "dry-run", false, "log what would be done; change nothing")
+	fs.StringVar(&o.listen, "listen", ":9102", "address for /metrics, /healthz and /readyz")
+	fs.StringVar(&o.webhookURL, "webhook-url", "", "POST each notice here as it arrives")
+	fs.StringVar(&o.webhookFormat, "webhook-format", string(agent.WebhookJSON), "webhook body: json or slack")
+	fs.StringVar(&o.logFormat, "log-format", "json", "log format: json or text")
+	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.BoolVar(&o.checkAccess, "check-access", true, "check at start that RBAC allows what the agent does")
+	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+	}
+	return o, nil
+}
+
+// Main runs the agent with args and returns the exit code.
+func Main(args []string, getenv func(string) string, stderr io.Writer) int {
+	o, err := parseFlags(args, getenv, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "node-agent:", err)
+		return 2
+	}
+	if o.showVersion {
+		fmt.Fprintln(stderr, "node-agent", version)
+		return 0
+	}
+	logger, err := newLogger(o.logFormat, o.logLevel, stderr)
+	if err != nil {
+		fmt.Fprintln(stderr, "node-agent:", err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, o, logger); err != nil {
+		logger.Error("node-agent stopped", "err", err)
+		return 1
+	}
+	return 0
+}
+
+func newLogger(format, level string, w io.Writer) (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	hopts := &slog.HandlerOptions{Level: lvl}
+	switch format {
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, hopts)), nil
+	case "text":
+		return slog.New(slog.NewTextHandler(w, hopts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want json or text", format)
+}
+
+func run(ctx context.Context, o *options, logger *slog.Logger) error {
+	if o.node == "" {
+		return errors.New("no node name: set --node-name or NODE_NAME (downward API spec.nodeName)")
+	}
+	policies := agent.Policies{}
+	for kind, v := range o.policies {
+		a, err := agent.ParseAction(*v)
+		if err != nil {
+			return fmt.Errorf("--on-%s: %w", kind, err)
+		}
+		policies[kind] = a
+	}
+	onBlocked := drainer.BlockedAction(o.onBlocked)
+	if onBlocked != drainer.Delete && onBlocked != drainer.Leave {
+		return fmt.Errorf("--on-blocked %q: want delete or leave", o.onBlocked)
+	}
+	format := agent.WebhookFormat(o.webhookFormat)
+	if format != agent.WebhookJSON && format != agent.WebhookSlack {
+		return fmt.Errorf("--webhook-format %q: want json or slack", o.webhookFormat)
+	}
+	klog.SetSlogLogger(logger)
+	logger = logger.With("node", o.node)
+	logger.Info("node-agent starting", "version", version, "dry_run", o.dryRun)
+
+	cfg, err := clientcmd.BuildConfigFromFlags("", o.kubeconfig)
+	if err != nil {
+		return fmt.Errorf("apiserver config: %w", err)
+	}
+	// No client-side rate limit: 110 evictions must go out in well under a
+	// second, not in client-go's default 5 per second.
+	cfg.QPS, cfg.Burst = -1, -1
+	cfg.UserAgent = "lastcall-node-agent/" + version
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return fmt.Errorf("apiserver client: %w", err)
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	wm, err := watcher.NewMetrics(reg)
+	if err != nil {
+		return err
+	}
+	cloud := watcher.Source(o.cloud)
+	if o.cloud == "auto" {
+		cloud = ""
+	}
+	w, source, err := detect.New(ctx, detect.Config{
+		Cloud:   cloud,
+		Probes:  detect.Probes{GCEHost: o.gceHost, AWSEndpoint: o.awsEndpoint, AzureEndpoint: o.azureEndpoint},
+		GCE:     gceOptions(o),
+		EC2:     ec2Options(o),
+		Azure:   azureOptions(o),
+		Sim:     simOptions(o),
+		Logger:  logger.With("component", "watcher"),
+		Metrics: wm,
+	})
+	if err != nil {
+		return fmt.Errorf("notice source: %w", err)
+	}
+	logger.Info("watching notices", "source", source)
+
+	pods := agent.NewNodePods(client, o.node)
+	self := types.NamespacedName{Namespace: o.podNamespace, Name: o.podName}
+	d := drainer.New(client, drainer.Options{
+		Logger: logger.With("component", "drainer"), Self: self, Pods: pods, Metrics: drainer.NewMetrics(reg),
+	})
+	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
+	defer broadcaster.Shutdown()
+	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
+	recorder := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "lastcall", Host: o.node})
+
+	a, err := agent.New(agent.Config{
+		Node: o.node, Self: self, Policies: policies, DryRun: o.dryRun,
+		Drain:   drainer.Policy{OnBlocked: onBlocked, Reserve: o.reserve, BlockedCutoff: o.cutoff, CriticalWindow: o.criticalWindow},
+		Webhook: agent.Webhook{URL: o.webhookURL, Format: format},
+	}, agent.Deps{
+		Client: client, Drainer: d, Pods: pods, Events: recorder,
+		Metrics: agent.NewMetrics(reg), Logger: logger.With("component", "agent"),
+	})
+	if err != nil {
+		return err
+	}
+
+	var accessErr atomic.Pointer[error]
+	ln, err := net.Listen("tcp", o.listen)
+	if err != nil {
+		return fmt.Errorf("--listen: %w", err)
+	}
+	srv := &http.Server{Handler: agent.Handler(reg, func() error {
+		if !pods.Synced() {
+			return errors.New("pod cache not synced")
+		}
+		if p := accessErr.Load(); p != nil {
+			return *p
+		}
+		return nil
+	}), ReadHeaderTimeout: 5 * time.Second}
+	logger.Info("serving metrics and health", "addr", ln.Addr().String())
+
+	notices := make(chan watcher.Notice)
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return pods.Run(ctx) })
+	g.Go(func() error { return w.Watch(ctx, notices) })
+	g.Go(func() error { return a.Run(ctx, notices) })
+	g.Go(func() error {
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("serve %s: %w", o.listen, err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		return srv.Shutdown(sctx)
+	})
+	if o.checkAccess {
+		g.Go(func() error {
+			cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			defer cancel()
+			if err := agent.CheckAccess(cctx, client, o.node); err != nil {
+				logger.Error("access check failed: the agent will not be ready", "err", err)
+				accessErr.Store(&err)
+			}
+			return nil
+		})
+	}
+	return g.Wait()
+}

@@ -77,10 +77,14 @@ func (f *fakeMetadata) set(path, v string) {
 	f.changed = make(chan struct{})
 }
 
+// setTimeout changes the server-side timeout, for hanging GETs being held
+// too.
 func (f *fakeMetadata) setTimeout(d time.Duration) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.timeout = d
+	close(f.changed)
+	f.changed = make(chan struct{})
 }
 
 func (f *fakeMetadata) fail(path string, n int, ft fault) {
@@ -218,6 +222,7 @@ func (f *fakeMetadata) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if etagOf(v) == last {
 			f.hold(path, 1)
 			defer f.hold(path, -1)
+			started := time.Now()
 			deadline := time.NewTimer(timeout)
 			defer deadline.Stop()
 		wait:
@@ -227,6 +232,10 @@ func (f *fakeMetadata) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 					f.mu.Lock()
 					v, ok = f.values[path]
 					ch = f.changed
+					if f.timeout < timeout {
+						timeout = f.timeout
+						deadline.Reset(time.Until(started.Add(timeout)))
+					}
 					f.mu.Unlock()
 					if !ok || etagOf(v) != last {
 						break wait

@@ -60,9 +60,12 @@ func (e *env) next(t *testing.T) watcher.Notice {
 }
 
 // settle waits until the watcher has gone back to a hanging GET on path at
-// least rounds times, then checks nothing else was sent meanwhile.
+// least rounds more times, then checks nothing else was sent meanwhile.
 func (e *env) settle(t *testing.T, path string, rounds int) {
 	t.Helper()
+	// Short server-side timeouts from here on: the watcher keeps coming back
+	// with the same last_etag and gets the same value again.
+	e.fake.setTimeout(20 * time.Millisecond)
 	if !e.fake.waitStarted(t.Context(), path, e.fake.startedHanging(path)+rounds) {
 		t.Fatal("watcher never went back to a hanging GET")
 	}

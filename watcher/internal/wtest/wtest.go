@@ -43,7 +43,7 @@ func Metrics(t testing.TB) (*watcher.Metrics, *prometheus.Registry) {
 func Run(t testing.TB, w watcher.Watcher) chan watcher.Notice {
 	t.Helper()
 	out := make(chan watcher.Notice, 64)
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
 	go func() { done <- w.Watch(ctx, out) }()
 	t.Cleanup(func() {

@@ -188,7 +188,7 @@ func TestMockSpot(t *testing.T) {
 			if n.Kind != watcher.KindSpotInterruption || n.Action != tc.action || (tc.id != "" && n.ID != tc.id) {
 				t.Fatalf("got %v action %s", n, n.Action)
 			}
-			if tc.id == "" && n.Deadline.Sub(time.Now()) < 100*time.Second {
+			if tc.id == "" && time.Until(n.Deadline) < 100*time.Second {
 				t.Fatalf("deadline %v is not about 2 min ahead", n.Deadline)
 			}
 			e.quiet(t, time.Second)

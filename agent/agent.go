@@ -184,6 +184,11 @@ func (a *Agent) handle(ctx context.Context, n watcher.Notice) {
 		return
 	}
 	n = a.resumeDeadline(n)
+	if n.Deadline.IsZero() {
+		// Advisory notices (AWS rebalance) carry no deadline; a policy that
+		// drains on them drains to this one.
+		n.Deadline = n.Detected.Add(advisoryTimeout)
+	}
 	action := a.cfg.Policies.For(n.Kind)
 	a.Metrics.notice(n, action)
 	log = log.With("action", action, "deadline_in", n.Deadline.Sub(a.Now()).Round(time.Millisecond).String())
@@ -218,6 +223,20 @@ func (a *Agent) handle(ctx context.Context, n watcher.Notice) {
 	}
 }
 
+// advisoryTimeout bounds the work done for a notice without a deadline
+// (an AWS rebalance recommendation), or whose deadline has passed.
+const advisoryTimeout = 2 * time.Minute
+
+// noticeContext bounds the work for n by its deadline, or by
+// advisoryTimeout when n has none or it has passed: the machine may still be
+// there, and a cordon late is better than none.
+func (a *Agent) noticeContext(ctx context.Context, n watcher.Notice) (context.Context, context.CancelFunc) {
+	if n.Deadline.After(a.Now()) {
+		return context.WithDeadline(ctx, n.Deadline)
+	}
+	return context.WithTimeout(ctx, advisoryTimeout)
+}
+
 // resumeDeadline keeps the deadline a restarted agent first worked to: a
 // GCE preemption seen again after a restart is detected later than it
 // happened, and its computed deadline would be too late.
@@ -237,7 +256,7 @@ func (a *Agent) resumeDeadline(n watcher.Notice) watcher.Notice {
 }
 
 func (a *Agent) tellSidecars(ctx context.Context, log *slog.Logger, n watcher.Notice) {
-	ctx, cancel := context.WithDeadline(ctx, n.Deadline)
+	ctx, cancel := a.noticeContext(ctx, n)
 	defer cancel()
 	told, err := a.Notifier.Draining(ctx, n)
 	if err != nil {
@@ -250,7 +269,7 @@ func (a *Agent) tellSidecars(ctx context.Context, log *slog.Logger, n watcher.No
 }
 
 func (a *Agent) cordon(ctx context.Context, log *slog.Logger, n watcher.Notice) {
-	ctx, cancel := context.WithDeadline(ctx, n.Deadline)
+	ctx, cancel := a.noticeContext(ctx, n)
 	defer cancel()
 	changed, err := a.Drainer.Cordon(ctx, a.cfg.Node, string(n.Source))
 	if err != nil {
@@ -266,7 +285,7 @@ func (a *Agent) cordon(ctx context.Context, log *slog.Logger, n watcher.Notice) 
 func (a *Agent) announce(ctx context.Context, log *slog.Logger, n watcher.Notice, action Action) {
 	a.event(corev1.EventTypeWarning, "PreemptionImminent", "%s notice from %s (id %s): node goes away at %s; action %s",
 		n.Kind, n.Source, n.ID, n.Deadline.UTC().Format(time.RFC3339), action)
-	ctx, cancel := context.WithDeadline(ctx, n.Deadline)
+	ctx, cancel := a.noticeContext(ctx, n)
 	defer cancel()
 	if err := a.setCondition(ctx, n, true); err != nil {
 		log.Error("setting node condition failed", "err", err)

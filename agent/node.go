@@ -43,12 +43,19 @@ func (a *Agent) setCondition(ctx context.Context, n watcher.Notice, imminent boo
 		return err
 	}
 	backoff := wait.Backoff{Duration: 50 * time.Millisecond, Factor: 2, Jitter: 0.2, Steps: 12, Cap: 2 * time.Second}
-	return retry.OnError(backoff, transient(ctx), func() error {
+	// retry.OnError returns nil when the last error is a context error
+	// (wait.Interrupted); keep the last error to not lose it.
+	var last error
+	err = retry.OnError(backoff, transient(ctx), func() error {
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()
-		_, err := a.Client.CoreV1().Nodes().Patch(cctx, a.cfg.Node, types.StrategicMergePatchType, patch, metav1.PatchOptions{}, "status")
-		return err
+		_, last = a.Client.CoreV1().Nodes().Patch(cctx, a.cfg.Node, types.StrategicMergePatchType, patch, metav1.PatchOptions{}, "status")
+		return last
 	})
+	if err != nil {
+		return err
+	}
+	return last
 }
 
 // transient says which errors are worth another try while ctx lasts.

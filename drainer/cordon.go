@@ -146,23 +146,33 @@ func hasTaint(n *corev1.Node) bool {
 // transient errors until ctx is done.
 func (d *Drainer) updateNode(ctx context.Context, name string, mutate func(*corev1.Node) bool) (changed bool, err error) {
 	err = d.retryTransient(ctx, "update node", func(ctx context.Context) error {
-		return retry.RetryOnConflict(retry.DefaultRetry, func() error {
-			changed = false
-			cctx, cancel := d.callContext(ctx)
-			defer cancel()
-			n, err := d.client.CoreV1().Nodes().Get(cctx, name, metav1.GetOptions{})
-			if err != nil {
-				return err
-			}
-			if !mutate(n) {
+		// retry.RetryOnConflict returns nil when the last error is a context
+		// error (wait.Interrupted); keep the last error to not lose it.
+		var last error
+		err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			last = func() error {
+				changed = false
+				cctx, cancel := d.callContext(ctx)
+				defer cancel()
+				n, err := d.client.CoreV1().Nodes().Get(cctx, name, metav1.GetOptions{})
+				if err != nil {
+					return err
+				}
+				if !mutate(n) {
+					return nil
+				}
+				if _, err := d.client.CoreV1().Nodes().Update(cctx, n, metav1.UpdateOptions{}); err != nil {
+					return err
+				}
+				changed = true
 				return nil
-			}
-			if _, err := d.client.CoreV1().Nodes().Update(cctx, n, metav1.UpdateOptions{}); err != nil {
-				return err
-			}
-			changed = true
-			return nil
+			}()
+			return last
 		})
+		if err != nil {
+			return err
+		}
+		return last
 	})
 	return changed, err
 }

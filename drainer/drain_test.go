@@ -208,6 +208,18 @@ func TestCordonAndUncordon(t *testing.T) {
 		}
 	})
 
+	t.Run("expired context is an error, not a silent no-op", func(t *testing.T) {
+		name := e.UniqueName("node")
+		if _, err := e.CreateNode(ctx, name, nil); err != nil {
+			t.Fatal(err)
+		}
+		expired, cancel := context.WithDeadline(ctx, time.Now().Add(-time.Second))
+		defer cancel()
+		if changed, err := d.Cordon(expired, name, "gce"); err == nil || changed {
+			t.Fatalf("Cordon(expired ctx) = %v, %v; want an error", changed, err)
+		}
+	})
+
 	t.Run("missing node is a clear error", func(t *testing.T) {
 		_, err := d.Cordon(ctx, "no-such-node", "gce")
 		if !apierrors.IsNotFound(err) {

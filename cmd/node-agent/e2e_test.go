@@ -1,0 +1,550 @@
+package main_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/util/wait"
+
+	"github.com/lastcall-dev/lastcall/agent"
+	"github.com/lastcall-dev/lastcall/drainer"
+	"github.com/lastcall-dev/lastcall/internal/kubetest"
+)
+
+// These tests run the built node-agent binary against a real control plane
+// and real (or faithfully faked) metadata servers, and look only at what an
+// operator would: the node, the pods, Events, and the metrics endpoint.
+
+var (
+	env      *kubetest.Env
+	agentBin string
+)
+
+func TestMain(m *testing.M) {
+	code := func() int {
+		dir, err := os.MkdirTemp("", "node-agent-e2e-")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer os.RemoveAll(dir)
+		agentBin = filepath.Join(dir, "node-agent")
+		if out, err := exec.Command("go", "build", "-o", agentBin, ".").CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "build node-agent: %v\n%s", err, out)
+			return 1
+		}
+		return kubetest.Main(m, &env)
+	}()
+	os.Exit(code)
+}
+
+// cluster is one node with worker pods, a DaemonSet pod and the agent's own
+// pod, and a kubelet that ends each deletion after the pod's grace period.
+type cluster struct {
+	env        *kubetest.Env
+	node, ns   string
+	kubeconfig string
+	kubelet    *kubetest.Kubelet
+}
+
+func newCluster(t *testing.T, workers int, opts ...kubetest.PodOption) *cluster {
+	t.Helper()
+	e := kubetest.Need(t, env)
+	ctx := t.Context()
+	c := &cluster{env: e, node: e.UniqueName("node")}
+	if _, err := e.CreateNode(ctx, c.node, map[string]string{"lastcall.dev/preemptible": "true"}); err != nil {
+		t.Fatal(err)
+	}
+	var err error
+	if c.ns, err = e.CreateNamespace(ctx, "e2e"); err != nil {
+		t.Fatal(err)
+	}
+	c.kubeconfig = filepath.Join(t.TempDir(), "kubeconfig")
+	if err := e.WriteKubeconfig(c.kubeconfig); err != nil {
+		t.Fatal(err)
+	}
+	ds, err := e.CreateDaemonSet(ctx, c.ns, "lastcall")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pods := []*corev1.Pod{kubetest.NewPod(c.ns, "lastcall-agent", c.node, kubetest.WithOwner("DaemonSet", ds.Name, ds.UID))}
+	for i := range workers {
+		pods = append(pods, kubetest.NewPod(c.ns, fmt.Sprintf("worker-%d", i), c.node, append([]kubetest.PodOption{kubetest.WithGrace(2)}, opts...)...))
+	}
+	if _, err := e.CreatePods(ctx, pods...); err != nil {
+		t.Fatal(err)
+	}
+	k, stop := e.StartKubelet(context.Background(), c.node, kubetest.KubeletOptions{})
+	t.Cleanup(stop)
+	c.kubelet = k
+	return c
+}
+
+func (c *cluster) node_(t *testing.T) *corev1.Node {
+	t.Helper()
+	n, err := c.env.Client.CoreV1().Nodes().Get(t.Context(), c.node, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func (c *cluster) cordoned(t *testing.T) bool {
+	n := c.node_(t)
+	_, rec := drainer.RecordOf(n)
+	for _, taint := range n.Spec.Taints {
+		if taint.Key == drainer.TaintKey && n.Spec.Unschedulable && rec {
+			return true
+		}
+	}
+	return false
+}
+
+func (c *cluster) workersLeft(t *testing.T) int {
+	t.Helper()
+	list, err := c.env.Client.CoreV1().Pods(c.ns).List(t.Context(), metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, p := range list.Items {
+		if strings.HasPrefix(p.Name, "worker-") {
+			n++
+		}
+	}
+	return n
+}
+
+// eventually polls cond every 20ms until it holds or timeout passes.
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	err := wait.PollUntilContextTimeout(t.Context(), 20*time.Millisecond, timeout, true, func(context.Context) (bool, error) {
+		return cond(), nil
+	})
+	if err != nil {
+		t.Fatalf("%s: not within %v", what, timeout)
+	}
+}
+
+// agentProc is one run of the node-agent binary.
+type agentProc struct {
+	cmd    *exec.Cmd
+	addr   string
+	out    *syncBuffer
+	done   chan struct{}
+	exited error
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// startAgent runs the agent for the cluster's node with extra flags and
+// waits until /readyz answers 200.
+func (c *cluster) startAgent(t *testing.T, args ...string) *agentProc {
+	t.Helper()
+	p := &agentProc{addr: freeAddr(t), out: &syncBuffer{}, done: make(chan struct{})}
+	args = append([]string{
+		"--node-name=" + c.node, "--pod-name=lastcall-agent", "--pod-namespace=" + c.ns,
+		"--kubeconfig=" + c.kubeconfig, "--listen=" + p.addr, "--log-format=text",
+		"--reserve=500ms", "--blocked-cutoff=2s",
+	}, args...)
+	p.cmd = exec.Command(agentBin, args...)
+	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		p.exited = p.cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		p.stop()
+		if t.Failed() {
+			t.Logf("node-agent output:\n%s", p.out.String())
+		}
+	})
+	eventually(t, 20*time.Second, "agent ready", func() bool {
+		select {
+		case <-p.done:
+			t.Fatalf("node-agent exited: %v\n%s", p.exited, p.out.String())
+		default:
+		}
+		resp, err := http.Get("http://" + p.addr + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	return p
+}
+
+func (p *agentProc) stop() {
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+func (p *agentProc) kill9() {
+	_ = p.cmd.Process.Kill()
+	<-p.done
+}
+
+// metric returns the value of the sample whose line starts with name (labels
+// included, as exposed), or -1.
+func (p *agentProc) metric(t *testing.T, name string) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + p.addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, name+" ") {
+			v, err := strconv.ParseFloat(strings.TrimSpace(line[len(name):]), 64)
+			if err != nil {
+				t.Fatalf("metric %s: %v", line, err)
+			}
+			return v
+		}
+	}
+	return -1
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// gceMetadata is an httptest GCE metadata server for instance/preempted and
+// instance/maintenance-event: Metadata-Flavor required, ETags, and
+// wait_for_change requests that hang until the value changes.
+type gceMetadata struct {
+	srv     *httptest.Server
+	mu      sync.Mutex
+	values  map[string]string
+	changed chan struct{} // closed and replaced on every change
+}
+
+func newGCEMetadata(t *testing.T) *gceMetadata {
+	g := &gceMetadata{values: map[string]string{
+		"instance/preempted": "FALSE", "instance/maintenance-event": "NONE",
+	}, changed: make(chan struct{})}
+	g.srv = httptest.NewServer(http.HandlerFunc(g.serve))
+	t.Cleanup(g.srv.Close)
+	return g
+}
+
+func (g *gceMetadata) host() string { return strings.TrimPrefix(g.srv.URL, "http://") }
+
+func (g *gceMetadata) set(key, value string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.values[key] = value
+	close(g.changed)
+	g.changed = make(chan struct{})
+}
+
+func etag(v string) string { return strconv.Quote(fmt.Sprintf("%x", v)) }
+
+func (g *gceMetadata) serve(w http.ResponseWriter, r *http.Request) {
+	if r.Header.Get("Metadata-Flavor") != "Google" {
+		http.Error(w, "missing Metadata-Flavor", http.StatusForbidden)
+		return
+	}
+	key := strings.TrimPrefix(r.URL.Path, "/computeMetadata/v1/")
+	for {
+		g.mu.Lock()
+		v, ok := g.values[key]
+		changed := g.changed
+		g.mu.Unlock()
+		if !ok {
+			http.NotFound(w, r)
+			return
+		}
+		q := r.URL.Query()
+		if q.Get("wait_for_change") == "true" && q.Get("last_etag") == etag(v) {
+			select {
+			case <-changed:
+				continue
+			case <-r.Context().Done():
+				return
+			case <-time.After(30 * time.Second):
+			}
+		}
+		w.Header().Set("Metadata-Flavor", "Google")
+		w.Header().Set("ETag", etag(v))
+		_, _ = io.WriteString(w, v)
+		return
+	}
+}
+
+func (c *cluster) events(t *testing.T, reason string) []corev1.Event {
+	t.Helper()
+	list, err := c.env.Client.CoreV1().Events(metav1.NamespaceAll).List(t.Context(), metav1.ListOptions{
+		FieldSelector: fields.Set{"involvedObject.kind": "Node", "involvedObject.name": c.node, "reason": reason}.String(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return list.Items
+}
+
+func (c *cluster) condition(t *testing.T) (corev1.NodeCondition, bool) {
+	for _, cond := range c.node_(t).Status.Conditions {
+		if cond.Type == agent.ConditionType {
+			return cond, true
+		}
+	}
+	return corev1.NodeCondition{}, false
+}
+
+// assertDrained checks what a finished drain leaves behind.
+func (c *cluster) assertDrained(t *testing.T, p *agentProc, deadline time.Time) {
+	t.Helper()
+	eventually(t, time.Until(deadline), "workers gone before the deadline", func() bool { return c.workersLeft(t) == 0 })
+	if !c.cordoned(t) {
+		t.Error("node not cordoned and tainted")
+	}
+	if cond, ok := c.condition(t); !ok || cond.Status != corev1.ConditionTrue {
+		t.Errorf("condition %s = %+v, %v; want True", agent.ConditionType, cond, ok)
+	}
+	eventually(t, 10*time.Second, "PreemptionImminent event", func() bool { return len(c.events(t, "PreemptionImminent")) >= 1 })
+	if _, err := c.env.Client.CoreV1().Pods(c.ns).Get(t.Context(), "lastcall-agent", metav1.GetOptions{}); err != nil {
+		t.Errorf("the agent's own DaemonSet pod was touched: %v", err)
+	}
+	eventually(t, 10*time.Second, "drain metrics", func() bool {
+		return p.metric(t, `lastcall_drains_total{result="drained"}`) == 1
+	})
+	if got := p.metric(t, "lastcall_notice_to_cordon_seconds_count"); got < 1 {
+		t.Errorf("lastcall_notice_to_cordon_seconds_count = %v, want at least 1", got)
+	}
+	if got := p.metric(t, `lastcall_evictions_total{outcome="evicted"}`); got < 1 {
+		t.Errorf("lastcall_evictions_total{evicted} = %v", got)
+	}
+}
+
+func TestGCEPreemption(t *testing.T) {
+	c := newCluster(t, 5)
+	gce := newGCEMetadata(t)
+	p := c.startAgent(t, "--cloud=gce", "--gce-metadata-host="+gce.host())
+	if c.cordoned(t) {
+		t.Fatal("cordoned before any notice")
+	}
+
+	gce.set("instance/preempted", "TRUE")
+	deadline := time.Now().Add(30 * time.Second)
+	c.assertDrained(t, p, deadline)
+	if got := p.metric(t, `lastcall_watcher_notices_total{kind="preemption",source="gce",state="active"}`); got != 1 {
+		t.Errorf("lastcall_watcher_notices_total = %v, want 1", got)
+	}
+	if left := p.metric(t, "lastcall_drain_deadline_left_seconds_sum"); left <= 0 {
+		t.Errorf("drain ended %v s before the deadline", left)
+	}
+}
+
+// startMock runs amazon-ec2-metadata-mock on a loopback port in IMDSv2-only
+// mode with args, and returns its base URL and a stop function.
+func startMock(t *testing.T, port string, args ...string) (url string, stop func()) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("needs ec2-metadata-mock")
+	}
+	dir, err := kubetest.AssetsDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "ec2-metadata-mock")
+	if _, err := os.Stat(bin); err != nil {
+		t.Fatalf("ec2-metadata-mock missing (run make testbin): %v", err)
+	}
+	home := t.TempDir()
+	cmd := exec.Command(bin, append(args, "-n", "127.0.0.1", "-p", port, "-I")...)
+	cmd.Dir, cmd.Env = home, append(os.Environ(), "HOME="+home)
+	out := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	stop = func() {
+		select {
+		case <-done:
+		default:
+			_ = cmd.Process.Kill()
+			<-done
+		}
+	}
+	t.Cleanup(stop)
+	eventually(t, 20*time.Second, "ec2-metadata-mock listening", func() bool {
+		conn, err := net.Dial("tcp", "127.0.0.1:"+port)
+		if err == nil {
+			conn.Close()
+		}
+		return err == nil
+	})
+	return "http://127.0.0.1:" + port, stop
+}
+
+func TestAWSSpotInterruption(t *testing.T) {
+	c := newCluster(t, 5)
+	_, port, _ := net.SplitHostPort(freeAddr(t))
+	// The notice appears 2 s after the mock starts, 2 minutes before the stop.
+	url, _ := startMock(t, port, "spot", "-a", "terminate", "-d", "2")
+	p := c.startAgent(t, "--cloud=aws", "--aws-imds-endpoint="+url)
+	eventually(t, 15*time.Second, "cordon after the spot notice", func() bool { return c.cordoned(t) })
+	c.assertDrained(t, p, time.Now().Add(2*time.Minute))
+	if got := p.metric(t, `lastcall_watcher_notices_total{kind="spot-interruption",source="aws",state="active"}`); got != 1 {
+		t.Errorf("spot notices = %v, want 1", got)
+	}
+}
+
+func TestAWSScheduledEventCanceledUndoesCordon(t *testing.T) {
+	c := newCluster(t, 2)
+	_, port, _ := net.SplitHostPort(freeAddr(t))
+	notBefore := time.Now().Add(90 * time.Second).UTC().Format(time.RFC3339)
+	url, stopMock := startMock(t, port, "events", "-o", "instance-stop", "-t", "active", "-b", notBefore)
+	p := c.startAgent(t, "--cloud=aws", "--aws-imds-endpoint="+url, "--on-maintenance=cordon")
+	eventually(t, 15*time.Second, "cordon for the scheduled event", func() bool { return c.cordoned(t) })
+	if c.workersLeft(t) != 2 {
+		t.Error("--on-maintenance=cordon evicted pods")
+	}
+
+	// The event is canceled: the mock comes back on the same port saying so.
+	stopMock()
+	startMock(t, port, "events", "-o", "instance-stop", "-t", "canceled", "-b", notBefore)
+	eventually(t, 20*time.Second, "uncordon after cancellation", func() bool {
+		n := c.node_(t)
+		_, rec := drainer.RecordOf(n)
+		return !n.Spec.Unschedulable && len(n.Spec.Taints) == 0 && !rec
+	})
+	eventually(t, 10*time.Second, "condition cleared", func() bool {
+		cond, ok := c.condition(t)
+		return ok && cond.Status == corev1.ConditionFalse
+	})
+	eventually(t, 10*time.Second, "PreemptionCanceled event", func() bool { return len(c.events(t, "PreemptionCanceled")) == 1 })
+	_ = p
+}
+
+func TestDryRunChangesNothing(t *testing.T) {
+	c := newCluster(t, 3)
+	trigger := freeAddr(t)
+	p := c.startAgent(t, "--cloud=sim", "--sim-listen="+trigger, "--dry-run")
+	resp, err := http.Post("http://"+trigger+"/notice", "application/json", strings.NewReader(`{"kind":"preemption","seconds":30,"id":"dry"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		t.Fatalf("trigger answered %d", resp.StatusCode)
+	}
+	eventually(t, 10*time.Second, "dry-run plan logged", func() bool {
+		return strings.Contains(p.out.String(), "dry run: plan done") && strings.Contains(p.out.String(), "would_evict=3")
+	})
+	before := c.node_(t)
+	if before.Spec.Unschedulable || len(before.Spec.Taints) != 0 || c.workersLeft(t) != 3 {
+		t.Errorf("dry run changed the cluster: unschedulable=%v taints=%v workers=%d",
+			before.Spec.Unschedulable, before.Spec.Taints, c.workersLeft(t))
+	}
+	if _, ok := c.condition(t); ok || len(c.events(t, "PreemptionImminent")) != 0 {
+		t.Error("dry run set the condition or recorded an Event")
+	}
+}
+
+func TestKillMidDrainAndRestart(t *testing.T) {
+	// Two of the workers are behind a budget that allows no disruption: the
+	// drain waits for the cut-off, and the agent is killed while it waits.
+	c := newCluster(t, 3)
+	ctx := t.Context()
+	rs, err := c.env.CreateReplicaSet(ctx, c.ns, "guarded", 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var guarded []*corev1.Pod
+	for i := range 2 {
+		guarded = append(guarded, kubetest.NewPod(c.ns, fmt.Sprintf("worker-guarded-%d", i), c.node, kubetest.WithGrace(2),
+			kubetest.WithLabels(map[string]string{"app": "guarded"}), kubetest.WithOwner("ReplicaSet", rs.Name, rs.UID)))
+	}
+	if _, err := c.env.CreatePods(ctx, guarded...); err != nil {
+		t.Fatal(err)
+	}
+	if err := createBudget(t, c, "guarded", 2); err != nil {
+		t.Fatal(err)
+	}
+
+	noticeFile := filepath.Join(t.TempDir(), "notice.json")
+	deadline := time.Now().Add(20 * time.Second)
+	p := c.startAgent(t, "--cloud=sim", "--sim-file="+noticeFile, "--blocked-cutoff=6s")
+	notice := fmt.Sprintf(`{"kind":"preemption","id":"kill-test","deadline":%q}`, deadline.UTC().Format(time.RFC3339Nano))
+	if err := os.WriteFile(noticeFile, []byte(notice), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "unguarded workers gone", func() bool { return c.workersLeft(t) == 2 })
+	if !c.cordoned(t) {
+		t.Fatal("not cordoned")
+	}
+	p.kill9()
+
+	p2 := c.startAgent(t, "--cloud=sim", "--sim-file="+noticeFile, "--blocked-cutoff=6s")
+	c.assertDrainedAfterRestart(t, p2, deadline)
+}
+
+func (c *cluster) assertDrainedAfterRestart(t *testing.T, p *agentProc, deadline time.Time) {
+	t.Helper()
+	eventually(t, time.Until(deadline), "guarded workers gone before the deadline", func() bool { return c.workersLeft(t) == 0 })
+	if !strings.Contains(p.out.String(), "node was cordoned by an earlier run") {
+		t.Error("restarted agent did not notice the earlier run")
+	}
+	eventually(t, 10*time.Second, "deleted past the cut-off", func() bool {
+		return p.metric(t, `lastcall_evictions_total{outcome="deleted"}`) == 2
+	})
+}

@@ -13,7 +13,7 @@ import (
 
 // createBudget creates a budget with maxUnavailable 0 over the pods labelled
 // app=name and waits until the disruption controller has seen them healthy.
-func createBudget(t *testing.T, c *cluster, name string, pods int32) error {
+func createBudget(t testing.TB, c *cluster, name string, pods int32) error {
 	t.Helper()
 	zero := intstr.FromInt32(0)
 	_, err := c.env.Client.PolicyV1().PodDisruptionBudgets(c.ns).Create(t.Context(), &policyv1.PodDisruptionBudget{

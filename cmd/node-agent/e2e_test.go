@@ -62,10 +62,16 @@ type cluster struct {
 	env        *kubetest.Env
 	node, ns   string
 	kubeconfig string
+	user       string // the agent's user, in the apiserver's audit log
 	kubelet    *kubetest.Kubelet
 }
 
-func newCluster(t *testing.T, workers int, opts ...kubetest.PodOption) *cluster {
+func newCluster(t testing.TB, workers int, opts ...kubetest.PodOption) *cluster {
+	t.Helper()
+	return newClusterWith(t, workers, kubetest.KubeletOptions{}, opts...)
+}
+
+func newClusterWith(t testing.TB, workers int, kopts kubetest.KubeletOptions, opts ...kubetest.PodOption) *cluster {
 	t.Helper()
 	e := kubetest.Need(t, env)
 	ctx := t.Context()
@@ -78,7 +84,7 @@ func newCluster(t *testing.T, workers int, opts ...kubetest.PodOption) *cluster 
 		t.Fatal(err)
 	}
 	c.kubeconfig = filepath.Join(t.TempDir(), "kubeconfig")
-	if err := e.WriteKubeconfig(c.kubeconfig); err != nil {
+	if c.user, err = e.WriteKubeconfig(c.kubeconfig); err != nil {
 		t.Fatal(err)
 	}
 	ds, err := e.CreateDaemonSet(ctx, c.ns, "lastcall")
@@ -92,13 +98,13 @@ func newCluster(t *testing.T, workers int, opts ...kubetest.PodOption) *cluster 
 	if _, err := e.CreatePods(ctx, pods...); err != nil {
 		t.Fatal(err)
 	}
-	k, stop := e.StartKubelet(context.Background(), c.node, kubetest.KubeletOptions{})
+	k, stop := e.StartKubelet(context.Background(), c.node, kopts)
 	t.Cleanup(stop)
 	c.kubelet = k
 	return c
 }
 
-func (c *cluster) node_(t *testing.T) *corev1.Node {
+func (c *cluster) node_(t testing.TB) *corev1.Node {
 	t.Helper()
 	n, err := c.env.Client.CoreV1().Nodes().Get(t.Context(), c.node, metav1.GetOptions{})
 	if err != nil {
@@ -107,7 +113,7 @@ func (c *cluster) node_(t *testing.T) *corev1.Node {
 	return n
 }
 
-func (c *cluster) cordoned(t *testing.T) bool {
+func (c *cluster) cordoned(t testing.TB) bool {
 	n := c.node_(t)
 	_, rec := drainer.RecordOf(n)
 	for _, taint := range n.Spec.Taints {
@@ -118,7 +124,7 @@ func (c *cluster) cordoned(t *testing.T) bool {
 	return false
 }
 
-func (c *cluster) workersLeft(t *testing.T) int {
+func (c *cluster) workersLeft(t testing.TB) int {
 	t.Helper()
 	list, err := c.env.Client.CoreV1().Pods(c.ns).List(t.Context(), metav1.ListOptions{})
 	if err != nil {
@@ -134,7 +140,7 @@ func (c *cluster) workersLeft(t *testing.T) int {
 }
 
 // eventually polls cond every 20ms until it holds or timeout passes.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+func eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	err := wait.PollUntilContextTimeout(t.Context(), 20*time.Millisecond, timeout, true, func(context.Context) (bool, error) {
 		return cond(), nil
@@ -153,7 +159,7 @@ type agentProc struct {
 	exited error
 }
 
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -165,7 +171,7 @@ func freeAddr(t *testing.T) string {
 
 // startAgent runs the agent for the cluster's node with extra flags and
 // waits until /readyz answers 200.
-func (c *cluster) startAgent(t *testing.T, args ...string) *agentProc {
+func (c *cluster) startAgent(t testing.TB, args ...string) *agentProc {
 	t.Helper()
 	p := &agentProc{addr: freeAddr(t), out: &syncBuffer{}, done: make(chan struct{})}
 	args = append([]string{
@@ -226,7 +232,7 @@ func (p *agentProc) kill9() {
 
 // metric returns the value of the sample whose line starts with name (labels
 // included, as exposed), or -1.
-func (p *agentProc) metric(t *testing.T, name string) float64 {
+func (p *agentProc) metric(t testing.TB, name string) float64 {
 	t.Helper()
 	resp, err := http.Get("http://" + p.addr + "/metrics")
 	if err != nil {
@@ -274,7 +280,7 @@ type gceMetadata struct {
 	changed chan struct{} // closed and replaced on every change
 }
 
-func newGCEMetadata(t *testing.T) *gceMetadata {
+func newGCEMetadata(t testing.TB) *gceMetadata {
 	g := &gceMetadata{values: map[string]string{
 		"instance/preempted": "FALSE", "instance/maintenance-event": "NONE",
 	}, changed: make(chan struct{})}
@@ -327,7 +333,7 @@ func (g *gceMetadata) serve(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func (c *cluster) events(t *testing.T, reason string) []corev1.Event {
+func (c *cluster) events(t testing.TB, reason string) []corev1.Event {
 	t.Helper()
 	list, err := c.env.Client.CoreV1().Events(metav1.NamespaceAll).List(t.Context(), metav1.ListOptions{
 		FieldSelector: fields.Set{"involvedObject.kind": "Node", "involvedObject.name": c.node, "reason": reason}.String(),
@@ -338,7 +344,7 @@ func (c *cluster) events(t *testing.T, reason string) []corev1.Event {
 	return list.Items
 }
 
-func (c *cluster) condition(t *testing.T) (corev1.NodeCondition, bool) {
+func (c *cluster) condition(t testing.TB) (corev1.NodeCondition, bool) {
 	for _, cond := range c.node_(t).Status.Conditions {
 		if cond.Type == agent.ConditionType {
 			return cond, true
@@ -348,7 +354,7 @@ func (c *cluster) condition(t *testing.T) (corev1.NodeCondition, bool) {
 }
 
 // assertDrained checks what a finished drain leaves behind.
-func (c *cluster) assertDrained(t *testing.T, p *agentProc, deadline time.Time) {
+func (c *cluster) assertDrained(t testing.TB, p *agentProc, deadline time.Time) {
 	t.Helper()
 	eventually(t, time.Until(deadline), "workers gone before the deadline", func() bool { return c.workersLeft(t) == 0 })
 	if !c.cordoned(t) {
@@ -393,7 +399,7 @@ func TestGCEPreemption(t *testing.T) {
 
 // startMock runs amazon-ec2-metadata-mock on a loopback port in IMDSv2-only
 // mode with args, and returns its base URL and a stop function.
-func startMock(t *testing.T, port string, args ...string) (url string, stop func()) {
+func startMock(t testing.TB, port string, args ...string) (url string, stop func()) {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("needs ec2-metadata-mock")
@@ -538,7 +544,7 @@ func TestKillMidDrainAndRestart(t *testing.T) {
 	c.assertDrainedAfterRestart(t, p2, deadline)
 }
 
-func (c *cluster) assertDrainedAfterRestart(t *testing.T, p *agentProc, deadline time.Time) {
+func (c *cluster) assertDrainedAfterRestart(t testing.TB, p *agentProc, deadline time.Time) {
 	t.Helper()
 	eventually(t, time.Until(deadline), "guarded workers gone before the deadline", func() bool { return c.workersLeft(t) == 0 })
 	if !strings.Contains(p.out.String(), "node was cordoned by an earlier run") {

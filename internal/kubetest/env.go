@@ -82,6 +82,15 @@ func Start(ctx context.Context) (*Env, error) {
 		return nil, err
 	}
 	te := &envtest.Environment{BinaryAssetsDirectory: assets}
+	policy := filepath.Join(dir, "audit-policy.yaml")
+	if err := os.WriteFile(policy, []byte(auditPolicy), 0o600); err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	te.ControlPlane.GetAPIServer().Configure().
+		Set("audit-policy-file", policy).
+		Set("audit-log-path", filepath.Join(dir, "audit.log")).
+		Set("audit-log-mode", "blocking")
 	cfg, err := te.Start()
 	if err != nil {
 		os.RemoveAll(dir)
@@ -270,3 +279,19 @@ func (e *Env) ControllerManagerLog(w io.Writer) error {
 }
 
 func ptrTo[T any](v T) *T { return &v }
+
+// WriteKubeconfig writes a kubeconfig for a new cluster admin to path, for
+// a process the test starts, and returns the user's name: the apiserver's
+// audit log (AuditEvents) tells that process's requests apart by it.
+func (e *Env) WriteKubeconfig(path string) (user string, err error) {
+	user = e.UniqueName("admin")
+	u, err := e.env.AddUser(envtest.User{Name: user, Groups: []string{"system:masters"}}, nil)
+	if err != nil {
+		return "", fmt.Errorf("add user: %w", err)
+	}
+	raw, err := u.KubeConfig()
+	if err != nil {
+		return "", err
+	}
+	return user, os.WriteFile(path, raw, 0o600)
+}

@@ -1,0 +1,100 @@
+package main_test
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/lastcall-dev/lastcall/internal/kubetest"
+)
+
+// BenchmarkNodeAgent110 runs the built agent on a node with 110 pods (the
+// kubelet's default maximum), whose deletions the fake kubelet finishes at
+// once, and a GCE metadata fake. It measures the agent at rest for a
+// minute (RSS, and its requests in the apiserver's audit log), then flips
+// instance/preempted and measures detection to cordon, to all pods gone,
+// and the agent's peak RSS while draining.
+func BenchmarkNodeAgent110(b *testing.B) {
+	const rest = time.Minute
+	for b.Loop() {
+		c := newClusterWith(b, 110, kubetest.KubeletOptions{FinishAtOnce: true})
+		gce := newGCEMetadata(b)
+		agentStart := time.Now()
+		p := c.startAgent(b, "--cloud=gce", "--gce-metadata-host="+gce.host())
+
+		// At rest: what the agent costs while nothing happens.
+		time.Sleep(5 * time.Second) // past start-up (first list, RBAC check)
+		restStart := time.Now()
+		time.Sleep(rest)
+		events, err := c.env.AuditEvents(c.user, restStart)
+		if err != nil {
+			b.Fatal(err)
+		}
+		var verbs []string
+		for _, ev := range events {
+			verbs = append(verbs, ev.Verb+" "+ev.RequestURI)
+		}
+		b.Logf("apiserver requests at rest in %v: %d %v", rest, len(events), verbs)
+		// The audit log does see the agent: its start-up requests (list and
+		// watch of its pods, access review, its node) are there.
+		if all, err := c.env.AuditEvents(c.user, agentStart); err != nil || len(all) == 0 {
+			b.Fatalf("no requests of the agent in the audit log (%v): the count at rest proves nothing", err)
+		} else {
+			b.Logf("agent requests since start: %d", len(all))
+		}
+		rssRest := rssMiB(b, p.cmd.Process.Pid)
+
+		// The notice.
+		peak := rssRest
+		start := time.Now()
+		gce.set("instance/preempted", "TRUE")
+		var cordoned time.Duration
+		for c.workersLeft(b) > 0 {
+			if cordoned == 0 && c.cordoned(b) {
+				cordoned = time.Since(start)
+			}
+			peak = max(peak, rssMiB(b, p.cmd.Process.Pid))
+			if time.Since(start) > 30*time.Second {
+				b.Fatal("not drained within the 30 s window")
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		drained := time.Since(start)
+		peak = max(peak, rssMiB(b, p.cmd.Process.Pid))
+
+		b.ReportMetric(float64(len(events))*float64(time.Minute)/float64(rest), "apiserver-req/min-at-rest")
+		b.ReportMetric(rssRest, "MiB-rss-at-rest")
+		b.ReportMetric(peak, "MiB-rss-peak-draining")
+		b.ReportMetric(float64(cordoned.Milliseconds()), "ms-notice-to-cordon")
+		b.ReportMetric(float64(drained.Milliseconds()), "ms-notice-to-110-gone")
+		if s := p.metric(b, "lastcall_notice_to_cordon_seconds_sum"); s > 0 {
+			b.ReportMetric(s*1000, "ms-detected-to-cordon")
+		}
+	}
+}
+
+// rssMiB reads the resident set size of pid from /proc.
+func rssMiB(tb testing.TB, pid int) float64 {
+	tb.Helper()
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+			kb, err := strconv.ParseFloat(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 64)
+			if err != nil {
+				tb.Fatal(err)
+			}
+			return kb / 1024
+		}
+	}
+	tb.Fatalf("no VmRSS for pid %d", pid)
+	return 0
+}

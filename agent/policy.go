@@ -53,14 +53,3 @@ func (p Policies) For(kind watcher.Kind) Action {
 	}
 	return ActionDrain
 }
-
-// rank orders actions so that the strongest wins when notices overlap.
-func (a Action) rank() int {
-	switch a {
-	case ActionDrain:
-		return 2
-	case ActionCordon:
-		return 1
-	}
-	return 0
-}

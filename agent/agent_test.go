@@ -1,0 +1,211 @@
+package agent
+
+import (
+	"context"
+	"slices"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/tools/record"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/lastcall-dev/lastcall/drainer"
+	"github.com/lastcall-dev/lastcall/watcher"
+)
+
+// These tests drive the agent's bookkeeping (which notice drains, which
+// cancellation undoes the cordon) with a recording Drainer. What the
+// apiserver does is tested with the real binary and control plane in
+// cmd/node-agent.
+
+type call struct {
+	op       string
+	deadline time.Time
+}
+
+type recDrainer struct {
+	mu    sync.Mutex
+	calls []call
+	block bool // Drain waits for ctx
+}
+
+func (r *recDrainer) record(op string, d time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.calls = append(r.calls, call{op, d})
+}
+
+func (r *recDrainer) ops() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []string
+	for _, c := range r.calls {
+		out = append(out, c.op)
+	}
+	return out
+}
+
+func (r *recDrainer) Cordon(context.Context, string, string) (bool, error) {
+	r.record("cordon", time.Time{})
+	return true, nil
+}
+
+func (r *recDrainer) Uncordon(context.Context, string) (bool, error) {
+	r.record("uncordon", time.Time{})
+	return true, nil
+}
+
+func (r *recDrainer) Plan(_ context.Context, _ string, d time.Time, p drainer.Policy) (drainer.Plan, error) {
+	r.record("plan", d)
+	return drainer.NewPlan(nil, types.NamespacedName{}, d, p), nil
+}
+
+func (r *recDrainer) Drain(ctx context.Context, _ string, d time.Time, _ drainer.Policy) (drainer.Report, error) {
+	r.record("drain", d)
+	if r.block {
+		<-ctx.Done()
+		return drainer.Report{}, ctx.Err()
+	}
+	return drainer.Report{Drained: true, Finished: time.Now()}, nil
+}
+
+func newTestAgent(t *testing.T, d *recDrainer) (*Agent, *record.FakeRecorder) {
+	t.Helper()
+	client := fake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}})
+	events := record.NewFakeRecorder(100)
+	a, err := New(Config{Node: "n1"}, Deps{Client: client, Drainer: d, Pods: NewNodePods(client, "n1"), Events: events})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a, events
+}
+
+func notice(id string, kind watcher.Kind, state watcher.State, in time.Duration) watcher.Notice {
+	now := time.Now()
+	n := watcher.Notice{Source: watcher.SourceAWS, Kind: kind, State: state, ID: id, Detected: now}
+	if in != 0 {
+		n.Deadline = now.Add(in)
+	}
+	return n
+}
+
+// run feeds notices to the agent one at a time, letting it settle after
+// each, and returns when all its goroutines are idle.
+func run(t *testing.T, a *Agent, ns ...watcher.Notice) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(t.Context())
+	ch := make(chan watcher.Notice)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = a.Run(ctx, ch)
+	}()
+	for _, n := range ns {
+		ch <- n
+		synctest.Wait()
+	}
+	cancel()
+	<-done
+}
+
+func TestCancelUndoesCordonOnlyWhenNoNoticeRemains(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		d := &recDrainer{}
+		a, _ := newTestAgent(t, d)
+		run(t, a,
+			notice("rebalance", watcher.KindRebalance, watcher.StateActive, 0),
+			notice("maint", watcher.KindMaintenance, watcher.StateActive, time.Hour),
+			notice("maint", watcher.KindMaintenance, watcher.StateCanceled, 0),
+		)
+		if slices.Contains(d.ops(), "uncordon") {
+			t.Fatalf("uncordoned while the rebalance notice still holds: %v", d.ops())
+		}
+		run(t, a, notice("rebalance", watcher.KindRebalance, watcher.StateCanceled, 0))
+		if got := d.ops(); got[len(got)-1] != "uncordon" {
+			t.Fatalf("last op %v, want uncordon", got)
+		}
+	})
+}
+
+func TestEarlierDeadlineRestartsDrain(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		d := &recDrainer{block: true}
+		a, _ := newTestAgent(t, d)
+		late := notice("maint", watcher.KindMaintenance, watcher.StateActive, time.Hour)
+		early := notice("spot", watcher.KindSpotInterruption, watcher.StateActive, 2*time.Minute)
+		later := notice("asg", watcher.KindTermination, watcher.StateActive, 3*time.Minute)
+		run(t, a, late, early, later)
+		var drains []time.Time
+		for _, c := range d.calls {
+			if c.op == "drain" {
+				drains = append(drains, c.deadline)
+			}
+		}
+		if len(drains) != 2 || !drains[0].Equal(late.Deadline) || !drains[1].Equal(early.Deadline) {
+			t.Fatalf("drains to %v; want the maintenance deadline, then the earlier spot one only", drains)
+		}
+	})
+}
+
+func TestPolicies(t *testing.T) {
+	for _, tc := range []struct {
+		kind watcher.Kind
+		want []string
+	}{
+		{watcher.KindPreemption, []string{"cordon", "drain"}},
+		{watcher.KindRebalance, []string{"cordon"}},
+	} {
+		t.Run(string(tc.kind), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				d := &recDrainer{}
+				a, events := newTestAgent(t, d)
+				run(t, a, notice("x", tc.kind, watcher.StateActive, time.Minute))
+				got := d.ops()
+				slices.Sort(got)
+				if !slices.Equal(got, tc.want) {
+					t.Errorf("ops %v, want %v", got, tc.want)
+				}
+				if len(events.Events) == 0 {
+					t.Error("no Event recorded")
+				}
+			})
+		})
+	}
+}
+
+func TestDryRunOnlyPlans(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		d := &recDrainer{}
+		client := fake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}})
+		events := record.NewFakeRecorder(10)
+		a, err := New(Config{Node: "n1", DryRun: true}, Deps{Client: client, Drainer: d, Pods: NewNodePods(client, "n1"), Events: events})
+		if err != nil {
+			t.Fatal(err)
+		}
+		run(t, a, notice("x", watcher.KindPreemption, watcher.StateActive, time.Minute),
+			notice("x", watcher.KindPreemption, watcher.StateCanceled, 0))
+		if got := d.ops(); !slices.Equal(got, []string{"plan"}) {
+			t.Errorf("ops %v, want only a plan", got)
+		}
+		if len(events.Events) != 0 {
+			t.Errorf("dry run recorded %d Events", len(events.Events))
+		}
+	})
+}
+
+func TestParseAction(t *testing.T) {
+	for in, want := range map[string]Action{"drain": ActionDrain, " Cordon ": ActionCordon, "none": ActionNone} {
+		if got, err := ParseAction(in); err != nil || got != want {
+			t.Errorf("ParseAction(%q) = %v, %v", in, got, err)
+		}
+	}
+	if _, err := ParseAction("evict"); err == nil {
+		t.Error("ParseAction(evict) accepted")
+	}
+}

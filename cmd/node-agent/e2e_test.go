@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -12,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -20,6 +22,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -173,6 +176,33 @@ func freeAddr(t testing.TB) string {
 // waits until /readyz answers 200.
 func (c *cluster) startAgent(t testing.TB, args ...string) *agentProc {
 	t.Helper()
+	p := c.launchAgent(t, args...)
+	eventually(t, 20*time.Second, "agent ready", func() bool {
+		select {
+		case <-p.done:
+			t.Fatalf("node-agent exited: %v\n%s", p.exited, p.out.String())
+		default:
+		}
+		code, _ := p.get("/readyz")
+		return code == http.StatusOK
+	})
+	return p
+}
+
+// get fetches path from the agent's metrics and health server.
+func (p *agentProc) get(path string) (int, string) {
+	resp, err := http.Get("http://" + p.addr + path)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
+}
+
+// launchAgent runs the agent for the cluster's node with extra flags.
+func (c *cluster) launchAgent(t testing.TB, args ...string) *agentProc {
+	t.Helper()
 	p := &agentProc{addr: freeAddr(t), out: &syncBuffer{}, done: make(chan struct{})}
 	args = append([]string{
 		"--node-name=" + c.node, "--pod-name=lastcall-agent", "--pod-namespace=" + c.ns,
@@ -193,19 +223,6 @@ func (c *cluster) startAgent(t testing.TB, args ...string) *agentProc {
 		if t.Failed() {
 			t.Logf("node-agent output:\n%s", p.out.String())
 		}
-	})
-	eventually(t, 20*time.Second, "agent ready", func() bool {
-		select {
-		case <-p.done:
-			t.Fatalf("node-agent exited: %v\n%s", p.exited, p.out.String())
-		default:
-		}
-		resp, err := http.Get("http://" + p.addr + "/readyz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
 	})
 	return p
 }
@@ -378,17 +395,73 @@ func (c *cluster) assertDrained(t testing.TB, p *agentProc, deadline time.Time) 
 	}
 }
 
+// webhookSink records the webhook calls it gets.
+type webhookSink struct {
+	srv   *httptest.Server
+	mu    sync.Mutex
+	calls []webhookCall
+}
+
+type webhookCall struct {
+	at      time.Time
+	payload agent.WebhookPayload
+	err     error
+}
+
+func newWebhookSink(t testing.TB) *webhookSink {
+	w := &webhookSink{}
+	w.srv = httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		var call webhookCall
+		call.at = time.Now()
+		call.err = json.NewDecoder(r.Body).Decode(&call.payload)
+		w.mu.Lock()
+		w.calls = append(w.calls, call)
+		w.mu.Unlock()
+	}))
+	t.Cleanup(w.srv.Close)
+	return w
+}
+
+func (w *webhookSink) got() []webhookCall {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return slices.Clone(w.calls)
+}
+
 func TestGCEPreemption(t *testing.T) {
 	c := newCluster(t, 5)
 	gce := newGCEMetadata(t)
-	p := c.startAgent(t, "--cloud=gce", "--gce-metadata-host="+gce.host())
+	hook := newWebhookSink(t)
+	p := c.startAgent(t, "--cloud=gce", "--gce-metadata-host="+gce.host(), "--webhook-url="+hook.srv.URL)
 	if c.cordoned(t) {
 		t.Fatal("cordoned before any notice")
 	}
 
 	gce.set("instance/preempted", "TRUE")
 	deadline := time.Now().Add(30 * time.Second)
+	eventually(t, 10*time.Second, "workers start terminating", func() bool {
+		for _, e := range c.kubelet.Events() {
+			if e.What == "terminating" {
+				return true
+			}
+		}
+		return false
+	})
 	c.assertDrained(t, p, deadline)
+	var lastGone time.Time
+	for _, e := range c.kubelet.Events() {
+		if e.What == "deleted" && e.Time.After(lastGone) {
+			lastGone = e.Time
+		}
+	}
+	calls := hook.got()
+	if len(calls) != 1 {
+		t.Fatalf("webhook called %d times, want 1", len(calls))
+	}
+	if call := calls[0]; call.err != nil || call.payload.Node != c.node || call.payload.Kind != "preemption" ||
+		call.payload.Action != "drain" || len(call.payload.Pods) != 6 || !call.at.Before(lastGone) {
+		t.Errorf("webhook call %+v (last pod gone at %v): want the node, kind, action and 6 pods, before the drain ended", call, lastGone)
+	}
 	if got := p.metric(t, `lastcall_watcher_notices_total{kind="preemption",source="gce",state="active"}`); got != 1 {
 		t.Errorf("lastcall_watcher_notices_total = %v, want 1", got)
 	}
@@ -553,4 +626,58 @@ func (c *cluster) assertDrainedAfterRestart(t testing.TB, p *agentProc, deadline
 	eventually(t, 10*time.Second, "deleted past the cut-off", func() bool {
 		return p.metric(t, `lastcall_evictions_total{outcome="deleted"}`) == 2
 	})
+}
+
+func TestMissingRBACIsReported(t *testing.T) {
+	c := newCluster(t, 1)
+	// A user with all the agent needs but evicting and deleting pods.
+	limited := filepath.Join(t.TempDir(), "limited.kubeconfig")
+	user, err := c.env.WriteKubeconfig(limited, "lastcall-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	role := &rbacv1.ClusterRole{
+		ObjectMeta: metav1.ObjectMeta{Name: c.env.UniqueName("partial")},
+		Rules: []rbacv1.PolicyRule{
+			{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get", "update"}},
+			{APIGroups: []string{""}, Resources: []string{"nodes/status"}, Verbs: []string{"patch"}},
+			{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"list", "watch"}},
+			{APIGroups: []string{""}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
+		},
+	}
+	if _, err := c.env.Client.RbacV1().ClusterRoles().Create(ctx, role, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	binding := &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: role.Name},
+		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: role.Name},
+		Subjects:   []rbacv1.Subject{{Kind: "User", APIGroup: "rbac.authorization.k8s.io", Name: user}},
+	}
+	if _, err := c.env.Client.RbacV1().ClusterRoleBindings().Create(ctx, binding, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	c.kubeconfig = limited
+	trigger := freeAddr(t)
+	p := c.launchAgent(t, "--cloud=sim", "--sim-listen="+trigger)
+	var body string
+	eventually(t, 20*time.Second, "readyz names the missing permissions", func() bool {
+		var code int
+		code, body = p.get("/readyz")
+		return code == http.StatusServiceUnavailable && strings.Contains(body, "RBAC")
+	})
+	for _, want := range []string{"create pods/eviction", "delete pods"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("readyz %q does not name %q", body, want)
+		}
+	}
+	if strings.Contains(body, "list pods") {
+		t.Errorf("readyz %q names a permission the agent has", body)
+	}
+	if !strings.Contains(p.out.String(), "access check failed") {
+		t.Error("the missing permissions were not logged")
+	}
+	if code, _ := p.get("/healthz"); code != http.StatusOK {
+		t.Errorf("healthz = %d: a missing permission must not make the agent unhealthy (restarts fix nothing)", code)
+	}
 }

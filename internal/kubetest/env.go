@@ -280,12 +280,17 @@ func (e *Env) ControllerManagerLog(w io.Writer) error {
 
 func ptrTo[T any](v T) *T { return &v }
 
-// WriteKubeconfig writes a kubeconfig for a new cluster admin to path, for
-// a process the test starts, and returns the user's name: the apiserver's
-// audit log (AuditEvents) tells that process's requests apart by it.
-func (e *Env) WriteKubeconfig(path string) (user string, err error) {
-	user = e.UniqueName("admin")
-	u, err := e.env.AddUser(envtest.User{Name: user, Groups: []string{"system:masters"}}, nil)
+// WriteKubeconfig writes a kubeconfig for a new user to path, for a
+// process the test starts, and returns the user's name: the apiserver's
+// audit log (AuditEvents) tells that process's requests apart by it, and
+// RBAC bindings name it. With no groups the user is a cluster admin
+// (system:masters).
+func (e *Env) WriteKubeconfig(path string, groups ...string) (user string, err error) {
+	user = e.UniqueName("user")
+	if len(groups) == 0 {
+		groups = []string{"system:masters"}
+	}
+	u, err := e.env.AddUser(envtest.User{Name: user, Groups: groups}, nil)
 	if err != nil {
 		return "", fmt.Errorf("add user: %w", err)
 	}

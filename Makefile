@@ -12,7 +12,7 @@ EC2_METADATA_MOCK_VERSION := v1.13.0
 export KUBEBUILDER_ASSETS := $(TESTBIN)
 export LASTCALL_TESTBIN := $(TESTBIN)
 
-.PHONY: help build test unit lint testbin bench fuzz clean
+.PHONY: help build test unit lint testbin bench image clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -43,6 +43,9 @@ lint: $(TOOLS)/staticcheck ## gofmt, go vet and staticcheck
 
 bench: testbin ## run the benchmarks against the real control plane
 	$(GO) test -run '^$$' -bench . -benchtime 5x ./...
+
+image: ## build the container image (needs a Docker engine)
+	docker build --build-arg VERSION=$(VERSION) -t lastcall:$(VERSION) .
 
 clean: ## remove build outputs (keeps .testbin/)
 	rm -rf $(BIN)

@@ -2,7 +2,6 @@ package main_test
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -29,6 +28,7 @@ import (
 
 	"github.com/lastcall-dev/lastcall/agent"
 	"github.com/lastcall-dev/lastcall/drainer"
+	"github.com/lastcall-dev/lastcall/internal/ec2mock"
 	"github.com/lastcall-dev/lastcall/internal/kubetest"
 )
 
@@ -157,7 +157,7 @@ func eventually(t testing.TB, timeout time.Duration, what string, cond func() bo
 type agentProc struct {
 	cmd    *exec.Cmd
 	addr   string
-	out    *syncBuffer
+	out    *ec2mock.Buffer
 	done   chan struct{}
 	exited error
 }
@@ -203,7 +203,7 @@ func (p *agentProc) get(path string) (int, string) {
 // launchAgent runs the agent for the cluster's node with extra flags.
 func (c *cluster) launchAgent(t testing.TB, args ...string) *agentProc {
 	t.Helper()
-	p := &agentProc{addr: freeAddr(t), out: &syncBuffer{}, done: make(chan struct{})}
+	p := &agentProc{addr: freeAddr(t), out: &ec2mock.Buffer{}, done: make(chan struct{})}
 	args = append([]string{
 		"--node-name=" + c.node, "--pod-name=lastcall-agent", "--pod-namespace=" + c.ns,
 		"--kubeconfig=" + c.kubeconfig, "--listen=" + p.addr, "--log-format=text",
@@ -268,23 +268,6 @@ func (p *agentProc) metric(t testing.TB, name string) float64 {
 		}
 	}
 	return -1
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // gceMetadata is an httptest GCE metadata server for instance/preempted and
@@ -470,56 +453,11 @@ func TestGCEPreemption(t *testing.T) {
 	}
 }
 
-// startMock runs amazon-ec2-metadata-mock on a loopback port in IMDSv2-only
-// mode with args, and returns its base URL and a stop function.
-func startMock(t testing.TB, port string, args ...string) (url string, stop func()) {
-	t.Helper()
-	if testing.Short() {
-		t.Skip("needs ec2-metadata-mock")
-	}
-	dir, err := kubetest.AssetsDir()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(dir, "ec2-metadata-mock")
-	if _, err := os.Stat(bin); err != nil {
-		t.Fatalf("ec2-metadata-mock missing (run make testbin): %v", err)
-	}
-	home := t.TempDir()
-	cmd := exec.Command(bin, append(args, "-n", "127.0.0.1", "-p", port, "-I")...)
-	cmd.Dir, cmd.Env = home, append(os.Environ(), "HOME="+home)
-	out := &syncBuffer{}
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
-	stop = func() {
-		select {
-		case <-done:
-		default:
-			_ = cmd.Process.Kill()
-			<-done
-		}
-	}
-	t.Cleanup(stop)
-	eventually(t, 20*time.Second, "ec2-metadata-mock listening", func() bool {
-		conn, err := net.Dial("tcp", "127.0.0.1:"+port)
-		if err == nil {
-			conn.Close()
-		}
-		return err == nil
-	})
-	return "http://127.0.0.1:" + port, stop
-}
-
 func TestAWSSpotInterruption(t *testing.T) {
 	c := newCluster(t, 5)
-	_, port, _ := net.SplitHostPort(freeAddr(t))
 	// The notice appears 2 s after the mock starts, 2 minutes before the stop.
-	url, _ := startMock(t, port, "spot", "-a", "terminate", "-d", "2")
-	p := c.startAgent(t, "--cloud=aws", "--aws-imds-endpoint="+url)
+	mock := ec2mock.Start(t, ec2mock.FreePort(t), "spot", "-a", "terminate", "-d", "2")
+	p := c.startAgent(t, "--cloud=aws", "--aws-imds-endpoint="+mock.URL)
 	eventually(t, 15*time.Second, "cordon after the spot notice", func() bool { return c.cordoned(t) })
 	c.assertDrained(t, p, time.Now().Add(2*time.Minute))
 	if got := p.metric(t, `lastcall_watcher_notices_total{kind="spot-interruption",source="aws",state="active"}`); got != 1 {
@@ -529,18 +467,18 @@ func TestAWSSpotInterruption(t *testing.T) {
 
 func TestAWSScheduledEventCanceledUndoesCordon(t *testing.T) {
 	c := newCluster(t, 2)
-	_, port, _ := net.SplitHostPort(freeAddr(t))
+	port := ec2mock.FreePort(t)
 	notBefore := time.Now().Add(90 * time.Second).UTC().Format(time.RFC3339)
-	url, stopMock := startMock(t, port, "events", "-o", "instance-stop", "-t", "active", "-b", notBefore)
-	p := c.startAgent(t, "--cloud=aws", "--aws-imds-endpoint="+url, "--on-maintenance=cordon")
+	mock := ec2mock.Start(t, port, "events", "-o", "instance-stop", "-t", "active", "-b", notBefore)
+	c.startAgent(t, "--cloud=aws", "--aws-imds-endpoint="+mock.URL, "--on-maintenance=cordon")
 	eventually(t, 15*time.Second, "cordon for the scheduled event", func() bool { return c.cordoned(t) })
 	if c.workersLeft(t) != 2 {
 		t.Error("--on-maintenance=cordon evicted pods")
 	}
 
 	// The event is canceled: the mock comes back on the same port saying so.
-	stopMock()
-	startMock(t, port, "events", "-o", "instance-stop", "-t", "canceled", "-b", notBefore)
+	mock.Stop()
+	ec2mock.Start(t, port, "events", "-o", "instance-stop", "-t", "canceled", "-b", notBefore)
 	eventually(t, 20*time.Second, "uncordon after cancellation", func() bool {
 		n := c.node_(t)
 		_, rec := drainer.RecordOf(n)
@@ -551,7 +489,6 @@ func TestAWSScheduledEventCanceledUndoesCordon(t *testing.T) {
 		return ok && cond.Status == corev1.ConditionFalse
 	})
 	eventually(t, 10*time.Second, "PreemptionCanceled event", func() bool { return len(c.events(t, "PreemptionCanceled")) == 1 })
-	_ = p
 }
 
 func TestDryRunChangesNothing(t *testing.T) {

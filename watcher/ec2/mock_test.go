@@ -1,144 +1,12 @@
 package ec2
 
 import (
-	"bytes"
-	"context"
-	"net"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"strconv"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/lastcall-dev/lastcall/internal/ec2mock"
 	"github.com/lastcall-dev/lastcall/watcher"
 )
-
-// mockBinary finds amazon-ec2-metadata-mock: in $LASTCALL_TESTBIN, else in
-// .testbin at the repository root. A missing binary fails the test (skipped
-// only under -short): an integration test that silently skips proves nothing.
-func mockBinary(t *testing.T) string {
-	t.Helper()
-	if testing.Short() {
-		t.Skip("integration test against ec2-metadata-mock; skipped with -short")
-	}
-	dir := os.Getenv("LASTCALL_TESTBIN")
-	if dir == "" {
-		root, err := repoRoot()
-		if err != nil {
-			t.Fatalf("find the repository root: %v", err)
-		}
-		dir = filepath.Join(root, ".testbin")
-	}
-	bin := filepath.Join(dir, "ec2-metadata-mock")
-	if _, err := os.Stat(bin); err != nil {
-		t.Fatalf("ec2-metadata-mock not found at %s (%v): run make testbin", bin, err)
-	}
-	return bin
-}
-
-func repoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", os.ErrNotExist
-		}
-		dir = parent
-	}
-}
-
-func freePort(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
-}
-
-// mock is one run of ec2-metadata-mock on 127.0.0.1, IMDSv2 only.
-type mock struct {
-	cmd    *exec.Cmd
-	output *syncBuffer
-	done   chan struct{}
-}
-
-// startMock runs ec2-metadata-mock with args on 127.0.0.1:port in IMDSv2-only
-// mode, waits until it accepts connections, and stops it when the test ends.
-func startMock(t *testing.T, port string, args ...string) *mock {
-	t.Helper()
-	bin := mockBinary(t)
-	home := t.TempDir() // it looks for a config file in $HOME
-	args = append(args, "-n", "127.0.0.1", "-p", port, "-I")
-	cmd := exec.Command(bin, args...)
-	cmd.Dir = home
-	cmd.Env = append(os.Environ(), "HOME="+home)
-	m := &mock{cmd: cmd, output: &syncBuffer{}, done: make(chan struct{})}
-	cmd.Stdout, cmd.Stderr = m.output, m.output
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", bin, err)
-	}
-	go func() {
-		defer close(m.done)
-		_ = cmd.Wait()
-	}()
-	t.Cleanup(func() { m.stop(t) })
-	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
-	defer cancel()
-	for {
-		c, err := (&net.Dialer{Timeout: 100 * time.Millisecond}).DialContext(ctx, "tcp", "127.0.0.1:"+port)
-		if err == nil {
-			c.Close()
-			return m
-		}
-		select {
-		case <-m.done:
-			t.Fatalf("ec2-metadata-mock %v exited:\n%s", args, m.output.String())
-		case <-ctx.Done():
-			t.Fatalf("ec2-metadata-mock not listening on %s: %v\n%s", port, err, m.output.String())
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-}
-
-func (m *mock) stop(t *testing.T) {
-	select {
-	case <-m.done:
-		return
-	default:
-	}
-	_ = m.cmd.Process.Kill()
-	<-m.done
-	if t.Failed() {
-		t.Logf("ec2-metadata-mock output:\n%s", m.output.String())
-	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 func startMockWatcher(t *testing.T, port string, opts Options) *env {
 	t.Helper()
@@ -181,8 +49,8 @@ func TestMockSpot(t *testing.T) {
 		{"hibernate with the time moving on every read", []string{"spot", "-a", "hibernate"}, "hibernate", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			port := freePort(t)
-			startMock(t, port, tc.args...)
+			port := ec2mock.FreePort(t)
+			ec2mock.Start(t, port, tc.args...)
 			e := startMockWatcher(t, port, Options{Paths: []string{PathSpot}})
 			n := e.nextWithin(t, 10*time.Second)
 			if n.Kind != watcher.KindSpotInterruption || n.Action != tc.action || (tc.id != "" && n.ID != tc.id) {
@@ -212,8 +80,8 @@ func errorsTotal(e *env) float64 {
 // notice, a rebalance recommendation, a scheduled event and the ASG
 // Terminated state at once. Each is one notice.
 func TestMockAllEvents(t *testing.T) {
-	port := freePort(t)
-	startMock(t, port, "--mock-trigger-time", "2026-03-01T12:00:00Z")
+	port := ec2mock.FreePort(t)
+	ec2mock.Start(t, port, "--mock-trigger-time", "2026-03-01T12:00:00Z")
 	e := startMockWatcher(t, port, Options{})
 	got := map[watcher.Kind]watcher.Notice{}
 	for len(got) < 4 {
@@ -237,15 +105,15 @@ func TestMockAllEvents(t *testing.T) {
 // (then completed). The restarted mock does not know the old token: the SDK
 // gets a 401, a new token, and the watcher reports the cancellation.
 func TestMockScheduledCanceled(t *testing.T) {
-	port := freePort(t)
-	m := startMock(t, port, "events", "-o", "instance-stop", "-t", "active")
+	port := ec2mock.FreePort(t)
+	m := ec2mock.Start(t, port, "events", "-o", "instance-stop", "-t", "active")
 	e := startMockWatcher(t, port, Options{Paths: []string{PathScheduled, PathSpot}})
 	n := e.nextWithin(t, 10*time.Second)
 	if n.Kind != watcher.KindMaintenance || n.State != watcher.StateActive || n.Action != "instance-stop" {
 		t.Fatalf("got %v", n)
 	}
-	m.stop(t)
-	startMock(t, port, "events", "-o", "instance-stop", "-t", "canceled")
+	m.Stop()
+	ec2mock.Start(t, port, "events", "-o", "instance-stop", "-t", "canceled")
 	n = e.nextWithin(t, 15*time.Second)
 	if n.State != watcher.StateCanceled || n.ID != "instance-event-1234567890abcdef0" {
 		t.Fatalf("got %v", n)
@@ -256,8 +124,8 @@ func TestMockScheduledCanceled(t *testing.T) {
 // TestMockASGLifecycle: the mock says InService first and Terminated after
 // the delay; only Terminated is a notice, once.
 func TestMockASGLifecycle(t *testing.T) {
-	port := freePort(t)
-	startMock(t, port, "asglifecycle", "--asg-termination-delay-sec", "2")
+	port := ec2mock.FreePort(t)
+	ec2mock.Start(t, port, "asglifecycle", "--asg-termination-delay-sec", "2")
 	e := startMockWatcher(t, port, Options{Paths: []string{PathASG}, ASGTerminationNotice: 30 * time.Second})
 	n := e.nextWithin(t, 15*time.Second)
 	if n.Kind != watcher.KindTermination || n.ID != IDASGTerminated || !n.Deadline.Equal(t0.Add(30*time.Second)) {
@@ -269,8 +137,8 @@ func TestMockASGLifecycle(t *testing.T) {
 // TestMockDelayedSpot: with -d the notice appears some seconds after the
 // mock starts; until then the watcher sees 404 and sends nothing.
 func TestMockDelayedSpot(t *testing.T) {
-	port := freePort(t)
-	startMock(t, port, "spot", "-d", "2", "-t", "2026-03-01T12:02:00Z")
+	port := ec2mock.FreePort(t)
+	ec2mock.Start(t, port, "spot", "-d", "2", "-t", "2026-03-01T12:02:00Z")
 	e := startMockWatcher(t, port, Options{Paths: []string{PathSpot}})
 	e.quiet(t, time.Second)
 	n := e.nextWithin(t, 15*time.Second)

@@ -320,8 +320,12 @@ func (a *Agent) startDrain(ctx context.Context, log *slog.Logger, n watcher.Noti
 		}
 		a.mu.Unlock()
 		if err != nil {
-			if dctx.Err() != nil && ctx.Err() == nil {
-				log.Info("drain stopped", "reason", context.Cause(dctx))
+			if ctx.Err() != nil {
+				log.Info("drain interrupted: the agent is stopping", "err", err)
+				return
+			}
+			if dctx.Err() != nil {
+				log.Info("drain stopped: canceled or superseded", "err", err)
 				return
 			}
 			log.Error("drain failed", "err", err)

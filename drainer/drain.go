@@ -54,6 +54,10 @@ type PodResult struct {
 	Attempts int
 	// Err is the last error, for Blocked and Failed.
 	Err error
+	// Held is how long the drain held the pod back for its workers.
+	Held time.Duration
+	// Released is true when the pod's workers reported done while held.
+	Released bool
 }
 
 // Report is the result of one Drain.
@@ -202,6 +206,14 @@ func (d *Drainer) waitGone(ctx context.Context, node string, want func() map[typ
 func (d *Drainer) evict(ctx context.Context, log *slog.Logger, plan Plan, pod corev1.Pod) PodResult {
 	res := PodResult{Pod: pod.Namespace + "/" + pod.Name, UID: pod.UID, Tier: TierOf(&pod)}
 	log = log.With("pod", res.Pod)
+	if d.hold != nil {
+		if done := d.hold(&pod); done != nil {
+			start := d.now()
+			res.Released = d.waitHeld(ctx, plan, &pod, done)
+			res.Held = d.now().Sub(start)
+			log.Debug("held pod released", "held", res.Held.String(), "workers_done", res.Released)
+		}
+	}
 	backoff := newBackoff()
 	refused := false // the last answer was a budget's refusal
 	for {
@@ -283,6 +295,31 @@ func (d *Drainer) evict(ctx context.Context, log *slog.Logger, plan Plan, pod co
 			return res
 		}
 	}
+}
+
+// waitHeld waits until done closes, or until the latest moment pod can be
+// asked to leave and still get its whole grace period, or until ctx ends.
+// It reports whether done closed.
+func (d *Drainer) waitHeld(ctx context.Context, plan Plan, pod *corev1.Pod, done <-chan struct{}) bool {
+	latest := plan.LatestEviction(pod)
+	wait := latest.Sub(d.now())
+	if wait <= 0 {
+		select {
+		case <-done:
+			return true
+		default:
+			return false
+		}
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-done:
+		return true
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	return false
 }
 
 // replaced reports whether pod is gone and maybe replaced by another pod of

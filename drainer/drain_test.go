@@ -549,3 +549,64 @@ func TestDrainSurvivesAPIServerOutage(t *testing.T) {
 		t.Errorf("drain finished in %v, before the apiserver came back", took)
 	}
 }
+
+func TestDrainHoldsCooperativePods(t *testing.T) {
+	f := newFixture(t, kubetest.KubeletOptions{FinishAtOnce: true})
+	f.pods(t, 1, "plain")
+	f.pods(t, 1, "quick", kubetest.WithGrace(1), kubetest.WithAnnotations(map[string]string{"test/held": "true"}))
+	f.pods(t, 1, "slow", kubetest.WithGrace(1), kubetest.WithAnnotations(map[string]string{"test/held": "true"}))
+	f.waitRunning(t, 3)
+
+	quickDone := make(chan struct{})
+	never := make(chan struct{})
+	hold := func(p *corev1.Pod) <-chan struct{} {
+		switch p.Name {
+		case "quick-0":
+			return quickDone
+		case "slow-0":
+			return never
+		}
+		return nil
+	}
+	d := f.drainer(drainer.Options{Logger: testLogger(t), Hold: hold})
+	start := time.Now()
+	deadline := start.Add(8 * time.Second)
+	policy := drainer.Policy{Reserve: time.Second}
+	go func() {
+		// The quick pod's workers finish once the plain pod is gone.
+		_ = wait.PollUntilContextCancel(t.Context(), 10*time.Millisecond, true, func(context.Context) (bool, error) {
+			_, exists := getPod(t, f.env.Client, f.ns, "plain-0")
+			return !exists, nil
+		})
+		close(quickDone)
+	}()
+	rep, err := d.Drain(t.Context(), f.node, deadline, policy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rep.Drained || rep.Count(drainer.Evicted) != 3 {
+		t.Fatalf("drained %v, evicted %d: %+v", rep.Drained, rep.Count(drainer.Evicted), rep.Pods)
+	}
+	var order []string
+	for _, e := range f.kubelet.Events() {
+		if e.What == "terminating" {
+			order = append(order, e.Pod[len(f.ns)+1:])
+		}
+	}
+	if !slices.Equal(order, []string{"plain-0", "quick-0", "slow-0"}) {
+		t.Errorf("terminating order %v; want plain, then quick (done), then slow (latest moment)", order)
+	}
+	latest := deadline.Add(-policy.Reserve).Add(-time.Second) // grace 1 s
+	for _, p := range rep.Pods {
+		switch p.Pod[len(f.ns)+1:] {
+		case "quick-0":
+			if !p.Released {
+				t.Errorf("quick pod not released by its workers: %+v", p)
+			}
+		case "slow-0":
+			if p.Released || p.At.Before(latest) {
+				t.Errorf("slow pod evicted at %v, want at its latest moment %v: %+v", p.At.Sub(start), latest.Sub(start), p)
+			}
+		}
+	}
+}

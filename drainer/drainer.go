@@ -36,6 +36,9 @@ type Options struct {
 	Pods PodLister
 	// Metrics counts outcomes; nil counts nothing.
 	Metrics *Metrics
+	// Hold lets pods whose workers cooperate finish before they are
+	// evicted; nil evicts every pod at once. See HoldFunc.
+	Hold HoldFunc
 	// Now is the clock. Default time.Now.
 	Now func() time.Time
 	// CallTimeout bounds each apiserver request. Default 5s.
@@ -45,6 +48,14 @@ type Options struct {
 	PollInterval time.Duration
 }
 
+// HoldFunc tells the drain which pods to hold back. For a pod whose workers
+// have been told to finish (through their sidecar), it returns a channel
+// that is closed when they report done; for any other pod, nil. A held pod
+// is evicted when its channel closes, or at the latest moment that still
+// leaves it its grace period before the deadline, whichever comes first:
+// its workers finish their task without a SIGTERM in the middle of it.
+type HoldFunc func(pod *corev1.Pod) <-chan struct{}
+
 // Drainer cordons and drains nodes. It is safe for concurrent use.
 type Drainer struct {
 	client kubernetes.Interface
@@ -52,6 +63,7 @@ type Drainer struct {
 	self   types.NamespacedName
 	pods   PodLister
 	m      *Metrics
+	hold   HoldFunc
 	now    func() time.Time
 	call   time.Duration
 	poll   time.Duration
@@ -60,7 +72,7 @@ type Drainer struct {
 // New returns a Drainer that talks to the apiserver through client.
 func New(client kubernetes.Interface, opts Options) *Drainer {
 	d := &Drainer{
-		client: client, log: opts.Logger, self: opts.Self, pods: opts.Pods, m: opts.Metrics,
+		client: client, log: opts.Logger, self: opts.Self, pods: opts.Pods, m: opts.Metrics, hold: opts.Hold,
 		now: opts.Now, call: opts.CallTimeout, poll: opts.PollInterval,
 	}
 	if d.log == nil {

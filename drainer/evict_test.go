@@ -144,3 +144,41 @@ func TestEvictConflictMeansReplaced(t *testing.T) {
 		}
 	})
 }
+
+func TestEvictHeldPod(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		release  time.Duration // after which the workers report done; 0: never
+		want     time.Duration // when the eviction goes out
+		released bool
+	}{
+		{name: "workers done early", release: 7 * time.Second, want: 7 * time.Second, released: true},
+		{name: "workers never done", want: 30*time.Second - 2*time.Second - 10*time.Second}, // deadline − reserve − grace
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				client := fake.NewClientset()
+				s := &script{}
+				s.install(client)
+				done := make(chan struct{})
+				if tc.release > 0 {
+					time.AfterFunc(tc.release, func() { close(done) })
+				}
+				d := New(client, Options{Hold: func(*corev1.Pod) <-chan struct{} { return done }})
+				start := time.Now()
+				p := pod("p", grace(10))
+				plan := NewPlan([]corev1.Pod{p}, types.NamespacedName{}, start.Add(30*time.Second), Policy{})
+				res := d.evict(t.Context(), d.log, plan, p)
+				if res.Outcome != Evicted || res.Released != tc.released {
+					t.Fatalf("outcome %s released %v, want evicted, %v", res.Outcome, res.Released, tc.released)
+				}
+				if len(s.requests) != 1 || s.requests[0].Sub(start) != tc.want {
+					t.Errorf("eviction sent at %v, want at %v", s.requests[0].Sub(start), tc.want)
+				}
+				if res.Grace != 10 {
+					t.Errorf("grace %d, want the pod's own 10 s", res.Grace)
+				}
+			})
+		})
+	}
+}

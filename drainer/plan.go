@@ -144,16 +144,32 @@ func (p Plan) Cutoff() time.Time { return p.Deadline.Add(-p.Policy.BlockedCutoff
 // never below 1: a grace of 0 would delete the pod from etcd at once,
 // without the kubelet stopping its containers.
 func (p Plan) Grace(pod *corev1.Pod, now time.Time) int64 {
-	own := int64(corev1.DefaultTerminationGracePeriodSeconds)
-	if pod.Spec.TerminationGracePeriodSeconds != nil {
-		own = *pod.Spec.TerminationGracePeriodSeconds
-	}
-	end := p.Deadline
+	left := int64(p.end(pod).Add(-p.Policy.Reserve).Sub(now) / time.Second)
+	return max(1, min(ownGrace(pod), left))
+}
+
+// end is when pod must be gone: the deadline, or, for a workload pod on a
+// node with critical pods, the start of the critical tier.
+func (p Plan) end(pod *corev1.Pod) time.Time {
 	if TierOf(pod) == TierWorkload && len(p.Tiers[TierCritical]) > 0 {
-		end = p.CriticalStart()
+		return p.CriticalStart()
 	}
-	left := int64(end.Add(-p.Policy.Reserve).Sub(now) / time.Second)
-	return max(1, min(own, left))
+	return p.Deadline
+}
+
+// ownGrace is the pod's terminationGracePeriodSeconds, default 30.
+func ownGrace(pod *corev1.Pod) int64 {
+	if pod.Spec.TerminationGracePeriodSeconds != nil {
+		return *pod.Spec.TerminationGracePeriodSeconds
+	}
+	return corev1.DefaultTerminationGracePeriodSeconds
+}
+
+// LatestEviction is the latest moment pod can be asked to leave and still
+// get its own grace period (default 30s) before its tier's end, Reserve
+// included; a pod held back for its workers is evicted then at the latest.
+func (p Plan) LatestEviction(pod *corev1.Pod) time.Time {
+	return p.end(pod).Add(-p.Policy.Reserve).Add(-time.Duration(ownGrace(pod)) * time.Second)
 }
 
 // TierOf returns the tier of pod.

@@ -108,31 +108,47 @@ func statusError(resp *http.Response) error {
 }
 
 // report sends the pod's report to the agent whenever it changes or the
-// agent reconnects, until ctx is done.
+// agent reconnects, until ctx is done; then it makes one last try, so that
+// a sidecar stopping because its workers are done still tells the agent.
 func (s *Sidecar) report(ctx context.Context) {
 	var sent uint64
 	everSent := false
 	backoff := minBackoff
+	// pending returns the report to send, if one is due.
+	pending := func() (uint64, wire.Report, bool) {
+		s.mu.Lock()
+		ver, rep := s.reportVer, wire.Report{Done: s.done, InFlight: s.inflight}
+		s.mu.Unlock()
+		if ver == sent || (!everSent && rep == wire.Report{}) {
+			sent = ver
+			return ver, rep, false
+		}
+		return ver, rep, true
+	}
 	for {
 		select {
 		case <-s.reportWake:
 		case <-ctx.Done():
+			if _, rep, ok := pending(); ok {
+				fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+				defer cancel()
+				if err := s.put(fctx, rep); err != nil {
+					s.log.Warn("last report to agent failed", "err", err)
+				}
+			}
 			return
 		}
 		for ctx.Err() == nil {
-			s.mu.Lock()
-			ver, rep := s.reportVer, wire.Report{Done: s.done, InFlight: s.inflight}
-			s.mu.Unlock()
-			if ver == sent || (!everSent && rep == wire.Report{}) {
-				sent = ver
+			ver, rep, ok := pending()
+			if !ok {
 				break
 			}
 			if err := s.put(ctx, rep); err != nil {
 				if ctx.Err() == nil {
 					s.log.Warn("report to agent failed; retrying", "err", err)
+					sleep(ctx, backoff)
+					backoff = min(2*backoff, maxBackoff)
 				}
-				sleep(ctx, backoff)
-				backoff = min(2*backoff, maxBackoff)
 				continue
 			}
 			backoff = minBackoff

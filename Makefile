@@ -8,11 +8,13 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -s -w -X main.version=$(VERSION)
 STATICCHECK_VERSION := v0.8.2
 EC2_METADATA_MOCK_VERSION := v1.13.0
+HELM_VERSION := v3.22.0
 
 export KUBEBUILDER_ASSETS := $(TESTBIN)
 export LASTCALL_TESTBIN := $(TESTBIN)
+export LASTCALL_HELM := $(TOOLS)/helm
 
-.PHONY: help build test unit lint testbin bench image clean
+.PHONY: help build test unit lint chart-lint testbin bench image clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -20,7 +22,7 @@ help: ## list the targets
 build: ## build the binaries into bin/
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
 
-test: testbin ## everything CI runs: lint, then all tests with -race against the real control plane
+test: testbin $(TOOLS)/helm ## everything CI runs: lint, then all tests with -race against the real control plane
 	$(MAKE) lint
 	$(GO) test -race -count=1 -timeout 20m ./...
 
@@ -35,6 +37,12 @@ $(TESTBIN)/ec2-metadata-mock:
 
 $(TOOLS)/staticcheck:
 	GOBIN=$(TOOLS) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+
+$(TOOLS)/helm:
+	GOBIN=$(TOOLS) $(GO) install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+
+chart-lint: $(TOOLS)/helm ## helm lint the chart in charts/lastcall
+	$(TOOLS)/helm lint --strict charts/lastcall
 
 lint: $(TOOLS)/staticcheck ## gofmt, go vet and staticcheck
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

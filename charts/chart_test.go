@@ -1,0 +1,441 @@
+package charts
+
+import (
+	"os"
+	"regexp"
+	"slices"
+	"sort"
+	"strings"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"sigs.k8s.io/yaml"
+
+	"github.com/lastcall-dev/lastcall/agent"
+)
+
+// variants are the documented values files in testdata/ that must lint and
+// render; the apiserver tests apply each of them.
+var variants = []struct {
+	name  string
+	files []string
+	check func(t *testing.T, objs []*unstructured.Unstructured)
+}{
+	{"default", nil, checkDefault},
+	{"dryrun-slack", []string{"testdata/dryrun-slack.yaml"}, checkDryRunSlack},
+	{"custom-labels", []string{"testdata/custom-labels.yaml"}, checkCustomLabels},
+	{"all-nodes", []string{"testdata/all-nodes.yaml"}, checkAllNodes},
+	{"monitoring", []string{"testdata/monitoring.yaml"}, checkMonitoring},
+}
+
+func TestLint(t *testing.T) {
+	for _, v := range variants {
+		t.Run(v.name, func(t *testing.T) {
+			args := []string{"lint", "--strict", chartDir, "--kube-version", kubeVersion}
+			for _, f := range v.files {
+				args = append(args, "--values", f)
+			}
+			out, stderr, err := runHelm(t, args...)
+			if err != nil {
+				t.Fatalf("helm lint: %v\n%s%s", err, out, stderr)
+			}
+			if !strings.Contains(out, "0 chart(s) failed") {
+				t.Fatalf("helm lint output:\n%s", out)
+			}
+		})
+	}
+}
+
+func TestTemplate(t *testing.T) {
+	for _, v := range variants {
+		t.Run(v.name, func(t *testing.T) {
+			objs := render(t, "lastcall", "lastcall-system", v.files, nil)
+			for _, o := range objs {
+				if o.GetKind() == "ServiceAccount" || o.GetKind() == "DaemonSet" || o.GetKind() == "Service" ||
+					o.GetKind() == "ServiceMonitor" || o.GetKind() == "PodMonitor" {
+					if got := o.GetNamespace(); got != "lastcall-system" {
+						t.Errorf("%s %s in namespace %q, want the release namespace", o.GetKind(), o.GetName(), got)
+					}
+				}
+				labels := o.GetLabels()
+				for _, l := range []string{"app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version", "app.kubernetes.io/managed-by", "helm.sh/chart"} {
+					if labels[l] == "" {
+						t.Errorf("%s %s has no label %s", o.GetKind(), o.GetName(), l)
+					}
+				}
+			}
+			v.check(t, objs)
+		})
+	}
+}
+
+// daemonSet returns the rendered DaemonSet and its one container.
+func daemonSet(t *testing.T, objs []*unstructured.Unstructured) (*appsv1.DaemonSet, corev1.Container) {
+	t.Helper()
+	ds := into[appsv1.DaemonSet](t, find(t, objs, "DaemonSet"))
+	if n := len(ds.Spec.Template.Spec.Containers); n != 1 {
+		t.Fatalf("DaemonSet has %d containers, want 1", n)
+	}
+	return ds, ds.Spec.Template.Spec.Containers[0]
+}
+
+// nodeTerms returns the DaemonSet's required node selector terms as
+// "key in (v1,v2)" strings, in order.
+func nodeTerms(ds *appsv1.DaemonSet) []string {
+	aff := ds.Spec.Template.Spec.Affinity
+	if aff == nil || aff.NodeAffinity == nil || aff.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution == nil {
+		return nil
+	}
+	var out []string
+	for _, term := range aff.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution.NodeSelectorTerms {
+		var exprs []string
+		for _, e := range term.MatchExpressions {
+			exprs = append(exprs, e.Key+" "+strings.ToLower(string(e.Operator))+" ("+strings.Join(e.Values, ",")+")")
+		}
+		out = append(out, strings.Join(exprs, " && "))
+	}
+	return out
+}
+
+func chartAppVersion(t *testing.T) string {
+	t.Helper()
+	raw, err := os.ReadFile(chartDir + "/Chart.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c struct {
+		AppVersion string `json:"appVersion"`
+	}
+	if err := yaml.Unmarshal(raw, &c); err != nil {
+		t.Fatal(err)
+	}
+	return c.AppVersion
+}
+
+func checkDefault(t *testing.T, objs []*unstructured.Unstructured) {
+	want := []string{"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "DaemonSet", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
+	if got := kinds(objs); !slices.Equal(got, want) {
+		t.Errorf("kinds = %v, want %v", got, want)
+	}
+	ds, c := daemonSet(t, objs)
+	spec := ds.Spec.Template.Spec
+
+	wantTerms := []string{
+		"cloud.google.com/gke-spot in (true)",
+		"cloud.google.com/gke-preemptible in (true)",
+		"eks.amazonaws.com/capacityType in (SPOT)",
+		"karpenter.sh/capacity-type in (spot)",
+		"kubernetes.azure.com/scalesetpriority in (spot)",
+		"lastcall.dev/preemptible in (true)",
+	}
+	if got := nodeTerms(ds); !slices.Equal(got, wantTerms) {
+		t.Errorf("node selector terms (ORed) = %q, want %q", got, wantTerms)
+	}
+	if len(spec.NodeSelector) != 0 {
+		t.Errorf("nodeSelector = %v, want none", spec.NodeSelector)
+	}
+	if want := []corev1.Toleration{{Operator: corev1.TolerationOpExists}}; !slices.Equal(spec.Tolerations, want) {
+		t.Errorf("tolerations = %+v, want %+v", spec.Tolerations, want)
+	}
+	if spec.PriorityClassName != "system-node-critical" {
+		t.Errorf("priorityClassName = %q", spec.PriorityClassName)
+	}
+	if !spec.HostNetwork || spec.DNSPolicy != corev1.DNSClusterFirstWithHostNet {
+		t.Errorf("hostNetwork = %v, dnsPolicy = %q; want true, ClusterFirstWithHostNet", spec.HostNetwork, spec.DNSPolicy)
+	}
+	if spec.ServiceAccountName != find(t, objs, "ServiceAccount").GetName() {
+		t.Errorf("serviceAccountName = %q, want the rendered ServiceAccount", spec.ServiceAccountName)
+	}
+	ps := spec.SecurityContext
+	if ps == nil || ps.RunAsNonRoot == nil || !*ps.RunAsNonRoot || ps.RunAsUser == nil || *ps.RunAsUser != 65532 ||
+		ps.SeccompProfile == nil || ps.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault {
+		t.Errorf("pod securityContext = %+v", ps)
+	}
+	cs := c.SecurityContext
+	if cs == nil || cs.AllowPrivilegeEscalation == nil || *cs.AllowPrivilegeEscalation ||
+		cs.ReadOnlyRootFilesystem == nil || !*cs.ReadOnlyRootFilesystem ||
+		cs.RunAsNonRoot == nil || !*cs.RunAsNonRoot || cs.RunAsUser == nil || *cs.RunAsUser != 65532 ||
+		cs.Capabilities == nil || !slices.Equal(cs.Capabilities.Drop, []corev1.Capability{"ALL"}) || len(cs.Capabilities.Add) != 0 ||
+		cs.SeccompProfile == nil || cs.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault {
+		t.Errorf("container securityContext = %+v", cs)
+	}
+
+	if want := "ghcr.io/lastcall-dev/lastcall:" + chartAppVersion(t); c.Image != want {
+		t.Errorf("image = %q, want %q", c.Image, want)
+	}
+	wantArgs := []string{
+		"--cloud=auto",
+		"--on-preemption=drain", "--on-spot-interruption=drain", "--on-termination=drain",
+		"--on-maintenance=drain", "--on-rebalance=cordon",
+		"--on-blocked=delete", "--listen=:9102", "--log-format=json", "--log-level=info",
+	}
+	if !slices.Equal(c.Args, wantArgs) {
+		t.Errorf("args = %q, want %q", c.Args, wantArgs)
+	}
+	env := map[string]string{}
+	for _, e := range c.Env {
+		if e.ValueFrom != nil && e.ValueFrom.FieldRef != nil {
+			env[e.Name] = e.ValueFrom.FieldRef.FieldPath
+		}
+	}
+	for name, path := range map[string]string{"NODE_NAME": "spec.nodeName", "POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"} {
+		if env[name] != path {
+			t.Errorf("env %s from %q, want downward API %s", name, env[name], path)
+		}
+	}
+	if len(c.Ports) != 1 || c.Ports[0].Name != "metrics" || c.Ports[0].ContainerPort != 9102 {
+		t.Errorf("ports = %+v, want metrics 9102", c.Ports)
+	}
+	for name, p := range map[string]*corev1.Probe{"/healthz": c.LivenessProbe, "/readyz": c.ReadinessProbe} {
+		if p == nil || p.HTTPGet == nil || p.HTTPGet.Path != name || p.HTTPGet.Port.String() != "metrics" {
+			t.Errorf("probe %s = %+v", name, p)
+		}
+	}
+	for name, q := range map[string]struct {
+		got  resource.Quantity
+		want string
+	}{
+		"requests.cpu":    {c.Resources.Requests[corev1.ResourceCPU], "10m"},
+		"requests.memory": {c.Resources.Requests[corev1.ResourceMemory], "48Mi"},
+		"limits.memory":   {c.Resources.Limits[corev1.ResourceMemory], "128Mi"},
+	} {
+		if q.got.Cmp(resource.MustParse(q.want)) != 0 {
+			t.Errorf("resources %s = %s, want %s", name, q.got.String(), q.want)
+		}
+	}
+	if _, ok := c.Resources.Limits[corev1.ResourceCPU]; ok {
+		t.Error("a CPU limit is set; a throttled agent loses seconds of its notice")
+	}
+	us := ds.Spec.UpdateStrategy
+	if us.Type != appsv1.RollingUpdateDaemonSetStrategyType || us.RollingUpdate == nil || us.RollingUpdate.MaxUnavailable == nil ||
+		us.RollingUpdate.MaxUnavailable.String() != "10%" {
+		t.Errorf("updateStrategy = %+v, want RollingUpdate maxUnavailable 10%%", us)
+	}
+}
+
+func checkDryRunSlack(t *testing.T, objs []*unstructured.Unstructured) {
+	_, c := daemonSet(t, objs)
+	for _, arg := range []string{"--dry-run", "--webhook-url=$(LASTCALL_WEBHOOK_URL)", "--webhook-format=slack"} {
+		if !slices.Contains(c.Args, arg) {
+			t.Errorf("args %q lack %q", c.Args, arg)
+		}
+	}
+	i := slices.IndexFunc(c.Env, func(e corev1.EnvVar) bool { return e.Name == "LASTCALL_WEBHOOK_URL" })
+	if i < 0 {
+		t.Fatalf("no env LASTCALL_WEBHOOK_URL in %+v", c.Env)
+	}
+	ref := c.Env[i].ValueFrom
+	if ref == nil || ref.SecretKeyRef == nil || ref.SecretKeyRef.Name != "lastcall-slack" || ref.SecretKeyRef.Key != "url" {
+		t.Errorf("LASTCALL_WEBHOOK_URL from %+v, want secret lastcall-slack key url", ref)
+	}
+}
+
+func checkCustomLabels(t *testing.T, objs []*unstructured.Unstructured) {
+	ds, c := daemonSet(t, objs)
+	if got, want := nodeTerms(ds), []string{"node-pool in (spot,spot-gpu)"}; !slices.Equal(got, want) {
+		t.Errorf("node selector terms = %q, want %q", got, want)
+	}
+	if got := ds.Spec.Template.Spec.NodeSelector; len(got) != 1 || got["kubernetes.io/os"] != "linux" {
+		t.Errorf("nodeSelector = %v", got)
+	}
+	for _, arg := range []string{"--cloud=aws", "--gce-preemption-notice=120s", "--aws-poll-interval=2s"} {
+		if !slices.Contains(c.Args, arg) {
+			t.Errorf("args %q lack %q", c.Args, arg)
+		}
+	}
+}
+
+func checkAllNodes(t *testing.T, objs []*unstructured.Unstructured) {
+	ds, _ := daemonSet(t, objs)
+	if aff := ds.Spec.Template.Spec.Affinity; aff != nil {
+		t.Errorf("affinity = %+v, want none", aff)
+	}
+}
+
+func checkMonitoring(t *testing.T, objs []*unstructured.Unstructured) {
+	svc := into[corev1.Service](t, find(t, objs, "Service"))
+	if svc.Spec.ClusterIP != corev1.ClusterIPNone || len(svc.Spec.Ports) != 1 || svc.Spec.Ports[0].Name != "metrics" {
+		t.Errorf("metrics Service = %+v, want headless with port metrics", svc.Spec)
+	}
+	ds, _ := daemonSet(t, objs)
+	for k, v := range svc.Spec.Selector {
+		if ds.Spec.Template.Labels[k] != v {
+			t.Errorf("Service selector %s=%s does not select the agent pods", k, v)
+		}
+	}
+	for _, kind := range []string{"ServiceMonitor", "PodMonitor"} {
+		m := find(t, objs, kind)
+		if m.GetAPIVersion() != "monitoring.coreos.com/v1" || m.GetLabels()["release"] != "prometheus" {
+			t.Errorf("%s: apiVersion %s, labels %v", kind, m.GetAPIVersion(), m.GetLabels())
+		}
+	}
+	pm := find(t, objs, "PodMonitor")
+	eps, _, _ := unstructured.NestedSlice(pm.Object, "spec", "podMetricsEndpoints")
+	if len(eps) != 1 || eps[0].(map[string]any)["interval"] != "15s" {
+		t.Errorf("PodMonitor endpoints = %v, want one with interval 15s", eps)
+	}
+}
+
+// TestSchemaRejects shows that values.schema.json refuses values the agent
+// would refuse at start, and typos, before anything reaches the cluster.
+func TestSchemaRejects(t *testing.T) {
+	for _, tc := range []struct {
+		file, want string
+	}{
+		{"testdata/invalid-action.yaml", "onRebalance"},
+		{"testdata/invalid-cloud.yaml", "cloud"},
+		{"testdata/invalid-on-blocked.yaml", "onBlocked"},
+		{"testdata/invalid-typo.yaml", "onRebalence"},
+		{"testdata/invalid-labels.yaml", "values"},
+	} {
+		t.Run(strings.TrimSuffix(strings.TrimPrefix(tc.file, "testdata/invalid-"), ".yaml"), func(t *testing.T) {
+			for _, cmd := range [][]string{
+				templateArgs("lastcall", "lastcall-system", []string{tc.file}, nil),
+				{"lint", chartDir, "--values", tc.file},
+			} {
+				out, stderr, err := runHelm(t, cmd...)
+				if err == nil {
+					t.Fatalf("helm %s accepted %s:\n%s", cmd[0], tc.file, out)
+				}
+				msg := out + stderr
+				if !strings.Contains(msg, "values don't meet the specifications of the schema") || !strings.Contains(msg, tc.want) {
+					t.Errorf("helm %s %s: want a schema error about %s, got:\n%s", cmd[0], tc.file, tc.want, msg)
+				}
+			}
+		})
+	}
+}
+
+func TestInjectorNotYet(t *testing.T) {
+	_, stderr, err := runHelm(t, templateArgs("lastcall", "lastcall-system", nil, []string{"injector.enabled=true"})...)
+	if err == nil || !strings.Contains(stderr, "sidecar injector is not part of this chart version") {
+		t.Errorf("injector.enabled=true: err %v, stderr:\n%s", err, stderr)
+	}
+}
+
+func TestKubeVersion(t *testing.T) {
+	args := templateArgs("lastcall", "lastcall-system", nil, nil)
+	args[len(args)-1] = "1.29.9"
+	_, stderr, err := runHelm(t, args...)
+	if err == nil || !strings.Contains(stderr, "kubeVersion") {
+		t.Errorf("Kubernetes 1.29: err %v, stderr:\n%s", err, stderr)
+	}
+}
+
+// TestRBACIsPermissions compares the rendered ClusterRole with what the
+// agent asks the apiserver for (and checks at start): neither may drift.
+func TestRBACIsPermissions(t *testing.T) {
+	objs := render(t, "lastcall", "lastcall-system", nil, nil)
+	role := into[rbacv1.ClusterRole](t, find(t, objs, "ClusterRole"))
+	var got []string
+	for _, r := range role.Rules {
+		if len(r.ResourceNames) > 0 || len(r.NonResourceURLs) > 0 {
+			t.Errorf("rule %+v: resourceNames or nonResourceURLs", r)
+		}
+		for _, g := range r.APIGroups {
+			for _, res := range r.Resources {
+				for _, v := range r.Verbs {
+					if g == "*" || res == "*" || v == "*" {
+						t.Errorf("rule %+v has a wildcard", r)
+					}
+					p := agent.Permission{Verb: v, Group: g, Resource: res}
+					p.Resource, p.Subresource, _ = strings.Cut(res, "/")
+					got = append(got, p.String())
+				}
+			}
+		}
+	}
+	var want []string
+	for _, p := range agent.Permissions() {
+		want = append(want, p.String())
+	}
+	sort.Strings(got)
+	sort.Strings(want)
+	if !slices.Equal(got, want) {
+		t.Errorf("ClusterRole grants\n  %s\nagent.Permissions() needs\n  %s", strings.Join(got, "\n  "), strings.Join(want, "\n  "))
+	}
+	binding := into[rbacv1.ClusterRoleBinding](t, find(t, objs, "ClusterRoleBinding"))
+	sa := find(t, objs, "ServiceAccount")
+	if binding.RoleRef.Name != role.Name || len(binding.Subjects) != 1 ||
+		binding.Subjects[0] != (rbacv1.Subject{Kind: "ServiceAccount", Name: sa.GetName(), Namespace: "lastcall-system"}) {
+		t.Errorf("ClusterRoleBinding = %+v", binding)
+	}
+}
+
+// TestReadmeValues checks that charts/lastcall/README.md's table documents
+// every value in values.yaml, and names no value that is not there.
+func TestReadmeValues(t *testing.T) {
+	raw, err := os.ReadFile(chartDir + "/values.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var values map[string]any
+	if err := yaml.Unmarshal(raw, &values); err != nil {
+		t.Fatal(err)
+	}
+	readme, err := os.ReadFile(chartDir + "/README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	documented := map[string]bool{}
+	for _, m := range regexp.MustCompile("(?m)^\\| `([^`]+)` \\|").FindAllStringSubmatch(string(readme), -1) {
+		documented[m[1]] = true
+	}
+	if len(documented) == 0 {
+		t.Fatal("README.md has no table of values (rows starting with | `key` |)")
+	}
+	for _, leaf := range leaves("", values) {
+		ok := false
+		for p := leaf; p != ""; p = parent(p) {
+			ok = ok || documented[p]
+		}
+		if !ok {
+			t.Errorf("value %s is not in README.md's table", leaf)
+		}
+	}
+	for key := range documented {
+		if !hasPath(values, key) {
+			t.Errorf("README.md documents %s, which values.yaml lacks", key)
+		}
+	}
+}
+
+// leaves returns the dotted paths of the values that are not non-empty maps.
+func leaves(prefix string, m map[string]any) []string {
+	var out []string
+	for k, v := range m {
+		p := k
+		if prefix != "" {
+			p = prefix + "." + k
+		}
+		if sub, ok := v.(map[string]any); ok && len(sub) > 0 {
+			out = append(out, leaves(p, sub)...)
+		} else {
+			out = append(out, p)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+func parent(path string) string {
+	i := strings.LastIndex(path, ".")
+	if i < 0 {
+		return ""
+	}
+	return path[:i]
+}
+
+func hasPath(m map[string]any, path string) bool {
+	head, rest, more := strings.Cut(path, ".")
+	v, ok := m[head]
+	if !ok || !more {
+		return ok
+	}
+	sub, ok := v.(map[string]any)
+	return ok && hasPath(sub, rest)
+}

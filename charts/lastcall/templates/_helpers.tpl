@@ -1,0 +1,76 @@
+{{/*
+The chart name, or nameOverride.
+*/}}
+{{- define "lastcall.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The full name of the release's resources: fullnameOverride, or the release
+name plus the chart name unless the release name already contains it.
+*/}}
+{{- define "lastcall.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Chart name and version, for the helm.sh/chart label.
+*/}}
+{{- define "lastcall.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Labels on every resource.
+*/}}
+{{- define "lastcall.labels" -}}
+helm.sh/chart: {{ include "lastcall.chart" . }}
+{{ include "lastcall.selectorLabels" . }}
+app.kubernetes.io/version: {{ include "lastcall.imageTag" . | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: lastcall
+{{- end }}
+
+{{/*
+Labels that select the agent's pods; never change them on upgrade, a
+DaemonSet's selector is immutable.
+*/}}
+{{- define "lastcall.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "lastcall.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: node-agent
+{{- end }}
+
+{{/*
+The agent's service account.
+*/}}
+{{- define "lastcall.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "lastcall.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+The image tag: image.tag, or the chart's appVersion.
+*/}}
+{{- define "lastcall.imageTag" -}}
+{{- default .Chart.AppVersion .Values.image.tag }}
+{{- end }}
+
+{{/*
+The user name the apiserver gives the agent's service-account tokens.
+*/}}
+{{- define "lastcall.serviceAccountUser" -}}
+{{- printf "system:serviceaccount:%s:%s" .Release.Namespace (include "lastcall.serviceAccountName" .) }}
+{{- end }}

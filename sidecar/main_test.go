@@ -32,7 +32,7 @@ func runTests(m *testing.M) int {
 		bins.sidecar = filepath.Join(dir, "sidecar")
 		bins.worker = filepath.Join(dir, "testworker")
 		for pkg, out := range map[string]string{
-			"github.com/lastcall-dev/lastcall/cmd/sidecar":               bins.sidecar,
+			"github.com/lastcall-dev/lastcall/cmd/sidecar":                 bins.sidecar,
 			"github.com/lastcall-dev/lastcall/sidecar/internal/testworker": bins.worker,
 		} {
 			cmd := exec.Command("go", "build", "-o", out, pkg)

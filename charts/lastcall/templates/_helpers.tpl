@@ -74,3 +74,28 @@ The user name the apiserver gives the agent's service-account tokens.
 {{- define "lastcall.serviceAccountUser" -}}
 {{- printf "system:serviceaccount:%s:%s" .Release.Namespace (include "lastcall.serviceAccountName" .) }}
 {{- end }}
+
+{{/*
+What the two node-restriction policies share: they apply to the agent's
+service account only; nodeName is the node its pod-bound token names, or ""
+when the token names none, which the first validation refuses.
+*/}}
+{{- define "lastcall.restrictionCommon" -}}
+matchConditions:
+  - name: lastcall-agent
+    expression: >-
+      request.userInfo.username == {{ include "lastcall.serviceAccountUser" . | squote }}
+variables:
+  - name: nodeName
+    expression: >-
+      has(request.userInfo.extra) &&
+      'authentication.kubernetes.io/node-name' in request.userInfo.extra &&
+      size(request.userInfo.extra['authentication.kubernetes.io/node-name']) == 1
+      ? request.userInfo.extra['authentication.kubernetes.io/node-name'][0] : ''
+validations:
+  - expression: variables.nodeName != ''
+    reason: Forbidden
+    message: >-
+      lastcall: the agent's token names no node; the agent may change Nodes
+      and delete pods only with the pod-bound token the kubelet mounts
+{{- end }}

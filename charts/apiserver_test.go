@@ -272,10 +272,12 @@ func TestHelmInstall(t *testing.T) {
 	if err != nil {
 		t.Fatalf("helm install: %v\n%s%s", err, out, stderr)
 	}
+	t.Logf("helm install:\n%s", out)
 	for _, want := range []string{
 		"STATUS: deployed",
 		"DRY RUN: the agents log what they would do",
 		"lastcall.dev/preemptible in (true)",
+		"kubectl -n " + ns + " create secret generic lastcall-slack --from-literal=url=",
 		"kubectl -n " + ns + " get ds lc-install-lastcall",
 		"port 9102",
 		"lc-install-lastcall-node-restriction",

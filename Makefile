@@ -38,8 +38,15 @@ $(TESTBIN)/ec2-metadata-mock:
 $(TOOLS)/staticcheck:
 	GOBIN=$(TOOLS) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 
+# The -X values are those of helm's own release build: its version, and the
+# Kubernetes version of its client-go (v0.37 for helm v3.22.0), which `helm
+# template` assumes without --kube-version (v1.20 if left unset).
+HELM_LDFLAGS := -s -w -X helm.sh/helm/v3/internal/version.version=$(HELM_VERSION) \
+	-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=37 \
+	-X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=37
+
 $(TOOLS)/helm:
-	GOBIN=$(TOOLS) $(GO) install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+	GOBIN=$(TOOLS) $(GO) install -ldflags '$(HELM_LDFLAGS)' helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
 
 chart-lint: $(TOOLS)/helm ## helm lint the chart in charts/lastcall
 	$(TOOLS)/helm lint --strict charts/lastcall

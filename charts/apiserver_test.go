@@ -149,7 +149,7 @@ func TestApply(t *testing.T) {
 func TestPolicyTypeCheck(t *testing.T) {
 	e := kubetest.Need(t, env)
 	a := newApplier(t, e)
-	startTypeChecker(t, e)
+	startControllers(t, e, "validatingadmissionpolicy-status-controller")
 	ns, err := e.CreateNamespace(t.Context(), "typecheck")
 	if err != nil {
 		t.Fatal(err)
@@ -182,9 +182,9 @@ func TestPolicyTypeCheck(t *testing.T) {
 	}
 }
 
-// startTypeChecker runs a kube-controller-manager with only the controller
-// that type-checks admission policies, until the test ends.
-func startTypeChecker(t *testing.T, e *kubetest.Env) {
+// startControllers runs a kube-controller-manager with only the named
+// controllers, until the test ends.
+func startControllers(t *testing.T, e *kubetest.Env, controllers ...string) {
 	t.Helper()
 	assets, err := kubetest.AssetsDir()
 	if err != nil {
@@ -201,7 +201,7 @@ func startTypeChecker(t *testing.T, e *kubetest.Env) {
 	}
 	cmd := exec.Command(filepath.Join(assets, "kube-controller-manager"),
 		"--kubeconfig="+kubeconfig,
-		"--controllers=validatingadmissionpolicy-status-controller",
+		"--controllers="+strings.Join(controllers, ","),
 		"--leader-elect=false",
 		"--secure-port=0",
 	)
@@ -228,7 +228,7 @@ func startTypeChecker(t *testing.T, e *kubetest.Env) {
 				if len(log) > 4000 {
 					log = log[len(log)-4000:]
 				}
-				t.Logf("type checker's log ends:\n%s", log)
+				t.Logf("kube-controller-manager's log ends:\n%s", log)
 			}
 		}
 	})

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -30,6 +31,7 @@ var variants = []struct {
 	{"custom-labels", []string{"testdata/custom-labels.yaml"}, checkCustomLabels},
 	{"all-nodes", []string{"testdata/all-nodes.yaml"}, checkAllNodes},
 	{"monitoring", []string{"testdata/monitoring.yaml"}, checkMonitoring},
+	{"policy-warn", []string{"testdata/policy-warn.yaml"}, checkPolicyWarn},
 }
 
 func TestLint(t *testing.T) {
@@ -281,6 +283,23 @@ func checkMonitoring(t *testing.T, objs []*unstructured.Unstructured) {
 	}
 }
 
+func checkPolicyWarn(t *testing.T, objs []*unstructured.Unstructured) {
+	n := 0
+	for _, o := range objs {
+		if o.GetKind() != "ValidatingAdmissionPolicyBinding" {
+			continue
+		}
+		n++
+		b := into[admissionregistrationv1.ValidatingAdmissionPolicyBinding](t, o)
+		if want := []admissionregistrationv1.ValidationAction{"Warn", "Audit"}; !slices.Equal(b.Spec.ValidationActions, want) {
+			t.Errorf("binding %s: validationActions %v, want %v", b.Name, b.Spec.ValidationActions, want)
+		}
+	}
+	if n != 2 {
+		t.Errorf("%d policy bindings, want 2", n)
+	}
+}
+
 // TestSchemaRejects shows that values.schema.json refuses values the agent
 // would refuse at start, and typos, before anything reaches the cluster.
 func TestSchemaRejects(t *testing.T) {
@@ -292,6 +311,7 @@ func TestSchemaRejects(t *testing.T) {
 		{"testdata/invalid-on-blocked.yaml", "onBlocked"},
 		{"testdata/invalid-typo.yaml", "onRebalence"},
 		{"testdata/invalid-labels.yaml", "values"},
+		{"testdata/invalid-policy-actions.yaml", "validationActions"},
 	} {
 		t.Run(strings.TrimSuffix(strings.TrimPrefix(tc.file, "testdata/invalid-"), ".yaml"), func(t *testing.T) {
 			for _, cmd := range [][]string{

@@ -40,7 +40,7 @@ func helmPath(t *testing.T) string {
 		if testing.Short() {
 			t.Skipf("helm not found at %s; skipped in -short mode", path)
 		}
-		t.Fatalf("helm not found at %s (run make .tools/helm, or set LASTCALL_HELM): %v", path, err)
+		t.Fatalf("helm not found at %s (run make chart-lint, which builds it, or set LASTCALL_HELM): %v", path, err)
 	}
 	return path
 }

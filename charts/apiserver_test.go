@@ -128,7 +128,7 @@ func TestApply(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			objs := render(t, "lc-"+v.name, ns, v.files, nil)
+			objs := render(t, e.UniqueName("lc-"+v.name), ns, v.files, nil)
 			if slices.Contains(kinds(objs), "ServiceMonitor") || slices.Contains(kinds(objs), "PodMonitor") {
 				installMonitoringCRDs(t, a)
 			}
@@ -154,7 +154,7 @@ func TestPolicyTypeCheck(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	objs := render(t, "lc-typecheck", ns, nil, nil)
+	objs := render(t, e.UniqueName("lc-typecheck"), ns, nil, nil)
 	var policies []*unstructured.Unstructured
 	for _, o := range objs {
 		if o.GetKind() == "ValidatingAdmissionPolicy" {
@@ -266,8 +266,8 @@ func TestHelmInstall(t *testing.T) {
 	if _, err := e.WriteKubeconfig(kubeconfig); err != nil {
 		t.Fatal(err)
 	}
-	ns := e.UniqueName("helm-install")
-	out, stderr, err := runHelm(t, "install", "lc-install", chartDir, "--kubeconfig", kubeconfig,
+	ns, release := e.UniqueName("helm-install"), e.UniqueName("lc-install")
+	out, stderr, err := runHelm(t, "install", release, chartDir, "--kubeconfig", kubeconfig,
 		"--namespace", ns, "--create-namespace", "--values", "testdata/dryrun-slack.yaml")
 	if err != nil {
 		t.Fatalf("helm install: %v\n%s%s", err, out, stderr)
@@ -278,15 +278,15 @@ func TestHelmInstall(t *testing.T) {
 		"DRY RUN: the agents log what they would do",
 		"lastcall.dev/preemptible in (true)",
 		"kubectl -n " + ns + " create secret generic lastcall-slack --from-literal=url=",
-		"kubectl -n " + ns + " get ds lc-install-lastcall",
+		"kubectl -n " + ns + " get ds " + release + "-lastcall",
 		"port 9102",
-		"lc-install-lastcall-node-restriction",
+		release + "-lastcall-node-restriction",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("helm install output lacks %q:\n%s", want, out)
 		}
 	}
-	if _, err := e.Client.AppsV1().DaemonSets(ns).Get(t.Context(), "lc-install-lastcall", metav1.GetOptions{}); err != nil {
+	if _, err := e.Client.AppsV1().DaemonSets(ns).Get(t.Context(), release+"-lastcall", metav1.GetOptions{}); err != nil {
 		t.Errorf("DaemonSet after helm install: %v", err)
 	}
 }
@@ -302,7 +302,7 @@ func TestNodeRestriction(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	objs := render(t, "lc-restrict", ns, nil, nil)
+	objs := render(t, e.UniqueName("lc-restrict"), ns, nil, nil)
 	newApplier(t, e).create(t, objs)
 	sa := find(t, objs, "ServiceAccount").GetName()
 

@@ -26,7 +26,8 @@ func TestPlacement(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	objs := render(t, "lc-placement", ns, nil, nil)
+	release := e.UniqueName("lc-placement")
+	objs := render(t, release, ns, nil, nil)
 	newApplier(t, e).create(t, objs)
 	ds := find(t, objs, "DaemonSet")
 
@@ -83,7 +84,7 @@ func TestPlacement(t *testing.T) {
 
 	// Wait (bounded) until the controller has placed a pod on every node it
 	// wants; then no pod may be on any other of this test's nodes.
-	selector := labels.SelectorFromSet(map[string]string{"app.kubernetes.io/instance": "lc-placement"}).String()
+	selector := labels.SelectorFromSet(map[string]string{"app.kubernetes.io/instance": release}).String()
 	var pods []corev1.Pod
 	err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 60*time.Second, true, func(ctx context.Context) (bool, error) {
 		got, err := e.Client.AppsV1().DaemonSets(ns).Get(ctx, ds.GetName(), metav1.GetOptions{})

@@ -262,7 +262,7 @@ func startPod(ctx context.Context, t testing.TB, spec podSpec) *podProcs {
 	t.Helper()
 	pp := &podProcs{ref: spec.ref, ip: spec.ip, dir: t.TempDir()}
 	workerName := "w-" + strings.ReplaceAll(spec.ip, ".", "-")
-	pp.args = append([]string{"--listen", spec.ip + ":0", "--dir", pp.dir, "--prestop-timeout", "20s", "--log-level", "debug"}, spec.extraArgs...)
+	pp.args = append([]string{"--listen", spec.ip + ":0", "--dir", pp.dir, "--prestop-timeout", "20s"}, spec.extraArgs...)
 	if spec.signal {
 		pp.args = append(pp.args, "--signal", "TSTP", "--signal-process", workerName)
 	}

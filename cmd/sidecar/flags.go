@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -36,7 +35,7 @@ func joinHostPort(host, port string) string {
 	return net.JoinHostPort(strings.Trim(host, "[]"), port)
 }
 
-// signals are the signals --signal accepts by name.
+// signalByName returns the signal --signal accepts under name.
 func signalByName(name string) (syscall.Signal, bool) {
 	switch name {
 	case "HUP":
@@ -85,8 +84,4 @@ func newLogger(format, level string, w io.Writer) (*slog.Logger, error) {
 		return slog.New(slog.NewTextHandler(w, hopts)), nil
 	}
 	return nil, fmt.Errorf("--log-format %q: want json or text", format)
-}
-
-func jsonDecode(r io.Reader, v any) error {
-	return json.NewDecoder(r).Decode(v)
 }

@@ -8,6 +8,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -244,7 +245,7 @@ func prestop(ctx context.Context, addr string, timeout time.Duration) (wire.Stat
 		return wire.State{}, fmt.Errorf("sidecar answered %s", resp.Status)
 	}
 	var st wire.State
-	if err := jsonDecode(resp.Body, &st); err != nil {
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
 		return wire.State{}, fmt.Errorf("decode sidecar state: %w", err)
 	}
 	return st, nil

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -111,15 +112,24 @@ func (s *Sidecar) restore() {
 // preStop hook ("exec: [/lastcall/sidecar, prestop]") without having it in
 // their image.
 func InstallBinary(src, dir, name string) (string, error) {
-	b, err := os.ReadFile(src)
+	in, err := os.Open(src)
 	if err != nil {
 		return "", fmt.Errorf("install binary: %w", err)
 	}
+	defer in.Close()
 	dst := filepath.Join(dir, name)
-	if err := writeAtomic(dst, b); err != nil {
+	// Streamed, not read whole: the sidecar's memory stays small.
+	out, err := os.CreateTemp(dir, "."+name+".*")
+	if err != nil {
 		return "", fmt.Errorf("install binary: %w", err)
 	}
-	if err := os.Chmod(dst, 0o755); err != nil {
+	_, cerr := io.Copy(out, in)
+	if err := errors.Join(cerr, out.Close(), os.Chmod(out.Name(), 0o755)); err != nil {
+		_ = os.Remove(out.Name())
+		return "", fmt.Errorf("install binary: %w", err)
+	}
+	if err := os.Rename(out.Name(), dst); err != nil {
+		_ = os.Remove(out.Name())
 		return "", fmt.Errorf("install binary: %w", err)
 	}
 	return dst, nil

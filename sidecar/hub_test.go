@@ -1,0 +1,230 @@
+package sidecar_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/lastcall-dev/lastcall/agent"
+	"github.com/lastcall-dev/lastcall/sidecar"
+	"github.com/lastcall-dev/lastcall/sidecar/wire"
+)
+
+var _ agent.Notifier = (*sidecar.Hub)(nil)
+
+// poll is one long-poll served by h's handler in a goroutine, as if from
+// the pod's IP.
+type poll struct {
+	rec  *httptest.ResponseRecorder
+	done chan struct{}
+}
+
+func startPoll(h http.Handler, ip, path string) *poll {
+	req := httptest.NewRequest(http.MethodGet, path, nil)
+	req.RemoteAddr = ip + ":40000"
+	p := &poll{rec: httptest.NewRecorder(), done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		h.ServeHTTP(p.rec, req)
+	}()
+	return p
+}
+
+func (p *poll) answered() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+func (p *poll) state(t *testing.T) wire.NodeState {
+	t.Helper()
+	<-p.done
+	var st wire.NodeState
+	if err := json.Unmarshal(p.rec.Body.Bytes(), &st); err != nil {
+		t.Fatalf("poll answered %d %q: %v", p.rec.Code, p.rec.Body, err)
+	}
+	return st
+}
+
+func newTestHub(t *testing.T, linger time.Duration, onDone func(sidecar.PodRef)) (*sidecar.Hub, *podIPs) {
+	t.Helper()
+	ips := newPodIPs()
+	ips.set(sidecar.PodRef{Namespace: "ns", Name: "a"}, "10.0.0.1")
+	ips.set(sidecar.PodRef{Namespace: "ns", Name: "b"}, "10.0.0.2")
+	h, err := sidecar.NewHub(sidecar.HubOptions{Pods: ips, Linger: linger, OnDone: onDone})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h, ips
+}
+
+func TestHubLongPoll(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		hub, _ := newTestHub(t, time.Second, nil)
+		h := hub.Handler()
+		gen := hub.State().Generation
+		path := "/v1/pods/ns/a/state?" + wire.PollQuery{Generation: gen, Wait: 30 * time.Second}.Encode()
+
+		// Nothing changes: the poll is held for the whole wait.
+		p := startPoll(h, "10.0.0.1", path)
+		time.Sleep(29 * time.Second)
+		synctest.Wait()
+		if p.answered() {
+			t.Fatal("poll answered before the wait ran out")
+		}
+		time.Sleep(time.Second)
+		if st := p.state(t); st.Generation != gen || st.Phase != wire.PhaseRunning {
+			t.Errorf("after the wait: %+v, want generation %d running", st, gen)
+		}
+
+		// An older generation is answered at once.
+		if st := startPoll(h, "10.0.0.1", "/v1/pods/ns/a/state?generation=1&wait=30s").state(t); st.Generation != gen {
+			t.Errorf("stale poll: %+v", st)
+		}
+
+		// A change answers a waiting poll at once, and Draining returns when
+		// it has.
+		p = startPoll(h, "10.0.0.1", path)
+		q := startPoll(h, "10.0.0.2", strings.Replace(path, "/a/", "/b/", 1))
+		synctest.Wait()
+		deadline := time.Now().Add(30 * time.Second)
+		told, err := hub.Draining(t.Context(), testNotice(deadline))
+		if err != nil || told != 2 {
+			t.Fatalf("Draining = %d, %v; want 2", told, err)
+		}
+		for _, p := range []*poll{p, q} {
+			st := p.state(t)
+			if st.Phase != wire.PhaseDraining || st.Generation <= gen || st.Reason != "preemption" || !st.Deadline.Equal(deadline) {
+				t.Errorf("draining state: %+v", st)
+			}
+		}
+	})
+}
+
+func TestHubDrainingWaits(t *testing.T) {
+	tests := []struct {
+		name      string
+		comesBack bool // the sidecar polls again within the linger
+		wantTold  int
+	}{
+		{"sidecar between two polls comes back", true, 1},
+		{"sidecar gone for good", false, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				hub, _ := newTestHub(t, 2*time.Second, nil)
+				h := hub.Handler()
+				// One answered poll: the sidecar counts as subscribed for the linger.
+				st := startPoll(h, "10.0.0.1", "/v1/pods/ns/a/state").state(t)
+				var told int
+				var err error
+				returned := make(chan struct{})
+				go func() {
+					defer close(returned)
+					told, err = hub.Draining(t.Context(), testNotice(time.Now().Add(time.Minute)))
+				}()
+				synctest.Wait()
+				select {
+				case <-returned:
+					t.Fatal("Draining returned before the subscribed sidecar had the state")
+				default:
+				}
+				if tt.comesBack {
+					startPoll(h, "10.0.0.1", "/v1/pods/ns/a/state?"+wire.PollQuery{Generation: st.Generation, Wait: 30 * time.Second}.Encode()).state(t)
+				}
+				<-returned
+				if err != nil || told != tt.wantTold {
+					t.Errorf("Draining = %d, %v; want %d", told, err, tt.wantTold)
+				}
+			})
+		})
+	}
+}
+
+func TestHubDrainingContext(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		hub, _ := newTestHub(t, time.Hour, nil)
+		startPoll(hub.Handler(), "10.0.0.1", "/v1/pods/ns/a/state").state(t)
+		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+		defer cancel()
+		told, err := hub.Draining(ctx, testNotice(time.Now().Add(time.Minute)))
+		if told != 0 || !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("Draining = %d, %v; want 0, deadline exceeded", told, err)
+		}
+	})
+}
+
+func TestHubReports(t *testing.T) {
+	var mu sync.Mutex
+	var calls []sidecar.PodRef
+	hub, _ := newTestHub(t, time.Second, func(p sidecar.PodRef) {
+		mu.Lock()
+		defer mu.Unlock()
+		calls = append(calls, p)
+	})
+	h := hub.Handler()
+	put := func(ip, name, body string) int {
+		req := httptest.NewRequest(http.MethodPut, "/v1/pods/ns/"+name+"/report", strings.NewReader(body))
+		req.RemoteAddr = ip + ":1234"
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		return rec.Code
+	}
+	steps := []struct {
+		ip, name, body string
+		wantCode       int
+		wantCalls      int
+	}{
+		{"10.0.0.1", "a", `{"done":false,"inflight":3}`, 204, 0},
+		{"10.0.0.1", "a", `{"done":true,"inflight":0}`, 204, 1},
+		{"10.0.0.1", "a", `{"done":true,"inflight":0}`, 204, 1}, // sent again: no second call
+		{"10.0.0.2", "a", `{"done":true}`, 403, 1},
+		{"[::ffff:10.0.0.2]", "b", `{"done":true}`, 204, 2}, // IPv4-mapped address
+	}
+	for i, s := range steps {
+		if code := put(s.ip, s.name, s.body); code != s.wantCode {
+			t.Errorf("step %d: %d, want %d", i, code, s.wantCode)
+		}
+		mu.Lock()
+		if len(calls) != s.wantCalls {
+			t.Errorf("step %d: OnDone calls %v, want %d", i, calls, s.wantCalls)
+		}
+		mu.Unlock()
+	}
+	if !hub.Done("ns", "a") || !hub.Done("ns", "b") {
+		t.Error("done reports not recorded")
+	}
+	if _, err := hub.Resumed(t.Context(), testNotice(time.Time{})); err != nil {
+		t.Fatal(err)
+	}
+	if hub.Done("ns", "a") || hub.State().Phase != wire.PhaseRunning {
+		t.Error("Resumed kept the done reports or the drain")
+	}
+	if put("10.0.0.1", "a", `{"done":true}`); len(calls) != 3 {
+		t.Errorf("a done report after Resumed: OnDone calls %v, want 3", calls)
+	}
+}
+
+func TestHubClose(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		hub, _ := newTestHub(t, time.Second, nil)
+		gen := hub.State().Generation
+		p := startPoll(hub.Handler(), "10.0.0.1", "/v1/pods/ns/a/state?"+wire.PollQuery{Generation: gen, Wait: time.Minute}.Encode())
+		synctest.Wait()
+		hub.Close()
+		if st := p.state(t); st.Generation != gen {
+			t.Errorf("after Close: %+v", st)
+		}
+	})
+}

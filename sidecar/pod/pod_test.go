@@ -1,0 +1,230 @@
+package pod
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/lastcall-dev/lastcall/sidecar/wire"
+)
+
+func newTestSidecar(t *testing.T, dir string) *Sidecar {
+	t.Helper()
+	s, err := New(Config{Namespace: "ns", Name: "p", Agent: "127.0.0.1:1", Listen: "127.0.0.1:0", Dir: dir, PrestopTimeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.ln.Close() })
+	return s
+}
+
+func TestDerive(t *testing.T) {
+	deadline := time.Date(2026, 1, 1, 12, 0, 30, 0, time.UTC)
+	term := deadline.Add(-10 * time.Second)
+	later := deadline.Add(time.Hour)
+	tests := []struct {
+		name        string
+		node        wire.NodeState
+		connected   bool
+		terminating bool
+		termAt      time.Time
+		want        wire.Phase
+		wantReason  string
+		wantAt      time.Time
+	}{
+		{"never connected", wire.NodeState{}, false, false, time.Time{}, wire.PhaseUnknown, "", time.Time{}},
+		{"running", wire.NodeState{Phase: wire.PhaseRunning}, true, false, time.Time{}, wire.PhaseRunning, "", time.Time{}},
+		{"agent gone while running", wire.NodeState{Phase: wire.PhaseRunning}, false, false, time.Time{}, wire.PhaseUnknown, "", time.Time{}},
+		{"draining", wire.NodeState{Phase: wire.PhaseDraining, Reason: "preemption", Deadline: deadline}, true, false, time.Time{}, wire.PhaseDraining, "preemption", deadline},
+		{"agent gone while draining", wire.NodeState{Phase: wire.PhaseDraining, Reason: "preemption", Deadline: deadline}, false, false, time.Time{}, wire.PhaseDraining, "preemption", deadline},
+		{"pod terminating", wire.NodeState{Phase: wire.PhaseRunning}, true, true, term, wire.PhaseDraining, wire.ReasonPodTerminating, term},
+		{"pod terminating, agent gone", wire.NodeState{}, false, true, term, wire.PhaseDraining, wire.ReasonPodTerminating, term},
+		{"both, pod first", wire.NodeState{Phase: wire.PhaseDraining, Reason: "preemption", Deadline: deadline}, true, true, term, wire.PhaseDraining, "preemption", term},
+		{"both, node first", wire.NodeState{Phase: wire.PhaseDraining, Reason: "preemption", Deadline: deadline}, true, true, later, wire.PhaseDraining, "preemption", deadline},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := &Sidecar{node: tt.node, connected: tt.connected, terminating: tt.terminating, termDeadline: tt.termAt}
+			v := s.derive()
+			if v.Phase != tt.want || v.Reason != tt.wantReason || !v.Deadline.Equal(tt.wantAt) || v.AgentConnected != tt.connected {
+				t.Errorf("derive() = %+v; want %s %q %s", v, tt.want, tt.wantReason, tt.wantAt)
+			}
+		})
+	}
+}
+
+func readState(t *testing.T, dir string) wire.State {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, StateFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v wire.State
+	if err := json.Unmarshal(b, &v); err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+func TestFilesAndRestore(t *testing.T) {
+	dir := t.TempDir()
+	s := newTestSidecar(t, dir)
+	flag := filepath.Join(dir, DrainingFile)
+	if v := readState(t, dir); v.Phase != wire.PhaseUnknown {
+		t.Errorf("at start: %+v", v)
+	}
+	s.setNode(wire.NodeState{Generation: 7, Phase: wire.PhaseRunning})
+	if _, err := os.Stat(flag); !os.IsNotExist(err) {
+		t.Errorf("flag file while running: %v", err)
+	}
+	deadline := time.Now().Add(time.Minute).Truncate(time.Second).UTC()
+	s.setNode(wire.NodeState{Generation: 8, Phase: wire.PhaseDraining, Reason: "spot-interruption", Source: "aws", Deadline: deadline})
+	s.SetInFlight(3)
+	b, err := os.ReadFile(flag)
+	if err != nil || string(b) != deadline.Format(time.RFC3339)+"\nspot-interruption\n" {
+		t.Errorf("flag file = %q, %v", b, err)
+	}
+	v := readState(t, dir)
+	if v.Phase != wire.PhaseDraining || v.AgentGeneration != 8 || v.InFlight != 3 || v.RemainingSeconds == nil {
+		t.Errorf("state.json while draining: %+v", v)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 2 {
+		t.Errorf("files left behind: %v", entries)
+	}
+
+	// A new sidecar in the same pod carries on with the drain.
+	_ = s.ln.Close()
+	s2 := newTestSidecar(t, dir)
+	got := s2.State()
+	if got.Phase != wire.PhaseDraining || got.Reason != "spot-interruption" || !got.Deadline.Equal(deadline) ||
+		got.InFlight != 3 || got.Generation <= v.Generation || got.AgentConnected {
+		t.Errorf("restored: %+v (was %+v)", got, v)
+	}
+
+	// The agent says the drain is off.
+	s2.setNode(wire.NodeState{Generation: 9, Phase: wire.PhaseRunning})
+	if _, err := os.Stat(flag); !os.IsNotExist(err) {
+		t.Errorf("flag file after the drain: %v", err)
+	}
+}
+
+func TestTerminate(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := newTestSidecar(t, "")
+		s.setNode(wire.NodeState{Generation: 1, Phase: wire.PhaseRunning})
+		result := make(chan bool)
+		go func() { result <- s.Terminate(t.Context(), 0) }()
+		synctest.Wait()
+		if st := s.State(); st.Phase != wire.PhaseDraining || st.Reason != wire.ReasonPodTerminating || *st.RemainingSeconds != 10 {
+			t.Errorf("terminating: %+v", st)
+		}
+		// The agent resuming does not end a pod's own drain.
+		s.setNode(wire.NodeState{Generation: 2, Phase: wire.PhaseRunning})
+		time.Sleep(3 * time.Second)
+		s.SetDone()
+		if !<-result {
+			t.Error("Terminate did not see done")
+		}
+		if !s.Terminate(t.Context(), 0) {
+			t.Error("a second Terminate after done did not return done")
+		}
+	})
+	synctest.Test(t, func(t *testing.T) {
+		s := newTestSidecar(t, "")
+		start := time.Now()
+		if s.Terminate(t.Context(), 4*time.Second) {
+			t.Error("Terminate reported done")
+		}
+		if waited := time.Since(start); waited != 4*time.Second {
+			t.Errorf("Terminate waited %s, want the timeout", waited)
+		}
+		start = time.Now()
+		s.Terminate(t.Context(), 0)
+		if time.Since(start) != 0 {
+			t.Error("Terminate after the timeout waited again")
+		}
+	})
+}
+
+func TestWorkerAPI(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := newTestSidecar(t, "")
+		h := s.Handler()
+		do := func(method, path string, body string) *httptest.ResponseRecorder {
+			req := httptest.NewRequest(method, path, nil)
+			if body != "" {
+				req = httptest.NewRequest(method, path, stringsReader(body))
+			}
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, req)
+			return rec
+		}
+		var st wire.State
+		if err := json.Unmarshal(do("GET", "/v1/state", "").Body.Bytes(), &st); err != nil || st.Phase != wire.PhaseUnknown {
+			t.Fatalf("state: %+v, %v", st, err)
+		}
+		answered := make(chan wire.State)
+		go func() {
+			var next wire.State
+			_ = json.Unmarshal(do("GET", "/v1/state?wait=30s&generation="+itoa(st.Generation), "").Body.Bytes(), &next)
+			answered <- next
+		}()
+		synctest.Wait()
+		s.setNode(wire.NodeState{Generation: 5, Phase: wire.PhaseDraining, Reason: "preemption", Deadline: time.Now().Add(20 * time.Second)})
+		if next := <-answered; next.Phase != wire.PhaseDraining || *next.RemainingSeconds != 20 {
+			t.Errorf("long-poll: %+v", next)
+		}
+		for _, c := range []struct {
+			path, body string
+			want       int
+		}{
+			{"/v1/inflight?count=4", "", http.StatusNoContent},
+			{"/v1/inflight", `{"inflight": 2}`, http.StatusNoContent},
+			{"/v1/inflight?count=-1", "", http.StatusBadRequest},
+			{"/v1/inflight", `{}`, http.StatusBadRequest},
+			{"/v1/done", "", http.StatusNoContent},
+		} {
+			if rec := do("POST", c.path, c.body); rec.Code != c.want {
+				t.Errorf("POST %s %s: %d, want %d", c.path, c.body, rec.Code, c.want)
+			}
+		}
+		if got := s.State(); !got.Done || got.InFlight != 2 {
+			t.Errorf("after reports: %+v", got)
+		}
+	})
+}
+
+func TestFindProcesses(t *testing.T) {
+	root := t.TempDir()
+	files := map[string]string{
+		"10/comm":    "worker\n",
+		"11/comm":    "sh\n",
+		"11/cmdline": "/usr/local/bin/worker\x00--queue\x00jobs\x00",
+		"12/comm":    "other\n",
+		"13/comm":    "a-very-long-wor\n", // comm is cut at 15 bytes
+		"self/comm":  "worker\n",
+	}
+	for name, content := range files {
+		p := filepath.Join(root, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := findProcesses(root, "worker"); !slices.Equal(sorted(got), []int{10, 11}) {
+		t.Errorf("worker: %v", got)
+	}
+	if got := findProcesses(root, "a-very-long-worker"); !slices.Equal(got, []int{13}) {
+		t.Errorf("long name: %v", got)
+	}
+}
+
+func sorted(s []int) []int { slices.Sort(s); return s }

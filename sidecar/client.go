@@ -192,3 +192,29 @@ func checkStatus(resp *http.Response) error {
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 	return fmt.Errorf("%s: %s", resp.Status, bytes.TrimSpace(b))
 }
+
+// ErrDeadline is the cause of a context from UntilDeadline that ended
+// because the drain's deadline (less the margin) came.
+var ErrDeadline = errors.New("sidecar: drain deadline")
+
+// UntilDeadline returns a context for work on a message already pulled: it
+// is not cancelled when draining starts (the work may still finish), but
+// ends margin before the drain's deadline, with cause ErrDeadline, so that
+// work that cannot finish stops in time to be handed back. drain is a
+// context from Client.Draining. The returned context also ends with ctx or
+// when cancel is called.
+func UntilDeadline(ctx, drain context.Context, margin time.Duration) (context.Context, context.CancelFunc) {
+	wctx, cancel := context.WithCancelCause(ctx)
+	stop := context.AfterFunc(drain, func() {
+		st, ok := DrainingState(drain)
+		if !ok || st.Deadline.IsZero() {
+			return
+		}
+		t := time.AfterFunc(time.Until(st.Deadline)-margin, func() { cancel(ErrDeadline) })
+		context.AfterFunc(wctx, func() { t.Stop() })
+	})
+	return wctx, func() {
+		stop()
+		cancel(context.Canceled)
+	}
+}

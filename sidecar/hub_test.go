@@ -228,3 +228,26 @@ func TestHubClose(t *testing.T) {
 		}
 	})
 }
+
+func TestUntilDeadline(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		drain, stop := context.WithCancelCause(t.Context())
+		work, cancel := sidecar.UntilDeadline(t.Context(), drain, time.Second)
+		defer cancel()
+		time.Sleep(time.Hour)
+		if work.Err() != nil {
+			t.Fatal("work ended before any drain")
+		}
+		stop(&sidecar.DrainingError{State: sidecar.State{Phase: sidecar.PhaseDraining, Deadline: time.Now().Add(10 * time.Second)}})
+		time.Sleep(8 * time.Second)
+		synctest.Wait()
+		if work.Err() != nil {
+			t.Fatal("work ended at the start of the drain")
+		}
+		time.Sleep(time.Second)
+		synctest.Wait()
+		if !errors.Is(context.Cause(work), sidecar.ErrDeadline) {
+			t.Errorf("cause %v, want ErrDeadline", context.Cause(work))
+		}
+	})
+}

@@ -1,0 +1,91 @@
+// Command jetstream is a NATS JetStream worker that follows lastcall's
+// sidecar: it pulls one message at a time with the drain's context, keeps
+// long work alive with InProgress, and when the node drains finishes what
+// fits before the deadline and Naks the rest for immediate redelivery.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/lastcall-dev/lastcall/sidecar"
+)
+
+func main() {
+	url := flag.String("nats", nats.DefaultURL, "NATS server")
+	stream := flag.String("stream", "JOBS", "stream")
+	consumer := flag.String("consumer", "workers", "durable pull consumer")
+	addr := flag.String("sidecar", sidecar.DefaultAddr, "the lastcall sidecar")
+	flag.Parse()
+	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	if err := run(ctx, log, *url, *stream, *consumer, *addr); err != nil {
+		log.Error("worker stopped", "err", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, log *slog.Logger, url, stream, consumer, addr string) error {
+	sc, err := sidecar.NewClient(addr)
+	if err != nil {
+		return err
+	}
+	nc, err := nats.Connect(url)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	cons, err := js.Consumer(ctx, stream, consumer)
+	if err != nil {
+		return err
+	}
+	drain := sc.Draining(ctx)
+	for drain.Err() == nil {
+		msg, err := cons.Next(jetstream.FetchContext(drain))
+		if err != nil {
+			continue // no message, or the drain started
+		}
+		work, cancel := sidecar.UntilDeadline(ctx, drain, 2*time.Second)
+		err = process(work, msg)
+		cancel()
+		if err != nil {
+			log.Warn("handing message back", "subject", msg.Subject(), "err", err)
+			_ = msg.Nak()
+			continue
+		}
+		if err := msg.DoubleAck(ctx); err != nil {
+			log.Warn("ack failed; the message will be redelivered", "err", err)
+		}
+	}
+	if _, ok := sidecar.DrainingState(drain); ok {
+		return sc.Done(ctx)
+	}
+	return nil
+}
+
+// process works in steps, telling the server it is still at work.
+func process(ctx context.Context, msg jetstream.Msg) error {
+	for range len(msg.Data()) {
+		select {
+		case <-time.After(100 * time.Millisecond):
+			_ = msg.InProgress()
+		case <-ctx.Done():
+			return errors.Join(errors.New("work interrupted"), context.Cause(ctx))
+		}
+	}
+	return nil
+}

@@ -255,11 +255,24 @@ func (h *Hub) Connected() int {
 	now := h.now()
 	n := 0
 	for _, s := range h.subs {
-		if s.open > 0 || now.Sub(s.lastSeen) < h.linger {
+		if h.subscribedLocked(s, now) {
 			n++
 		}
 	}
 	return n
+}
+
+// Subscribed reports whether the sidecar of pod namespace/name is
+// subscribed: a long-poll is open, or one ended less than Linger ago.
+func (h *Hub) Subscribed(namespace, name string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	s, ok := h.subs[PodRef{namespace, name}]
+	return ok && h.subscribedLocked(s, h.now())
+}
+
+func (h *Hub) subscribedLocked(s *subscriber, now time.Time) bool {
+	return s.open > 0 || now.Sub(s.lastSeen) < h.linger
 }
 
 // Done reports whether the sidecar of pod namespace/name reported its

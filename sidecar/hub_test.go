@@ -17,7 +17,7 @@ import (
 	"github.com/lastcall-dev/lastcall/sidecar/wire"
 )
 
-var _ agent.Notifier = (*sidecar.Hub)(nil)
+var _ agent.Sidecars = (*sidecar.Hub)(nil)
 
 // poll is one long-poll served by h's handler in a goroutine, as if from
 // the pod's IP.

@@ -37,8 +37,9 @@ import (
 // operator would: the node, the pods, Events, and the metrics endpoint.
 
 var (
-	env      *kubetest.Env
-	agentBin string
+	env        *kubetest.Env
+	agentBin   string
+	sidecarBin string
 )
 
 func TestMain(m *testing.M) {
@@ -50,9 +51,12 @@ func TestMain(m *testing.M) {
 		}
 		defer os.RemoveAll(dir)
 		agentBin = filepath.Join(dir, "node-agent")
-		if out, err := exec.Command("go", "build", "-o", agentBin, ".").CombinedOutput(); err != nil {
-			fmt.Fprintf(os.Stderr, "build node-agent: %v\n%s", err, out)
-			return 1
+		sidecarBin = filepath.Join(dir, "sidecar")
+		for bin, pkg := range map[string]string{agentBin: ".", sidecarBin: "../sidecar"} {
+			if out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput(); err != nil {
+				fmt.Fprintf(os.Stderr, "build %s: %v\n%s", pkg, err, out)
+				return 1
+			}
 		}
 		return kubetest.Main(m, &env)
 	}()
@@ -156,7 +160,8 @@ func eventually(t testing.TB, timeout time.Duration, what string, cond func() bo
 // agentProc is one run of the node-agent binary.
 type agentProc struct {
 	cmd    *exec.Cmd
-	addr   string
+	addr   string // metrics and health
+	hub    string // the sidecars' endpoint
 	out    *ec2mock.Buffer
 	done   chan struct{}
 	exited error
@@ -203,10 +208,10 @@ func (p *agentProc) get(path string) (int, string) {
 // launchAgent runs the agent for the cluster's node with extra flags.
 func (c *cluster) launchAgent(t testing.TB, args ...string) *agentProc {
 	t.Helper()
-	p := &agentProc{addr: freeAddr(t), out: &ec2mock.Buffer{}, done: make(chan struct{})}
+	p := &agentProc{addr: freeAddr(t), hub: freeAddr(t), out: &ec2mock.Buffer{}, done: make(chan struct{})}
 	args = append([]string{
 		"--node-name=" + c.node, "--pod-name=lastcall-agent", "--pod-namespace=" + c.ns,
-		"--kubeconfig=" + c.kubeconfig, "--listen=" + p.addr, "--log-format=text",
+		"--kubeconfig=" + c.kubeconfig, "--listen=" + p.addr, "--sidecar-listen=" + p.hub, "--log-format=text",
 		"--reserve=500ms", "--blocked-cutoff=2s",
 	}, args...)
 	p.cmd = exec.Command(agentBin, args...)

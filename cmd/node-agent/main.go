@@ -35,6 +35,7 @@ import (
 
 	"github.com/lastcall-dev/lastcall/agent"
 	"github.com/lastcall-dev/lastcall/drainer"
+	"github.com/lastcall-dev/lastcall/sidecar"
 	"github.com/lastcall-dev/lastcall/watcher"
 	"github.com/lastcall-dev/lastcall/watcher/detect"
 )
@@ -61,7 +62,7 @@ type options struct {
 	onBlocked                               string
 	reserve, cutoff, criticalWindow         time.Duration
 	dryRun                                  bool
-	listen                                  string
+	listen, sidecarListen                   string
 	webhookURL, webhookFormat               string
 	logFormat, logLevel                     string
 	checkAccess                             bool
@@ -113,6 +114,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	fs.DurationVar(&o.criticalWindow, "critical-window", 10*time.Second, "evict system-critical pods this long before the deadline at the latest")
 	fs.BoolVar(&o.dryRun, "dry-run", false, "log what would be done; change nothing")
 	fs.StringVar(&o.listen, "listen", ":9102", "address for /metrics, /healthz and /readyz")
+	fs.StringVar(&o.sidecarListen, "sidecar-listen", ":9103", "address the worker pods' sidecars subscribe to (the node's IP with hostNetwork); empty: no sidecars")
 	fs.StringVar(&o.webhookURL, "webhook-url", "", "POST each notice here as it arrives")
 	fs.StringVar(&o.webhookFormat, "webhook-format", string(agent.WebhookJSON), "webhook body: json or slack")
 	fs.StringVar(&o.logFormat, "log-format", "json", "log format: json or text")
@@ -235,9 +237,35 @@ func run(ctx context.Context, o *options, logger *slog.Logger) error {
 
 	pods := agent.NewNodePods(client, o.node)
 	self := types.NamespacedName{Namespace: o.podNamespace, Name: o.podName}
-	d := drainer.New(client, drainer.Options{
+	dopts := drainer.Options{
 		Logger: logger.With("component", "drainer"), Self: self, Pods: pods, Metrics: drainer.NewMetrics(reg),
-	})
+	}
+	// The sidecars: told of every notice; pods whose sidecar is connected
+	// are held until their workers report done.
+	var notifier agent.Notifier
+	var hubServer *http.Server
+	var hubListener net.Listener
+	if o.sidecarListen != "" {
+		var holds *agent.Holds
+		hub, err := sidecar.NewHub(sidecar.HubOptions{
+			Pods:       pods,
+			OnDone:     func(p sidecar.PodRef) { holds.Done(p.Namespace, p.Name) },
+			Logger:     logger.With("component", "sidecars"),
+			Registerer: reg,
+		})
+		if err != nil {
+			return err
+		}
+		holds = agent.NewHolds(hub)
+		notifier, dopts.Hold = holds, holds.Hold
+		if hubListener, err = net.Listen("tcp", o.sidecarListen); err != nil {
+			return fmt.Errorf("--sidecar-listen: %w", err)
+		}
+		hubServer = &http.Server{Handler: hub.Handler(), ReadHeaderTimeout: 5 * time.Second}
+		hubServer.RegisterOnShutdown(hub.Close)
+		logger.Info("serving sidecars", "addr", hubListener.Addr().String())
+	}
+	d := drainer.New(client, dopts)
 	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
 	defer broadcaster.Shutdown()
 	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
@@ -248,7 +276,7 @@ func run(ctx context.Context, o *options, logger *slog.Logger) error {
 		Drain:   drainer.Policy{OnBlocked: onBlocked, Reserve: o.reserve, BlockedCutoff: o.cutoff, CriticalWindow: o.criticalWindow},
 		Webhook: agent.Webhook{URL: o.webhookURL, Format: format},
 	}, agent.Deps{
-		Client: client, Drainer: d, Pods: pods, Events: recorder,
+		Client: client, Drainer: d, Pods: pods, Events: recorder, Notifier: notifier,
 		Metrics: agent.NewMetrics(reg), Logger: logger.With("component", "agent"),
 	})
 	if err != nil {
@@ -288,6 +316,20 @@ func run(ctx context.Context, o *options, logger *slog.Logger) error {
 		defer cancel()
 		return srv.Shutdown(sctx)
 	})
+	if hubServer != nil {
+		g.Go(func() error {
+			if err := hubServer.Serve(hubListener); !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("serve sidecars on %s: %w", o.sidecarListen, err)
+			}
+			return nil
+		})
+		g.Go(func() error {
+			<-ctx.Done()
+			sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			return hubServer.Shutdown(sctx)
+		})
+	}
 	if o.checkAccess {
 		g.Go(func() error {
 			cctx, cancel := context.WithTimeout(ctx, 30*time.Second)

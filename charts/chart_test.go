@@ -174,7 +174,7 @@ func checkDefault(t *testing.T, objs []*unstructured.Unstructured) {
 		"--cloud=auto",
 		"--on-preemption=drain", "--on-spot-interruption=drain", "--on-termination=drain",
 		"--on-maintenance=drain", "--on-rebalance=cordon",
-		"--on-blocked=delete", "--listen=:9102", "--log-format=json", "--log-level=info",
+		"--on-blocked=delete", "--listen=:9102", "--sidecar-listen=:9103", "--log-format=json", "--log-level=info",
 	}
 	if !slices.Equal(c.Args, wantArgs) {
 		t.Errorf("args = %q, want %q", c.Args, wantArgs)
@@ -190,8 +190,9 @@ func checkDefault(t *testing.T, objs []*unstructured.Unstructured) {
 			t.Errorf("env %s from %q, want downward API %s", name, env[name], path)
 		}
 	}
-	if len(c.Ports) != 1 || c.Ports[0].Name != "metrics" || c.Ports[0].ContainerPort != 9102 {
-		t.Errorf("ports = %+v, want metrics 9102", c.Ports)
+	if len(c.Ports) != 2 || c.Ports[0].Name != "metrics" || c.Ports[0].ContainerPort != 9102 ||
+		c.Ports[1].Name != "sidecars" || c.Ports[1].ContainerPort != 9103 {
+		t.Errorf("ports = %+v, want metrics 9102 and sidecars 9103", c.Ports)
 	}
 	for name, p := range map[string]*corev1.Probe{"/healthz": c.LivenessProbe, "/readyz": c.ReadinessProbe} {
 		if p == nil || p.HTTPGet == nil || p.HTTPGet.Path != name || p.HTTPGet.Port.String() != "metrics" {

@@ -85,6 +85,19 @@ type Deps struct {
 	Logger *slog.Logger
 	// Now is the clock. Default time.Now.
 	Now func() time.Time
+	// Acknowledger, if set, is told once a drain for one of its notices is
+	// over, so the platform may go ahead early (Azure scheduled events).
+	Acknowledger Acknowledger
+}
+
+// Acknowledger tells the platform that the node is ready for an event.
+// The Azure watcher implements it.
+type Acknowledger interface {
+	// Source is the notice source whose events it acknowledges.
+	Source() watcher.Source
+	// Acknowledge approves event id; it blocks until the platform answers
+	// or ctx is done.
+	Acknowledge(ctx context.Context, id string) error
 }
 
 // Agent turns notices into drains. Create it with New and run it with Run.
@@ -334,6 +347,14 @@ func (a *Agent) startDrain(ctx context.Context, log *slog.Logger, n watcher.Noti
 		}
 		left := n.Deadline.Sub(rep.Finished)
 		a.Metrics.drained(rep, rep.Finished.Sub(n.Detected), left)
+		if ack := a.Acknowledger; ack != nil && ack.Source() == n.Source {
+			if err := ack.Acknowledge(dctx, n.ID); err != nil {
+				log.Error("acknowledging the event failed", "err", err)
+				a.Metrics.fail("acknowledge")
+			} else {
+				log.Info("event acknowledged: the platform may go ahead")
+			}
+		}
 		a.event(corev1.EventTypeNormal, "Drained", "drain for %s notice %s: drained=%v evicted=%d deleted=%d blocked=%d failed=%d, %s before the deadline",
 			n.Kind, n.ID, rep.Drained, rep.Count(drainer.Evicted), rep.Count(drainer.Deleted), rep.Count(drainer.Blocked),
 			rep.Count(drainer.Failed), left.Round(time.Millisecond))

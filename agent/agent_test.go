@@ -209,3 +209,35 @@ func TestParseAction(t *testing.T) {
 		t.Error("ParseAction(evict) accepted")
 	}
 }
+
+type recAck struct {
+	mu  sync.Mutex
+	ids []string
+}
+
+func (r *recAck) Source() watcher.Source { return watcher.SourceAzure }
+func (r *recAck) Acknowledge(_ context.Context, id string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.ids = append(r.ids, id)
+	return nil
+}
+
+func TestAcknowledgeAfterDrain(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		d := &recDrainer{}
+		client := fake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}})
+		ack := &recAck{}
+		a, err := New(Config{Node: "n1"}, Deps{Client: client, Drainer: d, Pods: NewNodePods(client, "n1"),
+			Events: record.NewFakeRecorder(10), Acknowledger: ack})
+		if err != nil {
+			t.Fatal(err)
+		}
+		azure := notice("evt-1", watcher.KindPreemption, watcher.StateActive, time.Minute)
+		azure.Source = watcher.SourceAzure
+		run(t, a, notice("aws-1", watcher.KindSpotInterruption, watcher.StateActive, 2*time.Minute), azure)
+		if !slices.Equal(ack.ids, []string{"evt-1"}) {
+			t.Errorf("acknowledged %v, want only the Azure event once its drain ended", ack.ids)
+		}
+	})
+}

@@ -37,6 +37,7 @@ import (
 	"github.com/lastcall-dev/lastcall/drainer"
 	"github.com/lastcall-dev/lastcall/sidecar"
 	"github.com/lastcall-dev/lastcall/watcher"
+	"github.com/lastcall-dev/lastcall/watcher/azure"
 	"github.com/lastcall-dev/lastcall/watcher/detect"
 )
 
@@ -57,6 +58,7 @@ type options struct {
 	awsInterval                             time.Duration
 	awsIMDSv1                               bool
 	azureEndpoint                           string
+	azureAck                                bool
 	simFile, simListen                      string
 	policies                                map[watcher.Kind]*string
 	onBlocked                               string
@@ -101,6 +103,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	fs.DurationVar(&o.awsInterval, "aws-poll-interval", time.Second, "how often to poll EC2 instance metadata")
 	fs.BoolVar(&o.awsIMDSv1, "aws-allow-imdsv1", false, "fall back to IMDSv1 when no IMDSv2 token can be had")
 	fs.StringVar(&o.azureEndpoint, "azure-imds-endpoint", "", "Azure instance metadata base URL (default http://169.254.169.254)")
+	fs.BoolVar(&o.azureAck, "azure-acknowledge", false, "on Azure, approve a scheduled event once its drain is over, so it may start early")
 	fs.StringVar(&o.simFile, "sim-file", "", "with --cloud=sim: a notice file to watch")
 	fs.StringVar(&o.simListen, "sim-listen", "", "with --cloud=sim: address of the POST /notice trigger, e.g. 127.0.0.1:8099")
 	for kind, def := range agent.DefaultPolicies() {
@@ -271,13 +274,17 @@ func run(ctx context.Context, o *options, logger *slog.Logger) error {
 	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
 	recorder := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "lastcall", Host: o.node})
 
+	var ack agent.Acknowledger
+	if az, ok := w.(*azure.Watcher); ok && o.azureAck {
+		ack = azureAcknowledger{az}
+	}
 	a, err := agent.New(agent.Config{
 		Node: o.node, Self: self, Policies: policies, DryRun: o.dryRun,
 		Drain:   drainer.Policy{OnBlocked: onBlocked, Reserve: o.reserve, BlockedCutoff: o.cutoff, CriticalWindow: o.criticalWindow},
 		Webhook: agent.Webhook{URL: o.webhookURL, Format: format},
 	}, agent.Deps{
 		Client: client, Drainer: d, Pods: pods, Events: recorder, Notifier: notifier,
-		Metrics: agent.NewMetrics(reg), Logger: logger.With("component", "agent"),
+		Metrics: agent.NewMetrics(reg), Logger: logger.With("component", "agent"), Acknowledger: ack,
 	})
 	if err != nil {
 		return err

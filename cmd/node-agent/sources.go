@@ -1,6 +1,7 @@
 package main
 
 import (
+	"github.com/lastcall-dev/lastcall/watcher"
 	"github.com/lastcall-dev/lastcall/watcher/azure"
 	"github.com/lastcall-dev/lastcall/watcher/ec2"
 	"github.com/lastcall-dev/lastcall/watcher/gce"
@@ -22,3 +23,9 @@ func azureOptions(o *options) azure.Options {
 func simOptions(o *options) sim.Options {
 	return sim.Options{File: o.simFile, Addr: o.simListen}
 }
+
+// azureAcknowledger approves Azure scheduled events after their drain.
+type azureAcknowledger struct{ *azure.Watcher }
+
+// Source says which notices it acknowledges.
+func (azureAcknowledger) Source() watcher.Source { return watcher.SourceAzure }

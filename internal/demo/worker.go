@@ -1,0 +1,168 @@
+package demo
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/watch"
+
+	"github.com/lastcall-dev/lastcall/sidecar"
+)
+
+func newSidecarClient(addr string) (*sidecar.Client, error) {
+	sc, err := sidecar.NewClient(addr)
+	if err != nil {
+		return nil, fmt.Errorf("sidecar client: %w", err)
+	}
+	sc.Wait = 5 * time.Second
+	return sc, nil
+}
+
+// runPod runs the pod's workers until its node dies or the cluster closes:
+// they pull while the sidecar says running; once it says draining they stop
+// pulling, finish or hand back what they hold, and the pod reports done.
+func (c *Cluster) runPod(n *Node, p *Pod, sc *sidecar.Client) {
+	ctx := n.ctx
+	drain := sc.Draining(ctx)
+	var told sync.Once
+	context.AfterFunc(drain, func() {
+		if st, ok := sidecar.DrainingState(drain); ok {
+			told.Do(func() {
+				now := time.Now()
+				c.emit(Event{Time: now, Node: n.Name, Pod: p.Name, What: "told", Detail: "sidecar says draining, deadline " + st.Deadline.Format("15:04:05.000")})
+				c.emit(Event{Time: now, Node: n.Name, Pod: p.Name, What: "stopped pulling", Detail: "pull requests cancelled"})
+			})
+		}
+	})
+	var wg sync.WaitGroup
+	for range c.opts.WorkersPerPod {
+		wg.Go(func() { c.work(ctx, drain, n, p) })
+	}
+	wg.Wait()
+	if _, ok := sidecar.DrainingState(drain); !ok || ctx.Err() != nil {
+		return
+	}
+	c.emit(Event{Time: time.Now(), Node: n.Name, Pod: p.Name, What: "idle", Detail: "workers hold nothing"})
+	if err := sc.Done(ctx); err != nil {
+		c.log.Warn("report done", "pod", p.Name, "err", err)
+		return
+	}
+	c.emit(Event{Time: time.Now(), Node: n.Name, Pod: p.Name, What: "done", Detail: "reported to the sidecar"})
+}
+
+// work is one worker: it pulls one message at a time while drain is not
+// done and works on it in 10ms steps. Once draining, it finishes a message
+// only if the rest of the work fits before the deadline less the margin,
+// and hands it back (Nak) otherwise. When ctx ends (the node died) it
+// drops what it holds.
+func (c *Cluster) work(ctx, drain context.Context, n *Node, p *Pod) {
+	for drain.Err() == nil {
+		msg, err := c.cons.Next(jetstream.FetchContext(drain))
+		if err != nil {
+			if ctx.Err() == nil && drain.Err() == nil && !errors.Is(err, context.DeadlineExceeded) {
+				time.Sleep(50 * time.Millisecond) // the server is restarting or gone: do not spin
+			}
+			continue
+		}
+		id := string(msg.Data())
+		cost, _ := time.ParseDuration(msg.Headers().Get("Cost"))
+		c.ledger.start(id)
+		p.busy.Store(id, cost)
+		c.handle(ctx, drain, n, p, msg, id, cost)
+		p.busy.Delete(id)
+	}
+}
+
+func (c *Cluster) handle(ctx, drain context.Context, n *Node, p *Pod, msg jetstream.Msg, id string, cost time.Duration) {
+	const step = 10 * time.Millisecond
+	lastProgress := time.Now()
+	for left := cost; left > 0; left -= step {
+		if ctx.Err() != nil {
+			c.ledger.drop(id)
+			return
+		}
+		if st, ok := sidecar.DrainingState(drain); ok && time.Until(st.Deadline)-c.opts.Margin < left {
+			if err := msg.Nak(); err != nil {
+				c.ledger.drop(id)
+				return
+			}
+			c.ledger.handBack(id)
+			c.emit(Event{Time: time.Now(), Node: n.Name, Pod: p.Name, What: "handed back", Detail: fmt.Sprintf("message %s (%v of work left)", id, left.Round(time.Millisecond))})
+			return
+		}
+		time.Sleep(min(left, step))
+		if time.Since(lastProgress) > 500*time.Millisecond {
+			_ = msg.InProgress() // long work: keep the message from being redelivered
+			lastProgress = time.Now()
+		}
+	}
+	actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := msg.DoubleAck(actx); err != nil {
+		c.ledger.drop(id)
+		return
+	}
+	c.ledger.commit(id, Commit{Pod: p.Name, Node: n.Name, At: time.Now()})
+	if drain.Err() != nil {
+		c.emit(Event{Time: time.Now(), Node: n.Name, Pod: p.Name, What: "finished", Detail: fmt.Sprintf("message %s (%v of work)", id, cost.Round(time.Millisecond))})
+	}
+}
+
+// watchNodes reports cordons as they happen.
+func (c *Cluster) watchNodes() {
+	ctx := c.ctx
+	seen := map[string]bool{}
+	for ctx.Err() == nil {
+		w, err := c.env.Client.CoreV1().Nodes().Watch(ctx, metav1.ListOptions{})
+		if err != nil {
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		for ev := range w.ResultChan() {
+			node, ok := ev.Object.(*corev1.Node)
+			if !ok || c.byName[node.Name] == nil || seen[node.Name] || !node.Spec.Unschedulable {
+				continue
+			}
+			seen[node.Name] = true
+			c.emit(Event{Time: time.Now(), Node: node.Name, What: "cordoned", Detail: "node unschedulable and tainted"})
+		}
+		w.Stop()
+	}
+}
+
+// watchPods reports evictions (deletion started) and pods gone.
+func (c *Cluster) watchPods() {
+	ctx := c.ctx
+	evicted := map[string]bool{}
+	for ctx.Err() == nil {
+		w, err := c.env.Client.CoreV1().Pods(c.ns).Watch(ctx, metav1.ListOptions{})
+		if err != nil {
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		for ev := range w.ResultChan() {
+			pod, ok := ev.Object.(*corev1.Pod)
+			if !ok {
+				continue
+			}
+			switch {
+			case ev.Type == watch.Deleted:
+				c.emit(Event{Time: time.Now(), Node: pod.Spec.NodeName, Pod: pod.Name, What: "gone", Detail: "pod deleted"})
+			case pod.DeletionTimestamp != nil && !evicted[pod.Name]:
+				evicted[pod.Name] = true
+				grace := int64(0)
+				if pod.DeletionGracePeriodSeconds != nil {
+					grace = *pod.DeletionGracePeriodSeconds
+				}
+				c.emit(Event{Time: time.Now(), Node: pod.Spec.NodeName, Pod: pod.Name, What: "evicted", Detail: fmt.Sprintf("grace %ds", grace)})
+			}
+		}
+		w.Stop()
+	}
+}

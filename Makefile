@@ -14,7 +14,7 @@ export KUBEBUILDER_ASSETS := $(TESTBIN)
 export LASTCALL_TESTBIN := $(TESTBIN)
 export LASTCALL_HELM := $(TOOLS)/helm
 
-.PHONY: help build test unit lint chart-lint testbin bench image clean
+.PHONY: help build test unit lint chart-lint testbin bench demo image clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -56,10 +56,21 @@ lint: $(TOOLS)/staticcheck ## gofmt, go vet and staticcheck
 	$(GO) vet ./...
 	$(TOOLS)/staticcheck ./...
 
-bench: testbin ## run the benchmarks (real control plane, real binaries); takes about 3 minutes
-	$(GO) test -run '^$$' -bench . ./watcher/...
-	$(GO) test -run '^$$' -bench . -benchtime 5x ./drainer/
-	$(GO) test -run '^$$' -bench . -benchtime 1x ./cmd/node-agent/
+bench: testbin ## run the benchmarks (real control plane, real binaries) and write bench/README.md; takes about 5 minutes
+	@rm -f $(BIN)/bench.txt; mkdir -p $(BIN)
+	$(GO) test -run '^$$' -bench . ./watcher/gce 2> ./watcher/gce ./watcher/azure 2>&11 | tee -a $(BIN)/bench.txt
+	$(GO) test -run '^$$' -bench . -benchtime 20x ./watcher/ec2 2>&1 | tee -a $(BIN)/bench.txt
+	$(GO) test -run '^$$' -bench . -benchtime 5x ./drainer/ 2>&1 | tee -a $(BIN)/bench.txt
+	$(GO) test -run '^$$' -bench . -benchtime 1x ./cmd/node-agent/ 2>&1 | tee -a $(BIN)/bench.txt
+	$(GO) test -run '^$$' -bench Notify110 -benchtime 3x ./sidecar/ 2>&1 | tee -a $(BIN)/bench.txt
+	$(GO) test -run '^$$' -bench . -benchtime 1x ./bench/drain/ 2>&1 | tee -a $(BIN)/bench.txt
+	$(GO) run ./bench/report -o bench/README.md < $(BIN)/bench.txt
+	@echo "wrote bench/README.md"
+
+demo: ## a whole preemption on this machine (control plane, NATS JetStream, 3 nodes): prints a timeline; about a minute
+	@test -x $(TESTBIN)/kube-apiserver || echo "building the control-plane binaries first (make testbin: etcd, kube-apiserver, kube-controller-manager; about 9 min on 2 cores, once)"
+	@$(MAKE) --no-print-directory testbin
+	$(GO) run ./cmd/demo
 
 image: ## build the container image (needs a Docker engine)
 	docker build --build-arg VERSION=$(VERSION) -t lastcall:$(VERSION) .

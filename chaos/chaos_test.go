@@ -27,6 +27,10 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	flag.Parse()
+	if testing.Short() {
+		os.Exit(m.Run()) // the test needs the control plane: skipped
+	}
 	os.Exit(func() int {
 		dir, err := os.MkdirTemp("", "lastcall-chaos-")
 		if err != nil {
@@ -50,9 +54,6 @@ func TestMain(m *testing.M) {
 // a bounded number of apiserver requests.
 func TestPreemptManyAtOnce(t *testing.T) {
 	e := kubetest.Need(t, env)
-	if testing.Short() {
-		t.Skip("needs the control plane and built binaries")
-	}
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
 	began := time.Now()

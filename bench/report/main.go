@@ -1,0 +1,201 @@
+// Command report turns the output of `go test -bench` (the benchmarks that
+// `make bench` runs) into the markdown report bench/README.md: the date, Go
+// version and machine, lastcall's numbers, and kubectl's drain library at
+// client-go's default rate limits next to lastcall's drainer.
+//
+//	go test -run '^$' -bench . ./... | go run ./bench/report -o bench/README.md
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+)
+
+func main() {
+	logger := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	if err := run(context.Background(), os.Args[1:], os.Stdin); err != nil {
+		logger.Error("report failed", "err", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string, in io.Reader) error {
+	fs := flag.NewFlagSet("report", flag.ContinueOnError)
+	out := fs.String("o", "bench/README.md", "where to write the report")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	res, raw, err := Parse(in)
+	if err != nil {
+		return fmt.Errorf("parse benchmark output: %w", err)
+	}
+	if len(res) == 0 {
+		return errors.New("no benchmark results in the input")
+	}
+	m := Machine{
+		Date: time.Now().UTC(), GoVersion: goVersion(ctx), CPUs: runtime.NumCPU(),
+		CPUModel: cpuModel(), OS: runtime.GOOS + "/" + runtime.GOARCH,
+	}
+	var b strings.Builder
+	Render(&b, m, res, raw)
+	if err := os.WriteFile(*out, []byte(b.String()), 0o644); err != nil {
+		return fmt.Errorf("write report: %w", err)
+	}
+	return nil
+}
+
+// Results maps "pkg-suffix/BenchmarkName" (without the -N CPU suffix) to
+// its metrics by unit.
+type Results map[string]map[string]float64
+
+// Parse reads `go test -bench` output. It returns the metrics of every
+// benchmark line, keyed by the last path element of its package and the
+// benchmark's name, and the lines it used (package headers and results).
+func Parse(r io.Reader) (Results, []string, error) {
+	res := Results{}
+	var raw []string
+	pkg := ""
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if p, ok := strings.CutPrefix(line, "pkg: "); ok {
+			pkg = strings.TrimPrefix(strings.TrimSpace(p), "github.com/lastcall-dev/lastcall/")
+			raw = append(raw, line)
+			continue
+		}
+		if !strings.HasPrefix(line, "Benchmark") {
+			continue
+		}
+		f := strings.Fields(line)
+		if len(f) < 4 || len(f)%2 != 0 {
+			continue // a benchmark's name alone, before its log lines
+		}
+		if _, err := strconv.Atoi(f[1]); err != nil {
+			continue
+		}
+		name := f[0]
+		if i := strings.LastIndex(name, "-"); i > 0 {
+			if _, err := strconv.Atoi(name[i+1:]); err == nil {
+				name = name[:i]
+			}
+		}
+		metrics := map[string]float64{}
+		for i := 2; i+1 < len(f); i += 2 {
+			v, err := strconv.ParseFloat(f[i], 64)
+			if err != nil {
+				return nil, nil, fmt.Errorf("line %q: %w", line, err)
+			}
+			metrics[f[i+1]] = v
+		}
+		res[pkg+"/"+name] = metrics
+		raw = append(raw, line)
+	}
+	return res, raw, sc.Err()
+}
+
+// Machine describes where the benchmarks ran.
+type Machine struct {
+	Date      time.Time
+	GoVersion string
+	CPUs      int
+	CPUModel  string
+	OS        string
+}
+
+func goVersion(ctx context.Context) string {
+	out, err := exec.CommandContext(ctx, "go", "env", "GOVERSION").Output()
+	if err != nil {
+		return runtime.Version()
+	}
+	return strings.TrimSpace(string(out))
+}
+
+func cpuModel() string {
+	b, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return "unknown"
+	}
+	for line := range strings.Lines(string(b)) {
+		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+			return strings.TrimSpace(v)
+		}
+	}
+	return "unknown"
+}
+
+// get formats one metric, or "n/a" when the benchmark did not report it.
+func (r Results) get(bench, unit string, scale float64, format string) string {
+	v, ok := r.value(bench, unit)
+	if !ok {
+		return "n/a"
+	}
+	return fmt.Sprintf(format, v*scale)
+}
+
+func (r Results) value(bench, unit string) (float64, bool) {
+	m, ok := r[bench]
+	if !ok {
+		return 0, false
+	}
+	v, ok := m[unit]
+	return v, ok
+}
+
+// Render writes the report.
+func Render(w io.Writer, m Machine, r Results, raw []string) {
+	p := func(format string, args ...any) { fmt.Fprintf(w, format, args...) }
+	p("# lastcall benchmarks\n\n")
+	p("Written by `make bench` (`go run ./bench/report`) from the benchmarks' own output; do not edit by hand.\n\n")
+	p("- date: %s\n- Go: %s, %s\n- machine: %d CPUs (`nproc`), %s\n\n", m.Date.Format("2006-01-02 15:04 MST"), m.GoVersion, m.OS, m.CPUs, m.CPUModel)
+	p("Everything runs on this one machine: a real kube-apiserver v1.34.4 and etcd, the built binaries, a fake kubelet that finishes each deletion at once, loopback metadata fakes.\n\n")
+
+	p("## lastcall\n\n")
+	p("| what | measured | benchmark |\n|---|---|---|\n")
+	row := func(what, value, bench string) { p("| %s | %s | `%s` |\n", what, value, bench) }
+	gce, ec2 := "watcher/gce/BenchmarkDetection", "watcher/ec2/BenchmarkDetection"
+	row("GCE detection: `instance/preempted` flipped → Notice (hanging GET)",
+		"p50 "+r.get(gce, "p50-ms", 1, "%.2f ms")+", p99 "+r.get(gce, "p99-ms", 1, "%.2f ms"), gce)
+	row("AWS detection: spot notice appears → Notice (1 s poll)",
+		"p50 "+r.get(ec2, "p50-ms", 1, "%.0f ms")+", p99 "+r.get(ec2, "p99-ms", 1, "%.0f ms"), ec2)
+	agent := "cmd/node-agent/BenchmarkNodeAgent110"
+	row("notice → node cordoned (agent binary, 110 pods)", r.get(agent, "ms-notice-to-cordon", 1, "%.0f ms"), agent)
+	row("notice → all 110 pods gone", r.get(agent, "ms-notice-to-110-gone", 1, "%.0f ms"), agent)
+	notify := "sidecar/BenchmarkNotify110"
+	row("notice → last of 110 sidecars told (110 sidecar processes)",
+		"p50 "+r.get(notify, "told-p50-ms", 1, "%.0f ms")+", p99 "+r.get(notify, "told-p99-ms", 1, "%.0f ms"), notify)
+	row("notice → last of 110 workers sees draining",
+		"p50 "+r.get(notify, "workers-p50-ms", 1, "%.0f ms")+", p99 "+r.get(notify, "workers-p99-ms", 1, "%.0f ms"), notify)
+	row("agent RSS", r.get(agent, "MiB-rss-at-rest", 1, "%.0f MiB")+" at rest, "+r.get(agent, "MiB-rss-peak-draining", 1, "%.0f MiB")+" peak while draining", agent)
+	row("sidecar RSS at rest", r.get(notify, "rss-KiB", 1.0/1024, "%.1f MiB")+" (median of 110), binary "+r.get(notify, "bin-bytes", 1.0/1e6, "%.1f MB"), notify)
+	row("agent's apiserver requests at rest", r.get(agent, "apiserver-req/min-at-rest", 1, "%.0f")+" per minute (audit log)", agent)
+	dr := "drainer/BenchmarkDrain110"
+	row("drainer alone: cordon; 110 evictions accepted; 110 gone (median of 5)",
+		r.get(dr, "ms-to-cordon", 1, "%.0f ms")+"; "+r.get(dr, "ms-to-110-evictions", 1, "%.0f ms")+"; "+r.get(dr, "ms-to-110-gone", 1, "%.0f ms"), dr)
+
+	p("\n## The same 110-pod drain, side by side\n\n")
+	p("`bench/drain`, one run each against the same apiserver: `k8s.io/kubectl/pkg/drain` (`RunCordonOrUncordon`, then `RunNodeDrain`, which evicts and waits for the pods to be gone) with client-go's default client-side rate limit (QPS 5, burst 10: what aws-node-termination-handler uses), and lastcall's drainer (`Cordon`, `Drain`) with none.\n\n")
+	kc, lc := "bench/drain/BenchmarkDrain110/kubectl-qps5", "bench/drain/BenchmarkDrain110/lastcall"
+	p("| | kubectl drain, QPS 5 / burst 10 | lastcall drainer | ratio |\n|---|---|---|---|\n")
+	for _, x := range []struct{ what, unit string }{{"cordon", "ms-to-cordon"}, {"110 pods gone", "ms-to-110-gone"}} {
+		ratio := "n/a"
+		a, okA := r.value(kc, x.unit)
+		b, okB := r.value(lc, x.unit)
+		if okA && okB && b > 0 {
+			ratio = fmt.Sprintf("%.0f×", a/b)
+		}
+		p("| %s | %s | %s | %s |\n", x.what, r.get(kc, x.unit, 1, "%.0f ms"), r.get(lc, x.unit, 1, "%.0f ms"), ratio)
+	}
+	p("\n## Raw results\n\n```\n%s\n```\n", strings.Join(raw, "\n"))
+}

@@ -184,7 +184,9 @@ func demoRun(ctx context.Context, o options, p *printer) (lost int, err error) {
 	total := o.messages + longCount
 	p.say("publishing %d messages: %d long ones (%v of work each) and %d short ones (50-250 ms)", total, longCount, o.long, o.messages)
 	if err := c.Publish(ctx, total, func(i int) time.Duration {
-		if i < longCount {
+		// Workers pull in the order they asked: the first messages go four
+		// by four to the nodes in turn; one long message each.
+		if i%4 == 0 && i/4 < longCount {
 			return o.long
 		}
 		return time.Duration(50+(i*37)%201) * time.Millisecond

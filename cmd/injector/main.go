@@ -1,0 +1,181 @@
+// Command injector is lastcall's sidecar injector: a mutating admission
+// webhook (admission.k8s.io/v1) that adds the sidecar to pods labelled
+// lastcall.dev/inject=enabled.
+//
+// It only parses flags and wires package injector to an HTTPS server.
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
+
+	"github.com/lastcall-dev/lastcall/injector"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	os.Exit(Main(os.Args[1:], os.Getenv, os.Stderr))
+}
+
+// Main runs the injector with args until SIGTERM or interrupt and returns
+// the exit code.
+func Main(args []string, getenv func(string) string, stderr io.Writer) int {
+	o, err := parseFlags(args, getenv, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "injector:", err)
+		return 2
+	}
+	if o.showVersion {
+		fmt.Fprintln(stderr, "injector", version)
+		return 0
+	}
+	logger, err := newLogger(o.logFormat, o.logLevel, stderr)
+	if err != nil {
+		fmt.Fprintln(stderr, "injector:", err)
+		return 2
+	}
+	klog.SetSlogLogger(logger) // process-wide: here, not in run
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	ln, err := net.Listen("tcp", o.listen)
+	if err != nil {
+		logger.Error("injector stopped", "err", err)
+		return 1
+	}
+	if err := run(ctx, o, ln, logger); err != nil {
+		logger.Error("injector stopped", "err", err)
+		return 1
+	}
+	return 0
+}
+
+// caRecheck is how often the injector checks that the webhook
+// configuration still carries its CA (a reinstall resets it).
+const caRecheck = time.Minute
+
+// run serves the webhook on ln until ctx ends.
+func run(ctx context.Context, o *options, ln net.Listener, logger *slog.Logger) error {
+	logger.Info("injector starting", "version", version, "namespace", o.namespace, "native_sidecar", o.inject.NativeSidecar)
+	cfg, err := clientcmd.BuildConfigFromFlags("", o.kubeconfig)
+	if err != nil {
+		return fmt.Errorf("apiserver config: %w", err)
+	}
+	cfg.UserAgent = "lastcall-injector/" + version
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return fmt.Errorf("apiserver client: %w", err)
+	}
+
+	var ready atomic.Bool
+	tlsConfig := &tls.Config{MinVersion: tls.VersionTLS12}
+	var certs *injector.Certs
+	if o.certDir != "" {
+		files := newCertFiles(o.certDir)
+		if _, err := files.get(nil); err != nil {
+			return err
+		}
+		tlsConfig.GetCertificate = files.get
+		ready.Store(true)
+	} else {
+		certs, err = injector.EnsureCerts(ctx, client, o.namespace, o.secret, o.hosts(), time.Now())
+		if err != nil {
+			return err
+		}
+		cert, err := certs.TLSCertificate()
+		if err != nil {
+			return err
+		}
+		tlsConfig.Certificates = []tls.Certificate{cert}
+	}
+
+	mux := http.NewServeMux()
+	mux.Handle("POST /mutate", injector.NewHandler(o.inject, logger.With("component", "webhook")))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !ready.Load() {
+			http.Error(w, "caBundle not written yet", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	srv := &http.Server{
+		Handler:           mux,
+		TLSConfig:         tlsConfig,
+		ReadHeaderTimeout: 5 * time.Second,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+	}
+
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		logger.Info("serving", "addr", ln.Addr().String())
+		if err := srv.ServeTLS(ln, "", ""); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("serve: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-ctx.Done()
+		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		return srv.Shutdown(shutdown)
+	})
+	if certs != nil {
+		g.Go(func() error { return keepCABundle(ctx, client, o.webhookConfig, certs.CACert, &ready, logger) })
+	}
+	return g.Wait()
+}
+
+// keepCABundle writes the CA into the webhook configuration, retrying with
+// backoff until it exists, then checks it every caRecheck until ctx ends.
+func keepCABundle(ctx context.Context, client kubernetes.Interface, name string, ca []byte, ready *atomic.Bool, logger *slog.Logger) error {
+	logger = logger.With("mutatingwebhookconfiguration", name)
+	newBackoff := func() wait.Backoff {
+		return wait.Backoff{Duration: 500 * time.Millisecond, Factor: 2, Jitter: 0.2, Steps: 8, Cap: 30 * time.Second}
+	}
+	backoff := newBackoff()
+	delay := time.Duration(0)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(delay):
+		}
+		changed, err := injector.PatchCABundle(ctx, client, name, ca)
+		switch {
+		case err != nil && ctx.Err() != nil:
+			return nil
+		case err != nil:
+			logger.Warn("write caBundle", "err", err)
+			delay = backoff.Step()
+			continue
+		case changed:
+			logger.Info("caBundle written")
+		}
+		ready.Store(true)
+		backoff = newBackoff()
+		delay = caRecheck
+	}
+}

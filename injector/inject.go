@@ -1,0 +1,193 @@
+package injector
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+)
+
+// ErrExcluded is returned by Inject for a pod in an excluded namespace
+// (kube-system, the injector's own): such a pod is left as it is.
+var ErrExcluded = errors.New("namespace excluded from injection")
+
+// signalNames are the names the sidecar's --signal accepts, without SIG.
+const signalNames = "HUP INT QUIT USR1 USR2 TERM TSTP CONT WINCH"
+
+// Inject returns a copy of pod with the sidecar added and changed true, or
+// pod itself and changed false when it has nothing to do: the pod lacks the
+// label InjectLabel=InjectEnabled, or already carries InjectedAnnotation.
+// It never modifies pod. A pod in an excluded namespace gives ErrExcluded;
+// invalid annotations, or a container or volume already named "lastcall",
+// give another error. pod.Namespace must be set.
+func Inject(pod *corev1.Pod, cfg Config) (*corev1.Pod, bool, error) {
+	if pod.Labels[InjectLabel] != InjectEnabled {
+		return pod, false, nil
+	}
+	if _, done := pod.Annotations[InjectedAnnotation]; done {
+		return pod, false, nil
+	}
+	if cfg.excluded(pod.Namespace) {
+		return pod, false, fmt.Errorf("pod %s/%s: %w", pod.Namespace, pod.Name, ErrExcluded)
+	}
+	if cfg.Image == "" {
+		return pod, false, errors.New("no sidecar image configured")
+	}
+	args, listen, err := sidecarArgs(pod.Annotations)
+	if err != nil {
+		return pod, false, fmt.Errorf("pod %s/%s: %w", pod.Namespace, pod.Name, err)
+	}
+	if err := checkNames(&pod.Spec); err != nil {
+		return pod, false, fmt.Errorf("pod %s/%s: %w", pod.Namespace, pod.Name, err)
+	}
+
+	out := pod.DeepCopy()
+	spec := &out.Spec
+	spec.Volumes = append(spec.Volumes, corev1.Volume{
+		Name: VolumeName,
+		VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{
+			Medium:    corev1.StorageMediumMemory,
+			SizeLimit: ptrTo(resource.MustParse("32Mi")),
+		}},
+	})
+	if _, ok := pod.Annotations[SignalAnnotation]; ok {
+		spec.ShareProcessNamespace = ptrTo(true)
+	}
+	prestop := []string{MountPath + "/sidecar", "prestop"}
+	if listen != "" {
+		prestop = append(prestop, "--addr="+listen)
+	}
+	for i := range spec.Containers {
+		c := &spec.Containers[i]
+		if !mounts(c, MountPath) {
+			c.VolumeMounts = append(c.VolumeMounts, corev1.VolumeMount{Name: VolumeName, MountPath: MountPath})
+		}
+		if c.Lifecycle == nil {
+			c.Lifecycle = &corev1.Lifecycle{}
+		}
+		if c.Lifecycle.PreStop == nil {
+			c.Lifecycle.PreStop = &corev1.LifecycleHandler{Exec: &corev1.ExecAction{Command: slices.Clone(prestop)}}
+		}
+	}
+	sc := cfg.container(args)
+	if cfg.NativeSidecar {
+		sc.RestartPolicy = ptrTo(corev1.ContainerRestartPolicyAlways)
+		// First, so that it runs before the other init containers and
+		// stays up until the workers have stopped.
+		spec.InitContainers = append([]corev1.Container{sc}, spec.InitContainers...)
+	} else {
+		spec.Containers = append(spec.Containers, sc)
+	}
+	if out.Annotations == nil {
+		out.Annotations = map[string]string{}
+	}
+	out.Annotations[InjectedAnnotation] = "true"
+	return out, true, nil
+}
+
+// sidecarArgs returns the sidecar's arguments for the pod's annotations,
+// and the workers' API address when the annotations move it.
+func sidecarArgs(ann map[string]string) (args []string, listen string, err error) {
+	args = []string{"--dir=" + MountPath}
+	if sig, ok := ann[SignalAnnotation]; ok {
+		name := strings.TrimPrefix(strings.ToUpper(sig), "SIG")
+		if !slices.Contains(strings.Fields(signalNames), name) {
+			return nil, "", fmt.Errorf("annotation %s=%q: want one of %s", SignalAnnotation, sig, signalNames)
+		}
+		args = append(args, "--signal="+name)
+	}
+	if proc, ok := ann[SignalProcessAnnotation]; ok {
+		if _, sig := ann[SignalAnnotation]; !sig {
+			return nil, "", fmt.Errorf("annotation %s needs %s", SignalProcessAnnotation, SignalAnnotation)
+		}
+		if proc == "" || strings.ContainsAny(proc, "/\x00") {
+			return nil, "", fmt.Errorf("annotation %s=%q: want a process name", SignalProcessAnnotation, proc)
+		}
+		args = append(args, "--signal-process="+proc)
+	}
+	if p, ok := ann[PortAnnotation]; ok {
+		port, err := strconv.Atoi(p)
+		if err != nil || port < 1 || port > 65535 {
+			return nil, "", fmt.Errorf("annotation %s=%q: want a port number", PortAnnotation, p)
+		}
+		listen = "127.0.0.1:" + strconv.Itoa(port)
+		args = append(args, "--listen="+listen)
+	}
+	return args, listen, nil
+}
+
+// checkNames refuses a pod that already has a container or volume of the
+// names the injector adds.
+func checkNames(spec *corev1.PodSpec) error {
+	for _, cs := range [][]corev1.Container{spec.InitContainers, spec.Containers} {
+		for _, c := range cs {
+			if c.Name == ContainerName {
+				return fmt.Errorf("a container is already named %q", ContainerName)
+			}
+		}
+	}
+	for _, v := range spec.Volumes {
+		if v.Name == VolumeName {
+			return fmt.Errorf("a volume is already named %q", VolumeName)
+		}
+	}
+	return nil
+}
+
+// mounts reports whether c mounts something at path.
+func mounts(c *corev1.Container, path string) bool {
+	return slices.ContainsFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool {
+		return strings.TrimSuffix(m.MountPath, "/") == path
+	})
+}
+
+// container returns the sidecar container with args.
+func (cfg Config) container(args []string) corev1.Container {
+	env := []corev1.EnvVar{
+		fieldEnv("POD_NAME", "metadata.name"),
+		fieldEnv("POD_NAMESPACE", "metadata.namespace"),
+		fieldEnv("POD_IP", "status.podIP"),
+		fieldEnv("HOST_IP", "status.hostIP"),
+	}
+	if cfg.AgentPort != 0 && cfg.AgentPort != DefaultAgentPort {
+		// The sidecar's own default is http://$HOST_IP:9103.
+		env = append(env, corev1.EnvVar{Name: "LASTCALL_AGENT", Value: "http://$(HOST_IP):" + strconv.Itoa(cfg.AgentPort)})
+	}
+	return corev1.Container{
+		Name:            ContainerName,
+		Image:           cfg.Image,
+		Command:         slices.Clone(cfg.Command),
+		Args:            args,
+		ImagePullPolicy: cfg.PullPolicy,
+		Env:             env,
+		VolumeMounts:    []corev1.VolumeMount{{Name: VolumeName, MountPath: MountPath}},
+		Resources:       *cfg.Resources.DeepCopy(),
+		SecurityContext: &corev1.SecurityContext{
+			RunAsNonRoot:             ptrTo(true),
+			RunAsUser:                runAsUser(cfg.RunAsUser),
+			AllowPrivilegeEscalation: ptrTo(false),
+			ReadOnlyRootFilesystem:   ptrTo(true),
+			Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+			SeccompProfile:           &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+		},
+	}
+}
+
+func fieldEnv(name, path string) corev1.EnvVar {
+	return corev1.EnvVar{Name: name, ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: path}}}
+}
+
+// runAsUser returns uid, or nil (the image's user) for 0: the sidecar never
+// runs as root.
+func runAsUser(uid int64) *int64 {
+	if uid <= 0 {
+		return nil
+	}
+	return &uid
+}
+
+func ptrTo[T any](v T) *T { return &v }

@@ -1,0 +1,129 @@
+package injector
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+
+	"gomodules.xyz/jsonpatch/v2"
+	admissionv1 "k8s.io/api/admission/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// maxReviewBytes bounds an AdmissionReview's body; the apiserver's own limit
+// on a request is 3 MiB.
+const maxReviewBytes = 8 << 20
+
+// Handler is the mutating admission webhook: it answers POSTed
+// admission.k8s.io/v1 AdmissionReviews of pod CREATEs with a JSONPatch that
+// adds the sidecar. It allows every pod it does not change, and refuses
+// only a pod that asks for the sidecar with invalid annotations.
+type Handler struct {
+	cfg Config
+	log *slog.Logger
+}
+
+// NewHandler returns the webhook handler for cfg.
+func NewHandler(cfg Config, log *slog.Logger) *Handler {
+	return &Handler{cfg: cfg, log: log}
+}
+
+// ServeHTTP implements http.Handler.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost {
+		http.Error(w, "POST an AdmissionReview", http.StatusMethodNotAllowed)
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxReviewBytes))
+	if err != nil {
+		http.Error(w, "read body: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	var review admissionv1.AdmissionReview
+	if err := json.Unmarshal(body, &review); err != nil || review.Request == nil {
+		http.Error(w, fmt.Sprintf("want an admission.k8s.io/v1 AdmissionReview with a request: %v", err), http.StatusBadRequest)
+		return
+	}
+	resp := h.review(review.Request)
+	resp.UID = review.Request.UID
+	out := admissionv1.AdmissionReview{TypeMeta: review.TypeMeta, Response: resp}
+	if out.APIVersion == "" {
+		out.APIVersion, out.Kind = "admission.k8s.io/v1", "AdmissionReview"
+	}
+	w.Header().Set("Content-Type", "application/json")
+	if err := json.NewEncoder(w).Encode(out); err != nil {
+		h.log.Warn("write admission response", "err", err)
+	}
+}
+
+// review answers one admission request.
+func (h *Handler) review(req *admissionv1.AdmissionRequest) *admissionv1.AdmissionResponse {
+	log := h.log.With("namespace", req.Namespace, "name", req.Name, "uid", req.UID)
+	allow := &admissionv1.AdmissionResponse{Allowed: true}
+	if req.Kind.Group != "" || req.Kind.Kind != "Pod" || req.SubResource != "" || req.Operation != admissionv1.Create {
+		log.Debug("not a pod create", "kind", req.Kind.Kind, "operation", req.Operation)
+		return allow
+	}
+	var pod corev1.Pod
+	if err := json.Unmarshal(req.Object.Raw, &pod); err != nil {
+		log.Error("decode pod", "err", err)
+		return deny(http.StatusBadRequest, fmt.Sprintf("lastcall injector: decode pod: %v", err))
+	}
+	if pod.Namespace == "" {
+		pod.Namespace = req.Namespace
+	}
+	patch, err := Patch(&pod, h.cfg)
+	switch {
+	case errors.Is(err, ErrExcluded):
+		log.Info("namespace excluded, pod left alone")
+		return allow
+	case err != nil:
+		log.Warn("pod refused", "err", err)
+		return deny(http.StatusUnprocessableEntity, "lastcall injector: "+err.Error())
+	case len(patch) == 0:
+		log.Debug("nothing to inject")
+		return allow
+	}
+	raw, err := json.Marshal(patch)
+	if err != nil {
+		log.Error("encode patch", "err", err)
+		return deny(http.StatusInternalServerError, fmt.Sprintf("lastcall injector: encode patch: %v", err))
+	}
+	log.Info("sidecar injected", "generate_name", pod.GenerateName)
+	pt := admissionv1.PatchTypeJSONPatch
+	allow.Patch, allow.PatchType = raw, &pt
+	return allow
+}
+
+// Patch returns the JSONPatch operations that Inject's changes to pod
+// amount to, none when it changes nothing.
+func Patch(pod *corev1.Pod, cfg Config) ([]jsonpatch.Operation, error) {
+	mutated, changed, err := Inject(pod, cfg)
+	if err != nil || !changed {
+		return nil, err
+	}
+	before, err := json.Marshal(pod)
+	if err != nil {
+		return nil, fmt.Errorf("encode pod: %w", err)
+	}
+	after, err := json.Marshal(mutated)
+	if err != nil {
+		return nil, fmt.Errorf("encode injected pod: %w", err)
+	}
+	ops, err := jsonpatch.CreatePatch(before, after)
+	if err != nil {
+		return nil, fmt.Errorf("diff the injected pod: %w", err)
+	}
+	return ops, nil
+}
+
+func deny(code int32, msg string) *admissionv1.AdmissionResponse {
+	return &admissionv1.AdmissionResponse{
+		Allowed: false,
+		Result:  &metav1.Status{Status: metav1.StatusFailure, Code: code, Message: msg, Reason: metav1.StatusReasonInvalid},
+	}
+}

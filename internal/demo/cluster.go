@@ -108,7 +108,6 @@ type Node struct {
 	// Started is when the agent was ready.
 	Started time.Time
 
-	c           *Cluster
 	agent       *proc
 	pods        []*Pod
 	stopKubelet func()
@@ -283,7 +282,7 @@ func (c *Cluster) startStream(ctx context.Context) error {
 }
 
 func (c *Cluster) startNode(ctx context.Context, i int, dsName string, dsUID types.UID) (*Node, error) {
-	n := &Node{c: c, Name: fmt.Sprintf("%s-node-%d", c.ns, i+1)}
+	n := &Node{Name: fmt.Sprintf("%s-node-%d", c.ns, i+1)}
 	n.ctx, n.die = context.WithCancel(c.ctx)
 	c.nodes = append(c.nodes, n) // so that Close cleans up after a failed start
 	c.byName[n.Name] = n

@@ -32,6 +32,7 @@ var variants = []struct {
 	{"all-nodes", []string{"testdata/all-nodes.yaml"}, checkAllNodes},
 	{"monitoring", []string{"testdata/monitoring.yaml"}, checkMonitoring},
 	{"policy-warn", []string{"testdata/policy-warn.yaml"}, checkPolicyWarn},
+	{"injector", []string{"testdata/injector.yaml"}, checkInjector},
 }
 
 func TestLint(t *testing.T) {
@@ -329,13 +330,6 @@ func TestSchemaRejects(t *testing.T) {
 				}
 			}
 		})
-	}
-}
-
-func TestInjectorNotYet(t *testing.T) {
-	_, stderr, err := runHelm(t, templateArgs("lastcall", "lastcall-system", nil, []string{"injector.enabled=true"})...)
-	if err == nil || !strings.Contains(stderr, "sidecar injector is not part of this chart version") {
-		t.Errorf("injector.enabled=true: err %v, stderr:\n%s", err, stderr)
 	}
 }
 

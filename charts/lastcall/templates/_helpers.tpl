@@ -99,3 +99,38 @@ validations:
       lastcall: the agent's token names no node; the agent may change Nodes
       and delete pods only with the pod-bound token the kubelet mounts
 {{- end }}
+
+{{/*
+The sidecar injector's resource name.
+*/}}
+{{- define "lastcall.injectorName" -}}
+{{- printf "%s-injector" (include "lastcall.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Labels that select the injector's pods.
+*/}}
+{{- define "lastcall.injectorSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "lastcall.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: injector
+{{- end }}
+
+{{/*
+Labels on every injector resource.
+*/}}
+{{- define "lastcall.injectorLabels" -}}
+helm.sh/chart: {{ include "lastcall.chart" . }}
+{{ include "lastcall.injectorSelectorLabels" . }}
+app.kubernetes.io/version: {{ include "lastcall.imageTag" . | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: lastcall
+{{- end }}
+
+{{/*
+The Secret with the injector's serving certificate (and, unless
+cert-manager issues it, its CA).
+*/}}
+{{- define "lastcall.injectorSecret" -}}
+{{- printf "%s-tls" (include "lastcall.injectorName" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}

@@ -1,0 +1,252 @@
+package charts
+
+import (
+	"context"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+
+	"github.com/lastcall-dev/lastcall/internal/kubetest"
+)
+
+// injectorObjects returns the injector's objects among objs, by kind; kinds
+// the agent has too (ServiceAccount, ClusterRole, ...) are told apart by the
+// component label.
+func injectorObjects(objs []*unstructured.Unstructured) []*unstructured.Unstructured {
+	var out []*unstructured.Unstructured
+	for _, o := range objs {
+		if o.GetLabels()["app.kubernetes.io/component"] == "injector" {
+			out = append(out, o)
+		}
+	}
+	return out
+}
+
+func checkInjector(t *testing.T, objs []*unstructured.Unstructured) {
+	inj := injectorObjects(objs)
+	want := []string{"ServiceAccount", "Service", "Deployment", "PodDisruptionBudget", "Role", "RoleBinding",
+		"ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration"}
+	got := kinds(inj)
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Fatalf("injector kinds = %v, want %v", got, want)
+	}
+	dep := into[appsv1.Deployment](t, find(t, inj, "Deployment"))
+	spec := dep.Spec.Template.Spec
+	if dep.Spec.Replicas == nil || *dep.Spec.Replicas != 2 {
+		t.Errorf("replicas %v, want 2", dep.Spec.Replicas)
+	}
+	for k, v := range dep.Spec.Selector.MatchLabels {
+		if k == "app.kubernetes.io/component" && v != "injector" {
+			t.Errorf("Deployment selects component %s", v)
+		}
+	}
+	ds, _ := daemonSet(t, objs)
+	if slices.Equal(mapKeys(ds.Spec.Selector.MatchLabels), mapKeys(dep.Spec.Selector.MatchLabels)) &&
+		ds.Spec.Selector.MatchLabels["app.kubernetes.io/component"] == dep.Spec.Selector.MatchLabels["app.kubernetes.io/component"] {
+		t.Error("the Deployment's selector is the DaemonSet's")
+	}
+	aff := spec.Affinity
+	if aff == nil || aff.NodeAffinity == nil || aff.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution == nil {
+		t.Fatalf("affinity %+v: want a required node affinity off spot nodes", aff)
+	}
+	terms := aff.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution.NodeSelectorTerms
+	if len(terms) != 1 || len(terms[0].MatchExpressions) != 6 {
+		t.Fatalf("node selector terms %+v: want one term with a NotIn per spot label", terms)
+	}
+	for _, e := range terms[0].MatchExpressions {
+		if e.Operator != corev1.NodeSelectorOpNotIn || len(e.Values) == 0 {
+			t.Errorf("expression %+v: want NotIn", e)
+		}
+	}
+	c := spec.Containers[0]
+	for _, arg := range []string{"--native-sidecar=true", "--agent-port=9103", "--exclude-namespaces=kube-system,monitoring",
+		"--secret=" + dep.Name + "-tls", "--webhook-config=" + dep.Name, "--service=" + dep.Name,
+		"--sidecar-cpu-request=5m", "--sidecar-memory-request=16Mi", "--sidecar-memory-limit=32Mi",
+		"--image=ghcr.io/lastcall-dev/lastcall:" + chartAppVersion(t)} {
+		if !slices.Contains(c.Args, arg) {
+			t.Errorf("args %q lack %q", c.Args, arg)
+		}
+	}
+	if !slices.Equal(c.Command, []string{"/usr/local/bin/injector"}) {
+		t.Errorf("command %q", c.Command)
+	}
+	cs := c.SecurityContext
+	if cs == nil || cs.AllowPrivilegeEscalation == nil || *cs.AllowPrivilegeEscalation || cs.ReadOnlyRootFilesystem == nil ||
+		!*cs.ReadOnlyRootFilesystem || !slices.Equal(cs.Capabilities.Drop, []corev1.Capability{"ALL"}) {
+		t.Errorf("securityContext %+v", cs)
+	}
+	for _, v := range spec.Volumes {
+		if v.HostPath != nil {
+			t.Errorf("hostPath volume %s", v.Name)
+		}
+	}
+	if spec.HostNetwork {
+		t.Error("hostNetwork")
+	}
+
+	pdb := into[policyv1.PodDisruptionBudget](t, find(t, inj, "PodDisruptionBudget"))
+	if pdb.Spec.MinAvailable == nil || pdb.Spec.MinAvailable.IntValue() != 1 {
+		t.Errorf("PDB minAvailable %v, want 1", pdb.Spec.MinAvailable)
+	}
+	svc := into[corev1.Service](t, find(t, inj, "Service"))
+	for k, v := range svc.Spec.Selector {
+		if dep.Spec.Template.Labels[k] != v {
+			t.Errorf("Service selector %s=%s does not select the injector pods", k, v)
+		}
+	}
+
+	whc := into[admissionregistrationv1.MutatingWebhookConfiguration](t, find(t, inj, "MutatingWebhookConfiguration"))
+	if len(whc.Webhooks) != 1 {
+		t.Fatalf("%d webhooks, want 1", len(whc.Webhooks))
+	}
+	wh := whc.Webhooks[0]
+	if *wh.FailurePolicy != admissionregistrationv1.Ignore || *wh.SideEffects != admissionregistrationv1.SideEffectClassNone ||
+		*wh.ReinvocationPolicy != admissionregistrationv1.NeverReinvocationPolicy || *wh.TimeoutSeconds != 2 {
+		t.Errorf("webhook policy: failure %v side effects %v reinvocation %v timeout %v",
+			*wh.FailurePolicy, *wh.SideEffects, *wh.ReinvocationPolicy, *wh.TimeoutSeconds)
+	}
+	if wh.ObjectSelector == nil || wh.ObjectSelector.MatchLabels["lastcall.dev/inject"] != "enabled" {
+		t.Errorf("objectSelector %+v", wh.ObjectSelector)
+	}
+	ns := wh.NamespaceSelector
+	if ns == nil || len(ns.MatchExpressions) != 1 || ns.MatchExpressions[0].Operator != "NotIn" ||
+		!slices.Equal(ns.MatchExpressions[0].Values, []string{"lastcall-system", "kube-system", "monitoring"}) {
+		t.Errorf("namespaceSelector %+v: want NotIn the release namespace, kube-system, monitoring", ns)
+	}
+	if len(wh.Rules) != 1 || !slices.Equal(wh.Rules[0].Operations, []admissionregistrationv1.OperationType{"CREATE"}) ||
+		!slices.Equal(wh.Rules[0].Resources, []string{"pods"}) {
+		t.Errorf("rules %+v: want pods CREATE", wh.Rules)
+	}
+	ref := wh.ClientConfig.Service
+	if ref == nil || ref.Name != svc.Name || ref.Namespace != "lastcall-system" || *ref.Path != "/mutate" || *ref.Port != 443 {
+		t.Errorf("clientConfig %+v", wh.ClientConfig)
+	}
+
+	role := into[rbacv1.Role](t, find(t, inj, "Role"))
+	clusterRole := into[rbacv1.ClusterRole](t, find(t, inj, "ClusterRole"))
+	for _, r := range append(role.Rules, clusterRole.Rules...) {
+		for _, v := range r.Verbs {
+			if v != "create" && len(r.ResourceNames) != 1 {
+				t.Errorf("rule %+v: %s not narrowed to one name", r, v)
+			}
+		}
+	}
+	if cr := clusterRole.Rules; len(cr) != 1 || cr[0].ResourceNames[0] != whc.Name ||
+		!slices.Equal(cr[0].Resources, []string{"mutatingwebhookconfigurations"}) || !slices.Equal(cr[0].Verbs, []string{"get", "patch"}) {
+		t.Errorf("ClusterRole rules %+v: want get, patch of %s only", cr, whc.Name)
+	}
+}
+
+func mapKeys(m map[string]string) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// TestInjectorCertManager renders the cert-manager variant (no CRDs in the
+// test apiserver: render only): a Certificate and Issuer, the caBundle
+// annotation, the mounted Secret, and no RBAC for a CA of its own.
+func TestInjectorCertManager(t *testing.T) {
+	objs := injectorObjects(render(t, "lastcall", "lastcall-system", []string{"testdata/injector-certmanager.yaml"}, nil))
+	ks := kinds(objs)
+	for _, k := range []string{"Issuer", "Certificate", "Deployment", "MutatingWebhookConfiguration"} {
+		if !slices.Contains(ks, k) {
+			t.Errorf("kinds %v lack %s", ks, k)
+		}
+	}
+	for _, k := range []string{"Role", "ClusterRole"} {
+		if slices.Contains(ks, k) {
+			t.Errorf("kinds %v: %s not needed with cert-manager", ks, k)
+		}
+	}
+	whc := find(t, objs, "MutatingWebhookConfiguration")
+	cert := find(t, objs, "Certificate")
+	if got, want := whc.GetAnnotations()["cert-manager.io/inject-ca-from"], "lastcall-system/"+cert.GetName(); got != want {
+		t.Errorf("inject-ca-from %q, want %q", got, want)
+	}
+	secret, _, _ := unstructured.NestedString(cert.Object, "spec", "secretName")
+	dnsNames, _, _ := unstructured.NestedStringSlice(cert.Object, "spec", "dnsNames")
+	dep := into[appsv1.Deployment](t, find(t, objs, "Deployment"))
+	if want := dep.Name + ".lastcall-system.svc"; !slices.Contains(dnsNames, want) {
+		t.Errorf("dnsNames %v lack %s", dnsNames, want)
+	}
+	spec := dep.Spec.Template.Spec
+	if len(spec.Volumes) != 1 || spec.Volumes[0].Secret == nil || spec.Volumes[0].Secret.SecretName != secret {
+		t.Errorf("volumes %+v: want the Certificate's Secret %s", spec.Volumes, secret)
+	}
+	if !slices.Contains(spec.Containers[0].Args, "--cert-dir=/tls") {
+		t.Errorf("args %q lack --cert-dir=/tls", spec.Containers[0].Args)
+	}
+	issuer, _, _ := unstructured.NestedString(cert.Object, "spec", "issuerRef", "name")
+	if find(t, objs, "Issuer").GetName() != issuer || !strings.HasSuffix(issuer, "-injector") {
+		t.Errorf("issuerRef %q", issuer)
+	}
+}
+
+// TestHelmInstallInjector installs the injector variant with helm itself
+// into the real apiserver and checks what NOTES.txt tells the user.
+func TestHelmInstallInjector(t *testing.T) {
+	e := kubetest.Need(t, env)
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	if _, err := e.WriteKubeconfig(kubeconfig); err != nil {
+		t.Fatal(err)
+	}
+	ns, release := e.UniqueName("helm-injector"), e.UniqueName("lc-injector")
+	out, stderr, err := runHelm(t, "install", release, chartDir, "--kubeconfig", kubeconfig,
+		"--namespace", ns, "--create-namespace", "--values", "testdata/injector.yaml")
+	if err != nil {
+		t.Fatalf("helm install: %v\n%s%s", err, out, stderr)
+	}
+	for _, want := range []string{
+		"STATUS: deployed",
+		"The sidecar injector " + release + "-lastcall-injector adds the sidecar",
+		"(not in kube-system or " + ns + ", monitoring), as a native sidecar",
+		"kubectl -n " + ns + " get deploy " + release + "-lastcall-injector",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("helm install output lacks %q:\n%s", want, out)
+		}
+	}
+	whc, err := e.Client.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(t.Context(), release+"-lastcall-injector", metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("MutatingWebhookConfiguration after helm install: %v", err)
+	}
+	t.Cleanup(func() {
+		_ = e.Client.AdmissionregistrationV1().MutatingWebhookConfigurations().Delete(context.Background(), whc.Name, metav1.DeleteOptions{})
+	})
+}
+
+// TestInjectorSchemaRejects shows values.schema.json refusing injector
+// typos and nonsense before anything reaches the cluster.
+func TestInjectorSchemaRejects(t *testing.T) {
+	for _, tc := range []struct{ set, want string }{
+		{"injector.nativeSidcar=true", "nativeSidcar"},
+		{"injector.replicas=0", "replicas"},
+		{"injector.timeoutSeconds=31", "timeoutSeconds"},
+		{"injector.certManager.issuer=x", "issuer"},
+	} {
+		t.Run(tc.set, func(t *testing.T) {
+			out, stderr, err := runHelm(t, templateArgs("lastcall", "lastcall-system", nil, []string{"injector.enabled=true", tc.set})...)
+			if err == nil {
+				t.Fatalf("helm template accepted %s:\n%s", tc.set, out)
+			}
+			if !strings.Contains(stderr, "values don't meet the specifications of the schema") || !strings.Contains(stderr, tc.want) {
+				t.Errorf("%s: want a schema error about %s, got:\n%s", tc.set, tc.want, stderr)
+			}
+		})
+	}
+}

@@ -73,6 +73,9 @@ func Inject(pod *corev1.Pod, cfg Config) (*corev1.Pod, bool, error) {
 			c.Lifecycle.PreStop = &corev1.LifecycleHandler{Exec: &corev1.ExecAction{Command: slices.Clone(prestop)}}
 		}
 	}
+	if g := pod.Spec.TerminationGracePeriodSeconds; g != nil {
+		args = append(args, "--prestop-timeout="+prestopTimeout(*g))
+	}
 	sc := cfg.container(args)
 	if cfg.NativeSidecar {
 		sc.RestartPolicy = ptrTo(corev1.ContainerRestartPolicyAlways)
@@ -118,6 +121,18 @@ func sidecarArgs(ann map[string]string) (args []string, listen string, err error
 		args = append(args, "--listen="+listen)
 	}
 	return args, listen, nil
+}
+
+// prestopTimeout returns the sidecar's --prestop-timeout for a pod's
+// termination grace period: 5 s less, which leaves the workers time to stop
+// after the hook returns (25 s of the default 30 s), or half of a grace
+// period of 10 s or less.
+func prestopTimeout(grace int64) string {
+	t := grace - 5
+	if grace <= 10 {
+		t = grace / 2
+	}
+	return strconv.FormatInt(max(t, 1), 10) + "s"
 }
 
 // checkNames refuses a pod that already has a container or volume of the

@@ -207,6 +207,20 @@ func TestInject(t *testing.T) {
 			},
 		},
 		{
+			name: "prestop timeout follows the grace period",
+			pod: workerPod(func(p *corev1.Pod) {
+				g := int64(120)
+				p.Spec.TerminationGracePeriodSeconds = &g
+			}),
+			changed: true,
+			check: func(t *testing.T, _, out *corev1.Pod) {
+				c, _ := sidecar(t, out)
+				if !slices.Contains(c.Args, "--prestop-timeout=115s") {
+					t.Errorf("args %q lack --prestop-timeout=115s", c.Args)
+				}
+			},
+		},
+		{
 			name: "unknown signal refused",
 			pod:  workerPod(annotate(SignalAnnotation, "KILL")),
 			err:  "lastcall.dev/signal",
@@ -270,6 +284,14 @@ func TestInjectExcludedIsErrExcluded(t *testing.T) {
 	_, _, err := Inject(workerPod(func(p *corev1.Pod) { p.Namespace = "kube-system" }), testConfig())
 	if !errors.Is(err, ErrExcluded) {
 		t.Errorf("err %v, want ErrExcluded", err)
+	}
+}
+
+func TestPrestopTimeout(t *testing.T) {
+	for grace, want := range map[int64]string{0: "1s", 1: "1s", 4: "2s", 10: "5s", 11: "6s", 30: "25s", 120: "115s"} {
+		if got := prestopTimeout(grace); got != want {
+			t.Errorf("grace %d s: %s, want %s", grace, got, want)
+		}
 	}
 }
 

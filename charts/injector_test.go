@@ -6,15 +6,20 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
+	"github.com/lastcall-dev/lastcall/injector"
 	"github.com/lastcall-dev/lastcall/internal/kubetest"
 )
 
@@ -248,5 +253,73 @@ func TestInjectorSchemaRejects(t *testing.T) {
 				t.Errorf("%s: want a schema error about %s, got:\n%s", tc.set, tc.want, stderr)
 			}
 		})
+	}
+}
+
+// TestInjectorRBAC applies the injector variant to the real apiserver and
+// runs the injector's start-up calls (injector.EnsureCerts,
+// injector.PatchCABundle) as its ServiceAccount: the chart's narrowed RBAC
+// is enough for them, and for nothing beyond its own Secret and webhook
+// configuration.
+func TestInjectorRBAC(t *testing.T) {
+	e := kubetest.Need(t, env)
+	ctx := t.Context()
+	ns, err := e.CreateNamespace(ctx, "injector-rbac")
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs := render(t, e.UniqueName("lc-rbac"), ns, []string{"testdata/injector.yaml"}, nil)
+	newApplier(t, e).create(t, objs)
+	inj := injectorObjects(objs)
+	whName := find(t, inj, "MutatingWebhookConfiguration").GetName()
+	t.Cleanup(func() {
+		_ = e.Client.AdmissionregistrationV1().MutatingWebhookConfigurations().Delete(context.Background(), whName, metav1.DeleteOptions{})
+	})
+	dep := into[appsv1.Deployment](t, find(t, inj, "Deployment"))
+	secretName := ""
+	for _, a := range dep.Spec.Template.Spec.Containers[0].Args {
+		if v, ok := strings.CutPrefix(a, "--secret="); ok {
+			secretName = v
+		}
+	}
+	cfg := rest.CopyConfig(e.Config)
+	cfg.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:" + ns + ":" + dep.Spec.Template.Spec.ServiceAccountName}
+	as, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hosts := []string{dep.Name + "." + ns + ".svc"}
+	certs, err := injector.EnsureCerts(ctx, as, ns, secretName, hosts, time.Now())
+	if err != nil {
+		t.Fatalf("EnsureCerts as the injector: %v", err)
+	}
+	// Again, with a new host name: reuse the CA, update the Secret.
+	if _, err := injector.EnsureCerts(ctx, as, ns, secretName, append(hosts, dep.Name+"."+ns+".svc.cluster.local"), time.Now()); err != nil {
+		t.Fatalf("EnsureCerts (update) as the injector: %v", err)
+	}
+	if changed, err := injector.PatchCABundle(ctx, as, whName, certs.CACert); err != nil || !changed {
+		t.Fatalf("PatchCABundle as the injector: changed %v, %v", changed, err)
+	}
+	for name, call := range map[string]func() error{
+		"get another secret": func() error {
+			_, err := as.CoreV1().Secrets(ns).Get(ctx, "other", metav1.GetOptions{})
+			return err
+		},
+		"list secrets": func() error {
+			_, err := as.CoreV1().Secrets(ns).List(ctx, metav1.ListOptions{})
+			return err
+		},
+		"secret in another namespace": func() error {
+			_, err := as.CoreV1().Secrets("default").Get(ctx, secretName, metav1.GetOptions{})
+			return err
+		},
+		"another webhook configuration": func() error {
+			_, err := as.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, "other", metav1.GetOptions{})
+			return err
+		},
+	} {
+		if err := call(); !apierrors.IsForbidden(err) {
+			t.Errorf("%s: %v, want forbidden", name, err)
+		}
 	}
 }

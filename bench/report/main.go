@@ -36,9 +36,12 @@ func run(ctx context.Context, args []string, in io.Reader) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	res, raw, err := Parse(in)
+	res, raw, failed, err := Parse(in)
 	if err != nil {
 		return fmt.Errorf("parse benchmark output: %w", err)
+	}
+	if len(failed) > 0 {
+		return fmt.Errorf("benchmarks failed, report not written: %s", strings.Join(failed, "; "))
 	}
 	if len(res) == 0 {
 		return errors.New("no benchmark results in the input")
@@ -60,16 +63,20 @@ func run(ctx context.Context, args []string, in io.Reader) error {
 type Results map[string]map[string]float64
 
 // Parse reads `go test -bench` output. It returns the metrics of every
-// benchmark line, keyed by the last path element of its package and the
-// benchmark's name, and the lines it used (package headers and results).
-func Parse(r io.Reader) (Results, []string, error) {
-	res := Results{}
-	var raw []string
+// benchmark line, keyed by its package (without the module path) and the
+// benchmark's name, the lines it used (package headers and results), and
+// the lines that report a failure.
+func Parse(r io.Reader) (res Results, raw, failed []string, err error) {
+	res = Results{}
 	pkg := ""
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
 	for sc.Scan() {
 		line := sc.Text()
+		if strings.HasPrefix(line, "FAIL") || strings.HasPrefix(line, "--- FAIL") || strings.HasPrefix(line, "panic:") {
+			failed = append(failed, strings.TrimSpace(line))
+			continue
+		}
 		if p, ok := strings.CutPrefix(line, "pkg: "); ok {
 			pkg = strings.TrimPrefix(strings.TrimSpace(p), "github.com/lastcall-dev/lastcall/")
 			raw = append(raw, line)
@@ -95,14 +102,14 @@ func Parse(r io.Reader) (Results, []string, error) {
 		for i := 2; i+1 < len(f); i += 2 {
 			v, err := strconv.ParseFloat(f[i], 64)
 			if err != nil {
-				return nil, nil, fmt.Errorf("line %q: %w", line, err)
+				return nil, nil, nil, fmt.Errorf("line %q: %w", line, err)
 			}
 			metrics[f[i+1]] = v
 		}
 		res[pkg+"/"+name] = metrics
 		raw = append(raw, line)
 	}
-	return res, raw, sc.Err()
+	return res, raw, failed, sc.Err()
 }
 
 // Machine describes where the benchmarks ran.
@@ -170,7 +177,8 @@ func Render(w io.Writer, m Machine, r Results, raw []string) {
 	row("AWS detection: spot notice appears → Notice (1 s poll)",
 		"p50 "+r.get(ec2, "p50-ms", 1, "%.0f ms")+", p99 "+r.get(ec2, "p99-ms", 1, "%.0f ms"), ec2)
 	agent := "cmd/node-agent/BenchmarkNodeAgent110"
-	row("notice → node cordoned (agent binary, 110 pods)", r.get(agent, "ms-notice-to-cordon", 1, "%.0f ms"), agent)
+	row("notice → node cordoned (agent binary, 110 pods)", r.get(agent, "ms-notice-to-cordon", 1, "%.0f ms")+" from the flip, seen by the benchmark polling the Node; "+
+		r.get(agent, "ms-detected-to-cordon", 1, "%.0f ms")+" from detection (the agent's `lastcall_notice_to_cordon_seconds`)", agent)
 	row("notice → all 110 pods gone", r.get(agent, "ms-notice-to-110-gone", 1, "%.0f ms"), agent)
 	notify := "sidecar/BenchmarkNotify110"
 	row("notice → last of 110 sidecars told (110 sidecar processes)",
@@ -187,13 +195,16 @@ func Render(w io.Writer, m Machine, r Results, raw []string) {
 	p("\n## The same 110-pod drain, side by side\n\n")
 	p("`bench/drain`, one run each against the same apiserver: `k8s.io/kubectl/pkg/drain` (`RunCordonOrUncordon`, then `RunNodeDrain`, which evicts and waits for the pods to be gone) with client-go's default client-side rate limit (QPS 5, burst 10: what aws-node-termination-handler uses), and lastcall's drainer (`Cordon`, `Drain`) with none.\n\n")
 	kc, lc := "bench/drain/BenchmarkDrain110/kubectl-qps5", "bench/drain/BenchmarkDrain110/lastcall"
-	p("| | kubectl drain, QPS 5 / burst 10 | lastcall drainer | ratio |\n|---|---|---|---|\n")
+	p("| | kubectl drain, QPS 5 / burst 10 | lastcall drainer | kubectl ÷ lastcall |\n|---|---|---|---|\n")
 	for _, x := range []struct{ what, unit string }{{"cordon", "ms-to-cordon"}, {"110 pods gone", "ms-to-110-gone"}} {
 		ratio := "n/a"
 		a, okA := r.value(kc, x.unit)
 		b, okB := r.value(lc, x.unit)
 		if okA && okB && b > 0 {
 			ratio = fmt.Sprintf("%.0f×", a/b)
+			if a/b < 10 {
+				ratio = fmt.Sprintf("%.1f×", a/b)
+			}
 		}
 		p("| %s | %s | %s | %s |\n", x.what, r.get(kc, x.unit, 1, "%.0f ms"), r.get(lc, x.unit, 1, "%.0f ms"), ratio)
 	}

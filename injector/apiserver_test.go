@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -171,9 +172,16 @@ func TestWebhook(t *testing.T) {
 	}
 
 	t.Run("labelled pod gets the sidecar", func(t *testing.T) {
-		p := create(t, ns, "labelled", labelled, kubetest.WithAnnotations(map[string]string{SignalAnnotation: "TSTP"}))
+		p := create(t, ns, "labelled", labelled, kubetest.WithAnnotations(map[string]string{SignalAnnotation: "TSTP"}),
+			func(p *corev1.Pod) { p.Spec.InitContainers = []corev1.Container{{Name: "migrate", Image: "m:1"}} })
 		if !hasSidecar(p) || p.Annotations[InjectedAnnotation] != "true" {
 			t.Fatalf("stored pod: init containers %v, annotations %v", names(p.Spec.InitContainers), p.Annotations)
+		}
+		if got := names(p.Spec.InitContainers); len(got) != 2 || got[1] != "migrate" {
+			t.Errorf("init containers %v, want the sidecar, then migrate", got)
+		}
+		if !slices.Contains(p.Spec.InitContainers[0].Args, "--prestop-timeout=25s") {
+			t.Errorf("sidecar args %q: want --prestop-timeout=25s for the default grace period", p.Spec.InitContainers[0].Args)
 		}
 		c := p.Spec.InitContainers[0]
 		if c.RestartPolicy == nil || *c.RestartPolicy != corev1.ContainerRestartPolicyAlways || c.Image != testImage {

@@ -57,35 +57,18 @@ func post(t *testing.T, h http.Handler, op admissionv1.Operation, namespace stri
 func TestHandler(t *testing.T) {
 	h := NewHandler(testConfig(), slog.New(slog.NewTextHandler(io.Discard, nil)))
 
-	t.Run("patch gives the injected pod", func(t *testing.T) {
-		pod := workerPod(func(p *corev1.Pod) { p.Namespace = "" })
-		resp := post(t, h, admissionv1.Create, "jobs", pod)
-		if !resp.Allowed || resp.PatchType == nil || *resp.PatchType != admissionv1.PatchTypeJSONPatch {
-			t.Fatalf("response %+v: want allowed with a JSONPatch", resp)
-		}
-		patch, err := jsonpatch.DecodePatch(resp.Patch)
-		if err != nil {
-			t.Fatal(err)
-		}
-		raw, _ := json.Marshal(pod)
-		patched, err := patch.Apply(raw)
-		if err != nil {
-			t.Fatalf("apply patch %s: %v", resp.Patch, err)
-		}
-		var got corev1.Pod
-		if err := json.Unmarshal(patched, &got); err != nil {
-			t.Fatal(err)
-		}
-		pod.Namespace = "jobs"
-		want, _, err := Inject(pod, testConfig())
-		if err != nil {
-			t.Fatal(err)
-		}
-		want.Namespace = ""
-		if !reflect.DeepEqual(&got, want) {
-			t.Errorf("patched pod\n%+v\nwant\n%+v", got, want)
-		}
-	})
+	for name, pod := range map[string]*corev1.Pod{
+		"plain": workerPod(func(p *corev1.Pod) { p.Namespace = "" }),
+		"init containers, volumes, two workers": workerPod(func(p *corev1.Pod) {
+			p.Namespace = ""
+			p.Spec.InitContainers = []corev1.Container{{Name: "migrate", Image: "m:1"}, {Name: "seed", Image: "s:1"}}
+			p.Spec.Volumes = []corev1.Volume{{Name: "data", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}}
+			p.Spec.Containers[0].VolumeMounts = []corev1.VolumeMount{{Name: "data", MountPath: "/data"}}
+			p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: "helper", Image: "h:1"})
+		}),
+	} {
+		t.Run("patch gives the injected pod: "+name, func(t *testing.T) { checkPatch(t, h, pod) })
+	}
 	for _, tc := range []struct {
 		name    string
 		op      admissionv1.Operation
@@ -121,4 +104,36 @@ func TestHandler(t *testing.T) {
 			}
 		}
 	})
+}
+
+// checkPatch shows that the JSONPatch h answers for pod turns pod into what
+// Inject returns.
+func checkPatch(t *testing.T, h http.Handler, pod *corev1.Pod) {
+	t.Helper()
+	resp := post(t, h, admissionv1.Create, "jobs", pod)
+	if !resp.Allowed || resp.PatchType == nil || *resp.PatchType != admissionv1.PatchTypeJSONPatch {
+		t.Fatalf("response %+v: want allowed with a JSONPatch", resp)
+	}
+	patch, err := jsonpatch.DecodePatch(resp.Patch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := json.Marshal(pod)
+	patched, err := patch.Apply(raw)
+	if err != nil {
+		t.Fatalf("apply patch %s: %v", resp.Patch, err)
+	}
+	var got corev1.Pod
+	if err := json.Unmarshal(patched, &got); err != nil {
+		t.Fatal(err)
+	}
+	pod.Namespace = "jobs"
+	want, _, err := Inject(pod, testConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want.Namespace = ""
+	if !reflect.DeepEqual(&got, want) {
+		t.Errorf("patched pod\n%+v\nwant\n%+v", got, want)
+	}
 }

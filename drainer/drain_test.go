@@ -570,8 +570,10 @@ func TestDrainHoldsCooperativePods(t *testing.T) {
 	}
 	d := f.drainer(drainer.Options{Logger: testLogger(t), Hold: hold})
 	start := time.Now()
-	deadline := start.Add(8 * time.Second)
-	policy := drainer.Policy{Reserve: time.Second}
+	// The slow pod goes at deadline − reserve − grace = 8 s, leaving 4 s for
+	// its eviction and deletion on a loaded machine.
+	deadline := start.Add(12 * time.Second)
+	policy := drainer.Policy{Reserve: 3 * time.Second}
 	go func() {
 		// The quick pod's workers finish once the plain pod is gone.
 		_ = wait.PollUntilContextCancel(t.Context(), 10*time.Millisecond, true, func(context.Context) (bool, error) {

@@ -543,8 +543,8 @@ func TestKillMidDrainAndRestart(t *testing.T) {
 	}
 
 	noticeFile := filepath.Join(t.TempDir(), "notice.json")
-	deadline := time.Now().Add(20 * time.Second)
-	p := c.startAgent(t, "--cloud=sim", "--sim-file="+noticeFile, "--blocked-cutoff=6s")
+	deadline := time.Now().Add(30 * time.Second)
+	p := c.startAgent(t, "--cloud=sim", "--sim-file="+noticeFile, "--blocked-cutoff=10s")
 	notice := fmt.Sprintf(`{"kind":"preemption","id":"kill-test","deadline":%q}`, deadline.UTC().Format(time.RFC3339Nano))
 	if err := os.WriteFile(noticeFile, []byte(notice), 0o644); err != nil {
 		t.Fatal(err)
@@ -555,7 +555,7 @@ func TestKillMidDrainAndRestart(t *testing.T) {
 	}
 	p.kill9()
 
-	p2 := c.startAgent(t, "--cloud=sim", "--sim-file="+noticeFile, "--blocked-cutoff=6s")
+	p2 := c.startAgent(t, "--cloud=sim", "--sim-file="+noticeFile, "--blocked-cutoff=10s")
 	c.assertDrainedAfterRestart(t, p2, deadline)
 }
 

@@ -28,6 +28,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/lastcall-dev/lastcall/injector"
+	"github.com/lastcall-dev/lastcall/internal/logformat"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -52,7 +53,7 @@ func Main(args []string, getenv func(string) string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "injector", version)
 		return 0
 	}
-	logger, err := newLogger(o.logFormat, o.logLevel, stderr)
+	logger, err := logformat.New(o.logFormat, o.logLevel, stderr)
 	if err != nil {
 		fmt.Fprintln(stderr, "injector:", err)
 		return 2

@@ -35,6 +35,7 @@ import (
 
 	"github.com/lastcall-dev/lastcall/agent"
 	"github.com/lastcall-dev/lastcall/drainer"
+	"github.com/lastcall-dev/lastcall/internal/logformat"
 	"github.com/lastcall-dev/lastcall/sidecar"
 	"github.com/lastcall-dev/lastcall/watcher"
 	"github.com/lastcall-dev/lastcall/watcher/azure"
@@ -147,7 +148,7 @@ func Main(args []string, getenv func(string) string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "node-agent", version)
 		return 0
 	}
-	logger, err := newLogger(o.logFormat, o.logLevel, stderr)
+	logger, err := logformat.New(o.logFormat, o.logLevel, stderr)
 	if err != nil {
 		fmt.Fprintln(stderr, "node-agent:", err)
 		return 2
@@ -159,21 +160,6 @@ func Main(args []string, getenv func(string) string, stderr io.Writer) int {
 		return 1
 	}
 	return 0
-}
-
-func newLogger(format, level string, w io.Writer) (*slog.Logger, error) {
-	var lvl slog.Level
-	if err := lvl.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("--log-level: %w", err)
-	}
-	hopts := &slog.HandlerOptions{Level: lvl}
-	switch format {
-	case "json":
-		return slog.New(slog.NewJSONHandler(w, hopts)), nil
-	case "text":
-		return slog.New(slog.NewTextHandler(w, hopts)), nil
-	}
-	return nil, fmt.Errorf("--log-format %q: want json or text", format)
 }
 
 func run(ctx context.Context, o *options, logger *slog.Logger) error {

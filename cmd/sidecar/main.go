@@ -22,6 +22,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/lastcall-dev/lastcall/internal/logformat"
 	"github.com/lastcall-dev/lastcall/sidecar/pod"
 	"github.com/lastcall-dev/lastcall/sidecar/wire"
 )
@@ -132,7 +133,7 @@ func Main(args []string, getenv func(string) string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "sidecar", version)
 		return 0
 	}
-	logger, err := newLogger(o.logFormat, o.logLevel, stderr)
+	logger, err := logformat.New(o.logFormat, o.logLevel, stderr)
 	if err != nil {
 		fmt.Fprintln(stderr, "sidecar:", err)
 		return 2

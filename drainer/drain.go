@@ -72,9 +72,14 @@ type Report struct {
 	Pods []PodResult
 	// Skipped holds the pods left alone.
 	Skipped []Skipped
-	// Drained is true when every evicted or deleted pod, and every pod that
-	// was already terminating, was gone before the deadline.
+	// Drained is true when every pod the drain asked to leave, and every
+	// pod that was already terminating, was gone before the drain ended, and
+	// no eviction failed or was left blocked.
 	Drained bool
+	// Late is true when the drain started after the deadline, or with less
+	// than Policy.Reserve left: evictions went out at once with the minimum
+	// grace period.
+	Late bool
 }
 
 // Count returns how many pods had outcome o.
@@ -90,71 +95,138 @@ func (r Report) Count(o Outcome) int {
 
 // Drain evicts the pods on node so that they are gone before deadline: the
 // workload tier first, in parallel; the critical tier once the workload pods
-// are gone or at Plan.CriticalStart, whichever is first. It returns when
-// every evicted pod is gone or the deadline passes, never later, with a
-// report of each pod. Drain does not cordon; call Cordon first. It is safe
-// to run again after an interrupted run: pods already terminating are
-// waited for, not evicted again. The error is non-nil only when the pods
-// could not be listed or ctx was canceled before the deadline.
+// are gone or at Plan.CriticalStart, whichever is first. Pods that land on
+// the node while it drains (they tolerate the cordon, or were bound before
+// it) are evicted too, in their tier. It returns when every pod it asked to
+// leave is gone, or when the deadline passes, never later, with a report of
+// each pod.
+//
+// A deadline that has passed, or is "now", does not make the drain give up:
+// the machine is going away now, and every eviction that can still be sent
+// is worth sending. A drain works until the deadline or until
+// Policy.Overtime after it started, whichever is later; a late one sends
+// every eviction at once with the minimum grace period, and its report says
+// Late.
+//
+// Drain does not cordon; call Cordon first. It is safe to run again after an
+// interrupted run: pods already terminating are waited for, not evicted
+// again. The error is non-nil only when the pods could not be listed or ctx
+// was canceled before the deadline.
 func (d *Drainer) Drain(ctx context.Context, node string, deadline time.Time, policy Policy) (Report, error) {
-	ctx, cancel := context.WithDeadline(ctx, deadline)
+	policy = policy.WithDefaults()
+	start := d.now()
+	end := deadline
+	if late := start.Add(policy.Overtime); end.Before(late) {
+		end = late
+	}
+	ctx, cancel := context.WithDeadline(ctx, end)
 	defer cancel()
-	rep := Report{Node: node, Deadline: deadline, Started: d.now()}
+	rep := Report{Node: node, Deadline: deadline, Started: start, Late: deadline.Before(start.Add(policy.Reserve))}
 	plan, err := d.Plan(ctx, node, deadline, policy)
 	if err != nil {
 		rep.Finished = d.now()
 		return rep, fmt.Errorf("drain node %s: %w", node, err)
 	}
-	rep.Skipped = plan.Skipped
 	log := d.log.With("node", node)
 	log.Info("drain started", "pods", plan.Len(), "critical", len(plan.Tiers[TierCritical]),
-		"skipped", len(plan.Skipped), "deadline_in", deadline.Sub(rep.Started).Round(time.Millisecond).String())
+		"skipped", len(plan.Skipped), "deadline_in", deadline.Sub(start).Round(time.Millisecond).String(), "late", rep.Late)
 
 	var (
-		mu      sync.Mutex // guards rep.Pods and leaving
-		leaving = map[types.UID]bool{}
-		wg      sync.WaitGroup
+		mu       sync.Mutex // guards rep.Pods, leaving and inflight
+		leaving  = map[types.UID]bool{}
+		inflight int
+		wg       sync.WaitGroup
 	)
-	// Pods an earlier run (or anyone) already started deleting count as
-	// leaving: the drain waits for them too.
+	// Owned by this goroutine: every pod the drain has decided about, and
+	// the workload pods it asked to leave.
+	seen := map[types.UID]bool{}
+	workload := map[types.UID]bool{}
+	var waiting []corev1.Pod // critical pods not yet asked
+	launch := func(pod corev1.Pod) {
+		mu.Lock()
+		inflight++
+		mu.Unlock()
+		wg.Go(func() {
+			res := d.evict(ctx, log, plan, pod)
+			d.m.observe(res.Outcome)
+			mu.Lock()
+			defer mu.Unlock()
+			inflight--
+			rep.Pods = append(rep.Pods, res)
+			if res.Outcome == Evicted || res.Outcome == Deleted {
+				leaving[pod.UID] = true
+			}
+		})
+	}
+	// consider sorts a pod the drain has not seen yet: left alone, waited
+	// for (already terminating), asked to leave now, or (critical) later.
+	consider := func(pod corev1.Pod, newcomer bool) {
+		seen[pod.UID] = true
+		if reason, skip := skipReason(&pod, d.self); skip {
+			if reason == SkipTerminating {
+				mu.Lock()
+				leaving[pod.UID] = true
+				mu.Unlock()
+			}
+			if newcomer {
+				rep.Skipped = append(rep.Skipped, Skipped{Pod: pod.Namespace + "/" + pod.Name, UID: pod.UID, Reason: reason})
+			}
+			return
+		}
+		if newcomer {
+			log.Info("pod landed on the draining node", "pod", pod.Namespace+"/"+pod.Name)
+		}
+		if TierOf(&pod) == TierCritical {
+			waiting = append(waiting, pod)
+			return
+		}
+		workload[pod.UID] = true
+		launch(pod)
+	}
 	for _, s := range plan.Skipped {
+		seen[s.UID] = true
 		if s.Reason == SkipTerminating {
 			leaving[s.UID] = true
 		}
 	}
-	launch := func(tier Tier) {
-		for _, pod := range plan.Tiers[tier] {
-			wg.Go(func() {
-				res := d.evict(ctx, log, plan, pod)
-				d.m.observe(res.Outcome)
-				mu.Lock()
-				defer mu.Unlock()
-				rep.Pods = append(rep.Pods, res)
-				if res.Outcome == Evicted || res.Outcome == Deleted {
-					leaving[pod.UID] = true
-				}
-			})
+	rep.Skipped = plan.Skipped
+	for _, tier := range plan.Tiers {
+		for _, pod := range tier {
+			consider(pod, false)
 		}
 	}
-	workload := uids(plan.Tiers[TierWorkload])
-	launch(TierWorkload)
-	if len(plan.Tiers[TierCritical]) > 0 {
-		d.waitGone(ctx, node, func() map[types.UID]bool {
-			mu.Lock()
-			defer mu.Unlock()
-			w := map[types.UID]bool{}
-			for uid := range workload {
-				w[uid] = true
+	for {
+		pods, listErr := d.listPods(ctx, node)
+		present := map[types.UID]bool{}
+		if listErr == nil {
+			for _, pod := range pods {
+				present[pod.UID] = true
+				if !seen[pod.UID] {
+					consider(pod, true)
+				}
 			}
-			for uid := range leaving {
-				w[uid] = true
+		}
+		mu.Lock()
+		gone := listErr == nil && noneOf(present, leaving)
+		busy := inflight
+		mu.Unlock()
+		if len(waiting) > 0 && (!d.now().Before(plan.CriticalStart()) || (listErr == nil && noneOf(present, workload))) {
+			for _, pod := range waiting {
+				launch(pod)
 			}
-			return w
-		}, plan.CriticalStart())
-		launch(TierCritical)
+			waiting, busy = nil, busy+len(waiting)
+		}
+		if gone && busy == 0 && len(waiting) == 0 {
+			break
+		}
+		if !sleep(ctx, d.poll) {
+			break
+		}
 	}
 	wg.Wait()
-	rep.Drained = d.waitGone(ctx, node, func() map[types.UID]bool { return leaving }, deadline)
+	mu.Lock()
+	rep.Drained = ctx.Err() == nil && rep.Count(Failed) == 0 && rep.Count(Blocked) == 0
+	mu.Unlock()
 	rep.Finished = d.now()
 	log.Info("drain finished", "drained", rep.Drained, "evicted", rep.Count(Evicted), "deleted", rep.Count(Deleted),
 		"gone", rep.Count(Gone), "blocked", rep.Count(Blocked), "failed", rep.Count(Failed),
@@ -165,39 +237,21 @@ func (d *Drainer) Drain(ctx context.Context, node string, deadline time.Time, po
 	return rep, nil
 }
 
-func uids(pods []corev1.Pod) map[types.UID]bool {
-	m := make(map[types.UID]bool, len(pods))
-	for _, p := range pods {
-		m[p.UID] = true
-	}
-	return m
-}
-
-// waitGone polls the node's pods until none of the UIDs that want returns is
-// left, or until until; it reports whether they all went.
-func (d *Drainer) waitGone(ctx context.Context, node string, want func() map[types.UID]bool, until time.Time) bool {
-	ctx, cancel := context.WithDeadline(ctx, until)
-	defer cancel()
-	for {
-		cctx, ccancel := d.callContext(ctx)
-		pods, err := d.pods.ListPods(cctx, node)
-		ccancel()
-		if err == nil {
-			w := want()
-			left := 0
-			for _, p := range pods {
-				if w[p.UID] {
-					left++
-				}
-			}
-			if left == 0 {
-				return true
-			}
-		}
-		if !sleep(ctx, d.poll) {
+// noneOf reports whether no UID of want is present.
+func noneOf(present, want map[types.UID]bool) bool {
+	for uid := range want {
+		if present[uid] {
 			return false
 		}
 	}
+	return true
+}
+
+// listPods lists the node's pods with the per-call timeout.
+func (d *Drainer) listPods(ctx context.Context, node string) ([]corev1.Pod, error) {
+	cctx, cancel := d.callContext(ctx)
+	defer cancel()
+	return d.pods.ListPods(cctx, node)
 }
 
 // evict asks pod to leave: through the Eviction API with the pod's UID as a

@@ -17,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
 	"github.com/lastcall-dev/lastcall/drainer"
 	"github.com/lastcall-dev/lastcall/internal/kubetest"
@@ -429,8 +430,10 @@ func TestDrainBlockedByBudget(t *testing.T) {
 					t.Errorf("guarded-%d exists=%v with policy %s", i, exists, tc.policy)
 				}
 			}
-			if rep.Drained != true {
-				t.Errorf("drained = false; evicted and deleted pods should be gone")
+			// Pods left blocked stay on the node: the report must not say
+			// drained.
+			if want := tc.policy == drainer.Delete; rep.Drained != want {
+				t.Errorf("drained = %v with policy %s, want %v", rep.Drained, tc.policy, want)
 			}
 		})
 	}
@@ -611,4 +614,123 @@ func TestDrainHoldsCooperativePods(t *testing.T) {
 			}
 		}
 	}
+}
+
+// A notice whose deadline has passed, or is "now" (an ASG Terminated state,
+// an Azure event already Started, a notice first seen after a restart),
+// still evicts every pod, at once, with the minimum grace, and the report
+// says what happened. Before, the drain's context ended at the deadline,
+// every eviction failed on it, and the report said drained.
+func TestDrainPastDeadline(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		in   time.Duration
+	}{
+		{"now", 0},
+		{"passed", -10 * time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, kubetest.KubeletOptions{FinishAtOnce: true})
+			f.pods(t, 3, "work", kubetest.WithGrace(30))
+			f.pods(t, 1, "dns", kubetest.WithPriorityClass("system-cluster-critical"))
+			f.waitRunning(t, 4)
+
+			d := f.drainer(drainer.Options{Logger: testLogger(t)})
+			rep, err := d.Drain(t.Context(), f.node, time.Now().Add(tc.in), drainer.Policy{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !rep.Late || !rep.Drained || rep.Count(drainer.Evicted) != 4 {
+				t.Fatalf("late=%v drained=%v evicted=%d, want a late drain that evicted all 4: %+v",
+					rep.Late, rep.Drained, rep.Count(drainer.Evicted), rep.Pods)
+			}
+			for _, ev := range f.kubelet.Events() {
+				if ev.What == "terminating" && ev.Grace != 1 {
+					t.Errorf("%s: grace %d, want the minimum 1", ev.Pod, ev.Grace)
+				}
+			}
+			pods, err := f.env.Client.CoreV1().Pods(f.ns).List(t.Context(), metav1.ListOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(pods.Items) != 0 {
+				t.Errorf("%d pods left on the node", len(pods.Items))
+			}
+		})
+	}
+}
+
+// A report says drained only when the node is empty of what it asked to
+// leave: evictions that failed (here RBAC) make it incomplete.
+func TestDrainReportsFailures(t *testing.T) {
+	f := newFixture(t, kubetest.KubeletOptions{FinishAtOnce: true})
+	f.pods(t, 2, "work")
+	f.waitRunning(t, 2)
+	cfg := rest.CopyConfig(f.env.Config)
+	cfg.Impersonate = rest.ImpersonationConfig{UserName: "nobody"}
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := drainer.New(client, drainer.Options{Logger: testLogger(t), Pods: adminPods{f.env.Client}})
+	rep, err := d.Drain(t.Context(), f.node, time.Now().Add(10*time.Second), drainer.Policy{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Drained || rep.Count(drainer.Failed) != 2 {
+		t.Fatalf("drained=%v failed=%d, want an incomplete drain with 2 failures: %+v", rep.Drained, rep.Count(drainer.Failed), rep.Pods)
+	}
+}
+
+// Pods that land on the node while it drains (they tolerate the cordon, or
+// were bound just before it) are evicted too. Before, the drain acted on
+// the pods listed at its start only.
+func TestDrainEvictsPodsThatLandDuringIt(t *testing.T) {
+	f := newFixture(t, kubetest.KubeletOptions{})
+	f.pods(t, 1, "slow", kubetest.WithGrace(5))
+	f.waitRunning(t, 1)
+
+	d := f.drainer(drainer.Options{Logger: testLogger(t), PollInterval: 50 * time.Millisecond})
+	type result struct {
+		rep drainer.Report
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		rep, err := d.Drain(t.Context(), f.node, time.Now().Add(20*time.Second), drainer.Policy{})
+		done <- result{rep, err}
+	}()
+	// The first pod takes its grace (5 s) to go; meanwhile one lands.
+	err := wait.PollUntilContextTimeout(t.Context(), 20*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
+		p, ok := getPod(t, f.env.Client, f.ns, "slow-0")
+		return ok && p.DeletionTimestamp != nil, nil
+	})
+	if err != nil {
+		t.Fatal("the first pod was not evicted")
+	}
+	f.pods(t, 1, "late")
+	r := <-done
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	var names []string
+	for _, p := range r.rep.Pods {
+		names = append(names, p.Pod[len(f.ns)+1:]+"="+string(p.Outcome))
+	}
+	slices.Sort(names)
+	if !slices.Equal(names, []string{"late-0=evicted", "slow-0=evicted"}) || !r.rep.Drained {
+		t.Fatalf("drain acted on %v (drained=%v), want both pods evicted and gone", names, r.rep.Drained)
+	}
+}
+
+// adminPods lists pods with the test's own client, for drains whose client
+// may not.
+type adminPods struct{ c kubernetes.Interface }
+
+func (a adminPods) ListPods(ctx context.Context, node string) ([]corev1.Pod, error) {
+	l, err := a.c.CoreV1().Pods("").List(ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + node})
+	if err != nil {
+		return nil, err
+	}
+	return l.Items, nil
 }

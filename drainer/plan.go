@@ -60,6 +60,11 @@ type Policy struct {
 	// evicted even if workload pods are still terminating; workload grace
 	// periods end by then when the node has critical pods. Default 10s.
 	CriticalWindow time.Duration
+	// Overtime is how long a drain whose deadline has passed, or is closer
+	// than this, still works after it starts: the machine is going away now,
+	// and evictions are sent at once with the minimum grace period. Default
+	// 15s.
+	Overtime time.Duration
 }
 
 // BlockedAction is what to do with a pod whose budget blocks its eviction
@@ -87,6 +92,9 @@ func (p Policy) WithDefaults() Policy {
 	}
 	if p.CriticalWindow == 0 {
 		p.CriticalWindow = 10 * time.Second
+	}
+	if p.Overtime == 0 {
+		p.Overtime = 15 * time.Second
 	}
 	return p
 }

@@ -37,11 +37,23 @@ type State string
 // notice with the same ID (an AWS scheduled event canceled or completed, a GCE
 // maintenance event back to NONE): lastcall undoes what it did for it.
 // Informational notices ask for nothing (GCE live migration).
+//
+// StateSynced is not the state of a notice but a marker a Watcher sends
+// once, after its first complete read of every value it watches: every
+// notice active at that read was sent before it. Only Source is set. Until
+// the marker, a consumer knows what the metadata announced, not what it does
+// not: a cordon left by an earlier run may be undone only after it.
 const (
 	StateActive        State = "active"
 	StateCanceled      State = "canceled"
 	StateInformational State = "informational"
+	StateSynced        State = "synced"
 )
+
+// Synced returns the StateSynced marker of source.
+func Synced(source Source) Notice {
+	return Notice{Source: source, State: StateSynced}
+}
 
 // Notice is one termination notice from a metadata source. Every later step
 // works from Deadline, never from a fixed timeout.

@@ -138,6 +138,7 @@ func (w *Watcher) Watch(ctx context.Context, out chan<- watcher.Notice) error {
 		w.logger.InfoContext(ctx, "vm name", "vm", vm)
 	}
 
+	synced := watcher.NewSyncer(watcher.SourceAzure, 1)
 	live := make(map[string]watcher.Notice) // maintenance notices sent and not yet over
 	var lastIncarnation int64 = -1
 	first := true
@@ -157,7 +158,8 @@ func (w *Watcher) Watch(ctx context.Context, out chan<- watcher.Notice) error {
 		} else {
 			first = false
 			w.errs.OK(ctx, pathEvents)
-			if !w.handle(ctx, out, body, vm, live, &lastIncarnation) {
+			complete, ok := w.handle(ctx, out, body, vm, live, &lastIncarnation)
+			if !ok || (complete && !synced.Read(ctx, out, pathEvents)) {
 				return nil
 			}
 		}
@@ -171,9 +173,9 @@ func (w *Watcher) Watch(ctx context.Context, out chan<- watcher.Notice) error {
 
 // handle turns one scheduled events document into notices. A maintenance
 // event this watcher reported that is gone from a newer document is over
-// (done or called off): it is reported canceled. It returns false when ctx
-// ended.
-func (w *Watcher) handle(ctx context.Context, out chan<- watcher.Notice, body []byte, vm string, live map[string]watcher.Notice, lastIncarnation *int64) bool {
+// (done or called off): it is reported canceled. complete says the whole
+// document was understood; ok is false when ctx ended.
+func (w *Watcher) handle(ctx context.Context, out chan<- watcher.Notice, body []byte, vm string, live map[string]watcher.Notice, lastIncarnation *int64) (complete, ok bool) {
 	detected := w.opts.Clock()
 	doc, err := parseDocument(body)
 	if err != nil {
@@ -182,7 +184,7 @@ func (w *Watcher) handle(ctx context.Context, out chan<- watcher.Notice, body []
 			r = watcher.ReasonEmpty
 		}
 		w.errs.Fail(ctx, pathEvents, r, err)
-		return true
+		return false, true
 	}
 	ns, err := notices(doc, vm, detected)
 	if err != nil {
@@ -216,10 +218,10 @@ func (w *Watcher) handle(ctx context.Context, out chan<- watcher.Notice, body []
 		w.opts.Metrics.Notice(n)
 		w.logger.InfoContext(ctx, "notice", "kind", string(n.Kind), "state", string(n.State), "id", n.ID, "action", n.Action, "deadline", n.Deadline)
 		if !watcher.Send(ctx, out, n) {
-			return false
+			return false, false
 		}
 	}
-	return true
+	return err == nil, true
 }
 
 // Acknowledge tells Azure that the event eventID may start now (before its

@@ -54,7 +54,7 @@ type Options struct {
 	// moment of detection.
 	ASGTerminationNotice time.Duration
 	// Paths are the paths to watch. Default: PathSpot, PathRebalance,
-	// PathScheduled and PathASG.
+	// PathScheduled, PathHistory and PathASG.
 	Paths []string
 	// Clock returns the time a notice is detected. Default time.Now.
 	Clock func() time.Time
@@ -72,8 +72,10 @@ type Watcher struct {
 	errs   *poll.Errors
 	dedup  watcher.Dedup
 
-	mu       sync.Mutex
-	firstIDs map[string]string // sort of notice -> ID of the first one seen; guarded by mu
+	mu       sync.Mutex                // guards the maps below
+	firstIDs map[string]string         // sort of notice -> ID of the first one seen
+	live     map[string]watcher.Notice // scheduled events last seen active, by EventId
+	seenOver map[string]bool           // scheduled events seen canceled or completed
 }
 
 var _ watcher.Watcher = (*Watcher)(nil)
@@ -93,11 +95,11 @@ func New(opts Options) (*Watcher, error) {
 		opts.RequestTimeout = 2 * time.Second
 	}
 	if len(opts.Paths) == 0 {
-		opts.Paths = []string{PathSpot, PathRebalance, PathScheduled, PathASG}
+		opts.Paths = []string{PathSpot, PathRebalance, PathScheduled, PathHistory, PathASG}
 	}
 	for _, p := range opts.Paths {
 		switch p {
-		case PathSpot, PathRebalance, PathScheduled, PathASG:
+		case PathSpot, PathRebalance, PathScheduled, PathHistory, PathASG:
 		default:
 			return nil, fmt.Errorf("ec2 options: unknown path %q", p)
 		}
@@ -134,6 +136,8 @@ func New(opts Options) (*Watcher, error) {
 		logger:   logger,
 		errs:     &poll.Errors{Source: watcher.SourceAWS, Logger: logger, Metrics: opts.Metrics},
 		firstIDs: make(map[string]string),
+		live:     make(map[string]watcher.Notice),
+		seenOver: make(map[string]bool),
 	}, nil
 }
 
@@ -141,19 +145,21 @@ func New(opts Options) (*Watcher, error) {
 // goroutine, the first time at once, then every PollInterval, and returns nil
 // when ctx is canceled and all of them have ended.
 func (w *Watcher) Watch(ctx context.Context, out chan<- watcher.Notice) error {
+	synced := watcher.NewSyncer(watcher.SourceAWS, len(w.opts.Paths))
 	var wg sync.WaitGroup
 	for _, p := range w.opts.Paths {
-		wg.Go(func() { w.poll(ctx, out, p) })
+		wg.Go(func() { w.poll(ctx, out, synced, p) })
 	}
 	wg.Wait()
 	return nil
 }
 
-func (w *Watcher) poll(ctx context.Context, out chan<- watcher.Notice, path string) {
+func (w *Watcher) poll(ctx context.Context, out chan<- watcher.Notice, synced *watcher.Syncer, path string) {
 	t := time.NewTicker(w.opts.PollInterval)
 	defer t.Stop()
 	for {
-		if !w.pollOnce(ctx, out, path) {
+		read, ok := w.pollOnce(ctx, out, path)
+		if !ok || (read && !synced.Read(ctx, out, path)) {
 			return
 		}
 		select {
@@ -164,40 +170,51 @@ func (w *Watcher) poll(ctx context.Context, out chan<- watcher.Notice, path stri
 	}
 }
 
-// pollOnce reads path once and sends what it announces. It returns false
-// when ctx ended.
-func (w *Watcher) pollOnce(ctx context.Context, out chan<- watcher.Notice, path string) bool {
+// pollOnce reads path once and sends what it announces. read says the
+// whole answer was understood (a 404 included: no event); ok is false when
+// ctx ended.
+func (w *Watcher) pollOnce(ctx context.Context, out chan<- watcher.Notice, path string) (read, ok bool) {
 	body, found, err := w.get(ctx, path)
 	if ctx.Err() != nil {
-		return false
+		return false, false
 	}
 	if err != nil {
 		w.errs.Fail(ctx, path, reason(err), err)
-		return true
+		return false, true
 	}
 	w.errs.OK(ctx, path)
-	if !found {
-		return true // 404: no event
-	}
 	detected := w.opts.Clock()
 	var ns []watcher.Notice
 	switch path {
 	case PathSpot:
 		var n watcher.Notice
+		if !found {
+			break
+		}
 		if n, err = spotNotice(body, detected); err == nil && w.firstOf(ctx, "spot/"+n.Action, n) {
 			ns = append(ns, n)
 		}
 	case PathRebalance:
 		var n watcher.Notice
+		if !found {
+			break
+		}
 		if n, err = rebalanceNotice(body, detected); err == nil && w.firstOf(ctx, "rebalance", n) {
 			ns = append(ns, n)
 		}
-	case PathScheduled:
-		ns, err = scheduledNotices(body, detected)
+	case PathScheduled, PathHistory:
+		var events []watcher.Notice
+		if found {
+			events, err = scheduledNotices(body, detected)
+		}
+		ns = w.scheduled(ctx, path, events, err == nil, detected)
 	case PathASG:
 		var n watcher.Notice
-		var ok bool
-		if n, ok, err = asgNotice(body, detected, w.opts.ASGTerminationNotice); ok {
+		var isNotice bool
+		if !found {
+			break
+		}
+		if n, isNotice, err = asgNotice(body, detected, w.opts.ASGTerminationNotice); isNotice {
 			ns = append(ns, n)
 		}
 	}
@@ -209,16 +226,73 @@ func (w *Watcher) pollOnce(ctx context.Context, out chan<- watcher.Notice, path 
 		w.errs.Fail(ctx, path, r, err)
 	}
 	for _, n := range ns {
-		if !w.dedup.First(n) {
+		if n.Kind != watcher.KindMaintenance && !w.dedup.First(n) {
 			continue
 		}
 		w.opts.Metrics.Notice(n)
 		w.logger.InfoContext(ctx, "notice", "kind", string(n.Kind), "state", string(n.State), "id", n.ID, "action", n.Action, "deadline", n.Deadline)
 		if !watcher.Send(ctx, out, n) {
-			return false
+			return false, false
 		}
 	}
-	return true
+	return err == nil, true
+}
+
+// scheduled turns one read of the scheduled events (or of their history)
+// into the notices to send, against the events this watcher knows to be
+// active:
+//
+//   - an active event not seen before, or seen with another NotBefore (AWS
+//     rescheduled it), is sent as active with its deadline;
+//   - an event the answer says canceled or completed, in either list, is
+//     sent as canceled if it was active;
+//   - an active event missing from a complete read of the scheduled list
+//     is over (AWS moves canceled and completed events to the history):
+//     it is sent as canceled.
+//
+// complete says the whole answer was understood; only then does a missing
+// event count as over.
+func (w *Watcher) scheduled(ctx context.Context, path string, events []watcher.Notice, complete bool, detected time.Time) []watcher.Notice {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var ns []watcher.Notice
+	present := map[string]bool{}
+	for _, n := range events {
+		present[n.ID] = true
+		prev, live := w.live[n.ID]
+		switch {
+		case n.State == watcher.StateActive && path == PathScheduled:
+			if live && prev.Deadline.Equal(n.Deadline) {
+				continue
+			}
+			if live {
+				w.logger.InfoContext(ctx, "scheduled event moved", "id", n.ID, "was", prev.Deadline, "now", n.Deadline)
+			}
+			w.live[n.ID] = n
+			ns = append(ns, n)
+		case n.State == watcher.StateCanceled && live:
+			delete(w.live, n.ID)
+			ns = append(ns, n)
+		case n.State == watcher.StateCanceled && path == PathScheduled && !w.seenOver[n.ID]:
+			// Canceled before this watcher saw it active: say so once; a
+			// consumer that never acted on it ignores it.
+			ns = append(ns, n)
+		}
+		if n.State == watcher.StateCanceled {
+			w.seenOver[n.ID] = true
+		}
+	}
+	if path == PathScheduled && complete {
+		for id, n := range w.live {
+			if !present[id] {
+				delete(w.live, id)
+				w.seenOver[id] = true
+				n.State, n.Detected, n.Deadline = watcher.StateCanceled, detected, time.Time{}
+				ns = append(ns, n)
+			}
+		}
+	}
+	return ns
 }
 
 // firstOf reports whether n is the first notice of its sort (a spot notice

@@ -15,7 +15,10 @@ const (
 	PathSpot      = "spot/instance-action"
 	PathRebalance = "events/recommendations/rebalance"
 	PathScheduled = "events/maintenance/scheduled"
-	PathASG       = "autoscaling/target-lifecycle-state"
+	// PathHistory lists past scheduled events, canceled and completed ones
+	// among them, in the format of PathScheduled.
+	PathHistory = "events/maintenance/history"
+	PathASG     = "autoscaling/target-lifecycle-state"
 )
 
 // IDASGTerminated is the ID of the notice sent when the Auto Scaling group

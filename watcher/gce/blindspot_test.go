@@ -84,8 +84,11 @@ func TestBlindSpotAfterOutage(t *testing.T) {
 			}
 			out := make(chan watcher.Notice, 1)
 			go func() {
-				if n, ok := <-out; ok && n.Kind == watcher.KindPreemption {
-					preempted <- struct{}{}
+				for n := range out {
+					if n.Kind == watcher.KindPreemption {
+						preempted <- struct{}{}
+						return
+					}
 				}
 			}()
 			_ = w.Watch(ctx, out)

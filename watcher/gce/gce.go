@@ -149,15 +149,20 @@ func defaultTransport() *http.Transport {
 // Watch implements watcher.Watcher. It runs one loop of hanging GETs per
 // watched value and returns nil when ctx is canceled and both loops ended.
 func (w *Watcher) Watch(ctx context.Context, out chan<- watcher.Notice) error {
+	values := 2
+	if w.opts.IgnoreMaintenance {
+		values = 1
+	}
+	synced := watcher.NewSyncer(watcher.SourceGCE, values)
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		w.watchValue(ctx, out, PathPreempted, func(v string, detected time.Time) (watcher.Notice, bool, error) {
+		w.watchValue(ctx, out, synced, PathPreempted, func(v string, detected time.Time) (watcher.Notice, bool, error) {
 			return preemptionNotice(v, detected, w.opts.PreemptionNotice)
 		})
 	})
 	if !w.opts.IgnoreMaintenance {
 		wg.Go(func() {
-			w.watchValue(ctx, out, PathMaintenance, func(v string, detected time.Time) (watcher.Notice, bool, error) {
+			w.watchValue(ctx, out, synced, PathMaintenance, func(v string, detected time.Time) (watcher.Notice, bool, error) {
 				prev, _ := w.dedup.Last(IDMaintenance)
 				return maintenanceNotice(v, prev, detected, w.opts.MaintenanceNotice)
 			})
@@ -169,7 +174,7 @@ func (w *Watcher) Watch(ctx context.Context, out chan<- watcher.Notice) error {
 
 // watchValue reads path once, then keeps a hanging GET open on it, turning
 // every value into at most one notice, until ctx is done.
-func (w *Watcher) watchValue(ctx context.Context, out chan<- watcher.Notice, path string, toNotice func(string, time.Time) (watcher.Notice, bool, error)) {
+func (w *Watcher) watchValue(ctx context.Context, out chan<- watcher.Notice, synced *watcher.Syncer, path string, toNotice func(string, time.Time) (watcher.Notice, bool, error)) {
 	bo := poll.Backoff{Min: w.opts.MinBackoff, Max: w.opts.MaxBackoff}
 	etag := ""
 	for ctx.Err() == nil {
@@ -200,6 +205,9 @@ func (w *Watcher) watchValue(ctx context.Context, out chan<- watcher.Notice, pat
 			if !watcher.Send(ctx, out, n) {
 				return
 			}
+		}
+		if err == nil && !synced.Read(ctx, out, path) {
+			return
 		}
 
 		switch {

@@ -108,6 +108,12 @@ func (w *Watcher) Watch(ctx context.Context, out chan<- watcher.Notice) error {
 			w.watchFile(ctx, out)
 			return nil
 		})
+	} else {
+		// Only the trigger: nothing is active until it is posted.
+		g.Go(func() error {
+			watcher.Send(ctx, out, watcher.Synced(watcher.SourceSim))
+			return nil
+		})
 	}
 	return g.Wait()
 }
@@ -171,6 +177,7 @@ func (w *Watcher) watchFile(ctx context.Context, out chan<- watcher.Notice) {
 	defer t.Stop()
 	var lastSize int64 = -1
 	var lastMod time.Time
+	synced := watcher.NewSyncer(watcher.SourceSim, 1)
 	for {
 		fi, err := os.Stat(w.opts.File)
 		switch {
@@ -181,6 +188,11 @@ func (w *Watcher) watchFile(ctx context.Context, out chan<- watcher.Notice) {
 		case fi.Size() != lastSize || !fi.ModTime().Equal(lastMod):
 			lastSize, lastMod = fi.Size(), fi.ModTime()
 			if !w.readFile(ctx, out) {
+				return
+			}
+		}
+		if err == nil || errors.Is(err, fs.ErrNotExist) {
+			if !synced.Read(ctx, out, w.opts.File) {
 				return
 			}
 		}

@@ -39,8 +39,35 @@ func Metrics(t testing.TB) (*watcher.Metrics, *prometheus.Registry) {
 
 // Run starts w.Watch in a goroutine that lives until the test ends; cleanup
 // cancels it, waits for it to return and fails the test if it returned an
-// error. Notices arrive on the returned buffered channel.
+// error. Notices arrive on the returned buffered channel; the StateSynced
+// marker does not (RunAll passes it on).
 func Run(t testing.TB, w watcher.Watcher) chan watcher.Notice {
+	t.Helper()
+	all := RunAll(t, w)
+	out := make(chan watcher.Notice, 64)
+	ctx := t.Context()
+	go func() {
+		for {
+			select {
+			case n := <-all:
+				if n.State == watcher.StateSynced {
+					continue
+				}
+				select {
+				case out <- n:
+				case <-ctx.Done():
+					return
+				}
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return out
+}
+
+// RunAll is Run with the StateSynced marker passed on like a notice.
+func RunAll(t testing.TB, w watcher.Watcher) chan watcher.Notice {
 	t.Helper()
 	out := make(chan watcher.Notice, 64)
 	ctx, cancel := context.WithCancel(t.Context())

@@ -15,6 +15,7 @@ import (
 	"k8s.io/client-go/tools/record"
 
 	"github.com/lastcall-dev/lastcall/drainer"
+	"github.com/lastcall-dev/lastcall/sidecar/wire"
 	"github.com/lastcall-dev/lastcall/watcher"
 )
 
@@ -32,22 +33,22 @@ type Drainer interface {
 
 var _ Drainer = (*drainer.Drainer)(nil)
 
-// Notifier tells the workers on the node, through their sidecars, that the
-// node is draining, or that it no longer is.
+// Notifier tells the workers on the node, through their sidecars, what the
+// node is doing. *sidecar.Hub implements it.
 type Notifier interface {
-	// Draining hands every sidecar on the node the news that n drains it.
-	// It blocks until every connected sidecar has it, or ctx is done, and
-	// returns how many sidecars were told.
-	Draining(ctx context.Context, n watcher.Notice) (told int, err error)
-	// Resumed tells every sidecar that the drain announced for n is off.
-	Resumed(ctx context.Context, n watcher.Notice) (told int, err error)
+	// Tell makes st what every sidecar is handed from now on, at once, and
+	// returns its generation. Calls are ordered: the last one wins.
+	Tell(st wire.NodeState) (generation uint64)
+	// Told blocks until every connected sidecar has generation gen or a
+	// later one, or ctx is done, and returns how many have it.
+	Told(ctx context.Context, gen uint64) (told int, err error)
 }
 
 // noSidecars is the Notifier of a node agent that serves no sidecars.
 type noSidecars struct{}
 
-func (noSidecars) Draining(context.Context, watcher.Notice) (int, error) { return 0, nil }
-func (noSidecars) Resumed(context.Context, watcher.Notice) (int, error)  { return 0, nil }
+func (noSidecars) Tell(wire.NodeState) uint64                { return 0 }
+func (noSidecars) Told(context.Context, uint64) (int, error) { return 0, nil }
 
 // Config is what the agent needs to know, parsed from flags by cmd/node-agent.
 type Config struct {
@@ -75,6 +76,9 @@ type Deps struct {
 	Drainer Drainer
 	// Notifier tells the sidecars; nil tells none.
 	Notifier Notifier
+	// Holds, if set, learns which pods are on the node, so that done
+	// reports of pods that are gone are forgotten.
+	Holds *Holds
 	// Pods lists the pods on the node from the agent's one watch.
 	Pods *NodePods
 	// Events records Kubernetes Events on the node.
@@ -85,8 +89,9 @@ type Deps struct {
 	Logger *slog.Logger
 	// Now is the clock. Default time.Now.
 	Now func() time.Time
-	// Acknowledger, if set, is told once a drain for one of its notices is
-	// over, so the platform may go ahead early (Azure scheduled events).
+	// Acknowledger, if set, is told once a drain for one of its notices
+	// has emptied the node, so the platform may go ahead early (Azure
+	// scheduled events).
 	Acknowledger Acknowledger
 }
 
@@ -100,23 +105,53 @@ type Acknowledger interface {
 	Acknowledge(ctx context.Context, id string) error
 }
 
+// advisoryTimeout is the deadline given to a notice without one (an AWS
+// rebalance recommendation), counted from its detection.
+const advisoryTimeout = 2 * time.Minute
+
+// Retry pauses for node updates that failed; they are tried again while
+// what they are for still holds.
+const (
+	minRetry = 200 * time.Millisecond
+	maxRetry = 5 * time.Second
+)
+
 // Agent turns notices into drains. Create it with New and run it with Run.
+//
+// It is level-triggered: notices, pod changes and the ends of its own work
+// only update what it observes; one function, Decide, says from all of it
+// what the node and the sidecars should be, and reconcile makes it so. See
+// the package documentation.
 type Agent struct {
 	cfg Config
 	Deps
 
-	mu      sync.Mutex                // guards active, drain and earlier
-	active  map[string]watcher.Notice // active notices whose action is not none, by ID
-	drain   *drainRun                 // the drain under way, or nil
-	earlier *drainer.Record           // the cordon an earlier run of the agent left, if any
+	// Fields below are owned by the Run goroutine.
+	obs         Observed
+	conditionOn bool            // the node condition is (or may be) True
+	condFor     string          // the notice the condition was last set for
+	cordoned    bool            // Cordon succeeded since the last Uncordon
+	cordonTry   bool            // Cordon was tried for the current notices
+	nodeBusy    bool            // a node update (cordon, uncordon, condition) is under way
+	retryAt     time.Time       // no node update before this (after a failure)
+	failures    int             // node updates failed in a row
+	told        *wire.NodeState // what sidecars were last told
+	run         *drainRun       // the drain under way or last finished
+	acked       map[string]bool // Azure events acknowledged
+	inbox       chan func()     // results of the work started by reconcile
+	kick        chan struct{}   // buffered(1): something observed changed
 
-	wg sync.WaitGroup // drains and webhook calls under way
+	wg sync.WaitGroup // work started by reconcile
 }
 
+// drainRun is one run of the drainer towards a notice's deadline.
 type drainRun struct {
-	id       string
-	deadline time.Time
+	notice   watcher.Notice
 	cancel   context.CancelFunc
+	finished bool
+	// covered holds the pods the run acted on or skipped: a pod that
+	// lands later gets another run.
+	covered map[types.UID]bool
 }
 
 // New returns an Agent.
@@ -141,17 +176,28 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		deps.Now = time.Now
 	}
 	deps.Logger = deps.Logger.With("node", cfg.Node)
-	return &Agent{cfg: cfg, Deps: deps, active: map[string]watcher.Notice{}}, nil
+	return &Agent{
+		cfg: cfg, Deps: deps,
+		obs:   Observed{Notices: map[string]Tracked{}},
+		acked: map[string]bool{},
+		inbox: make(chan func()),
+		kick:  make(chan struct{}, 1),
+	}, nil
 }
 
-// Run handles notices until ctx is done or notices is closed, then waits
-// for the drains and webhook calls it started. It first reads its node once
-// to find a cordon an earlier run left, so that a restarted agent carries on
-// with the deadline it had. It returns nil when ctx is canceled.
+// Run handles notices until ctx is done or notices is closed, then cancels
+// and waits for the work it started. It reads its node first to learn
+// whether an earlier run left a cordon; it tells the sidecars nothing until
+// a drain notice is active or the watcher has sent watcher.StateSynced. It
+// returns nil when ctx is canceled.
 func (a *Agent) Run(ctx context.Context, notices <-chan watcher.Notice) error {
+	ctx, cancel := context.WithCancel(ctx)
 	defer a.wg.Wait()
-	a.findEarlierRun(ctx)
+	defer cancel()
+	a.Pods.OnChange(a.poke)
+	a.readNode(ctx)
 	for {
+		a.reconcile(ctx)
 		select {
 		case <-ctx.Done():
 			return nil
@@ -159,251 +205,390 @@ func (a *Agent) Run(ctx context.Context, notices <-chan watcher.Notice) error {
 			if !ok {
 				return nil
 			}
-			a.handle(ctx, n)
+			a.observe(ctx, n)
+		case f := <-a.inbox:
+			f()
+		case <-a.kick:
 		}
 	}
 }
 
-func (a *Agent) findEarlierRun(ctx context.Context) {
+// poke asks for a reconcile; it never blocks.
+func (a *Agent) poke() {
+	select {
+	case a.kick <- struct{}{}:
+	default:
+	}
+}
+
+// post runs f on the Run goroutine.
+func (a *Agent) post(ctx context.Context, f func()) {
+	select {
+	case a.inbox <- f:
+	case <-ctx.Done():
+	}
+}
+
+// readNode learns whether an earlier run left its cordon on the node. If
+// the node cannot be read, the record stays unknown; an uncordon then reads
+// it again.
+func (a *Agent) readNode(ctx context.Context) {
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	node, err := a.Client.CoreV1().Nodes().Get(cctx, a.cfg.Node, metav1.GetOptions{})
 	if err != nil {
 		a.Logger.Warn("cannot read own node at start", "err", err)
 		a.Metrics.fail("read_node")
+		a.conditionOn = true // unknown: clear it once no notice holds
 		return
 	}
+	a.obs.RecordKnown = true
 	if rec, ok := drainer.RecordOf(node); ok {
-		a.mu.Lock()
-		a.earlier = &rec
-		a.mu.Unlock()
-		a.Logger.Info("node was cordoned by an earlier run; carrying on when the notice is seen again",
+		a.obs.Record = &rec
+		a.cordoned = true
+		a.Logger.Info("node was cordoned by an earlier run; kept until the metadata says whether the notice still holds",
 			"source", rec.Source, "cordoned_at", rec.Time)
+	}
+	for _, c := range node.Status.Conditions {
+		if c.Type == ConditionType && c.Status == corev1.ConditionTrue {
+			a.conditionOn = true
+		}
 	}
 }
 
-func (a *Agent) handle(ctx context.Context, n watcher.Notice) {
+// observe records one notice from the watcher.
+func (a *Agent) observe(ctx context.Context, n watcher.Notice) {
 	if n.Detected.IsZero() {
 		n.Detected = a.Now()
 	}
 	log := a.Logger.With("source", n.Source, "kind", n.Kind, "state", n.State, "id", n.ID)
 	switch n.State {
+	case watcher.StateSynced:
+		if !a.obs.Synced {
+			log.Info("metadata read: the node's state is known", "active_notices", len(a.obs.Notices))
+		}
+		a.obs.Synced = true
 	case watcher.StateInformational:
 		log.Info("informational notice")
 		a.event(corev1.EventTypeNormal, "MaintenanceScheduled", "%s notice %s from %s: %s", n.Kind, n.ID, n.Source, n.Action)
-		return
 	case watcher.StateCanceled:
-		a.canceled(ctx, log, n)
-		return
-	}
-	n = a.resumeDeadline(n)
-	if n.Deadline.IsZero() {
-		// Advisory notices (AWS rebalance) carry no deadline; a policy that
-		// drains on them drains to this one.
-		n.Deadline = n.Detected.Add(advisoryTimeout)
-	}
-	action := a.cfg.Policies.For(n.Kind)
-	a.Metrics.notice(n, action)
-	log = log.With("action", action, "deadline_in", n.Deadline.Sub(a.Now()).Round(time.Millisecond).String())
-	log.Info("notice received")
-	if a.cfg.DryRun {
-		a.dryRun(ctx, log, n, action)
-		return
-	}
-	if action == ActionNone {
-		a.event(corev1.EventTypeNormal, "NoticeIgnored", "%s notice from %s ignored by policy", n.Kind, n.Source)
-		return
-	}
-	a.mu.Lock()
-	a.active[n.ID] = n
-	a.mu.Unlock()
-
-	// At once and in parallel: sidecars, cordon, Event and condition,
-	// webhook. The drain starts once the cordon is done, so that nothing
-	// new is scheduled onto the node while it empties.
-	cordoned := make(chan struct{})
-	a.wg.Go(func() { a.tellSidecars(ctx, log, n) })
-	a.wg.Go(func() {
-		defer close(cordoned)
-		a.cordon(ctx, log, n)
-	})
-	a.wg.Go(func() { a.announce(ctx, log, n, action) })
-	if a.cfg.Webhook.URL != "" {
-		a.wg.Go(func() { a.sendWebhook(ctx, log, n, action) })
-	}
-	if action == ActionDrain {
-		a.startDrain(ctx, log, n, cordoned)
-	}
-}
-
-// advisoryTimeout bounds the work done for a notice without a deadline
-// (an AWS rebalance recommendation), or whose deadline has passed.
-const advisoryTimeout = 2 * time.Minute
-
-// noticeContext bounds the work for n by its deadline, or by
-// advisoryTimeout when n has none or it has passed: the machine may still be
-// there, and a cordon late is better than none.
-func (a *Agent) noticeContext(ctx context.Context, n watcher.Notice) (context.Context, context.CancelFunc) {
-	if n.Deadline.After(a.Now()) {
-		return context.WithDeadline(ctx, n.Deadline)
-	}
-	return context.WithTimeout(ctx, advisoryTimeout)
-}
-
-// resumeDeadline keeps the deadline a restarted agent first worked to: a
-// GCE preemption seen again after a restart is detected later than it
-// happened, and its computed deadline would be too late.
-func (a *Agent) resumeDeadline(n watcher.Notice) watcher.Notice {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.earlier == nil || a.earlier.Source != string(n.Source) || a.earlier.Time.IsZero() {
-		return n
-	}
-	window := n.Deadline.Sub(n.Detected)
-	if first := a.earlier.Time.Add(window); first.Before(n.Deadline) && n.Source == watcher.SourceGCE {
-		a.Logger.Info("deadline taken from the earlier run", "deadline", first)
-		n.Deadline = first
-	}
-	a.earlier = nil
-	return n
-}
-
-func (a *Agent) tellSidecars(ctx context.Context, log *slog.Logger, n watcher.Notice) {
-	ctx, cancel := a.noticeContext(ctx, n)
-	defer cancel()
-	told, err := a.Notifier.Draining(ctx, n)
-	if err != nil {
-		log.Error("telling sidecars failed", "told", told, "err", err)
-		a.Metrics.fail("notify_sidecars")
-		return
-	}
-	a.Metrics.sidecarsTold(a.Now().Sub(n.Detected))
-	log.Info("sidecars told", "told", told)
-}
-
-func (a *Agent) cordon(ctx context.Context, log *slog.Logger, n watcher.Notice) {
-	ctx, cancel := a.noticeContext(ctx, n)
-	defer cancel()
-	changed, err := a.Drainer.Cordon(ctx, a.cfg.Node, string(n.Source))
-	if err != nil {
-		log.Error("cordon failed", "err", err)
-		a.Metrics.fail("cordon")
-		return
-	}
-	took := a.Now().Sub(n.Detected)
-	a.Metrics.cordoned(took)
-	log.Info("node cordoned", "changed", changed, "since_notice", took.Round(time.Millisecond).String())
-}
-
-func (a *Agent) announce(ctx context.Context, log *slog.Logger, n watcher.Notice, action Action) {
-	a.event(corev1.EventTypeWarning, "PreemptionImminent", "%s notice from %s (id %s): node goes away at %s; action %s",
-		n.Kind, n.Source, n.ID, n.Deadline.UTC().Format(time.RFC3339), action)
-	ctx, cancel := a.noticeContext(ctx, n)
-	defer cancel()
-	if err := a.setCondition(ctx, n, true); err != nil {
-		log.Error("setting node condition failed", "err", err)
-		a.Metrics.fail("condition")
-	}
-}
-
-func (a *Agent) startDrain(ctx context.Context, log *slog.Logger, n watcher.Notice, cordoned <-chan struct{}) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if cur := a.drain; cur != nil {
-		if !n.Deadline.Before(cur.deadline) {
-			log.Info("drain already under way to an earlier deadline", "draining_for", cur.id)
+		a.Metrics.notice(n, "")
+		if _, ok := a.obs.Notices[n.ID]; !ok {
+			log.Info("notice canceled that was not active")
 			return
 		}
-		log.Info("earlier deadline: restarting the drain", "was_draining_for", cur.id)
-		cur.cancel()
+		delete(a.obs.Notices, n.ID)
+		log.Info("notice canceled", "other_active_notices", len(a.obs.Notices))
+		if a.cfg.DryRun {
+			log.Info("dry run: would undo the cordon once no notice holds")
+			return
+		}
+		a.event(corev1.EventTypeNormal, "PreemptionCanceled", "%s notice %s from %s canceled", n.Kind, n.ID, n.Source)
+	default:
+		action := a.cfg.Policies.For(n.Kind)
+		n = withDeadline(n, a.obs.Record)
+		prev, seen := a.obs.Notices[n.ID]
+		if seen && prev.Notice.Deadline.Equal(n.Deadline) {
+			return
+		}
+		if seen && n.Source == watcher.SourceGCE {
+			n.Deadline = prev.Notice.Deadline // GCE deadlines are ours; keep the first
+			return
+		}
+		a.Metrics.notice(n, action)
+		log = log.With("action", action, "deadline_in", n.Deadline.Sub(a.Now()).Round(time.Millisecond).String())
+		log.Info("notice received", "rescheduled", seen)
+		if a.cfg.DryRun {
+			a.dryRun(ctx, log, n, action)
+			return
+		}
+		if action == ActionNone {
+			a.event(corev1.EventTypeNormal, "NoticeIgnored", "%s notice from %s ignored by policy", n.Kind, n.Source)
+			return
+		}
+		a.obs.Notices[n.ID] = Tracked{Notice: n, Action: action}
+		a.cordonTry = a.cordoned // a new notice waits for a cordon unless one is on
+		a.event(corev1.EventTypeWarning, "PreemptionImminent", "%s notice from %s (id %s): node goes away at %s; action %s",
+			n.Kind, n.Source, n.ID, n.Deadline.UTC().Format(time.RFC3339), action)
+		if a.cfg.Webhook.URL != "" {
+			a.wg.Go(func() { a.sendWebhook(ctx, log, n, action) })
+		}
 	}
+}
+
+// reconcile makes the node and the sidecars what Decide says they should
+// be. It starts work and never waits for it: results come back through
+// inbox and lead to the next reconcile.
+func (a *Agent) reconcile(ctx context.Context) {
+	if ctx.Err() != nil || a.cfg.DryRun {
+		return
+	}
+	a.obs.Now = a.Now()
+	d := Decide(a.obs)
+	a.reconcileSidecars(ctx, d)
+	a.reconcileNode(ctx, d)
+	a.reconcileDrain(ctx, d)
+	a.forgetGonePods(ctx)
+}
+
+func (a *Agent) reconcileSidecars(ctx context.Context, d Desired) {
+	if d.Tell == nil || (a.told != nil && sameWord(*a.told, *d.Tell)) {
+		return
+	}
+	st := *d.Tell
+	a.told = &st
+	gen := a.Notifier.Tell(st)
+	log := a.Logger.With("phase", st.Phase, "notice", st.NoticeID)
+	var detected time.Time
+	if d.Drain != nil {
+		detected = d.Drain.Detected
+	}
+	a.wg.Go(func() {
+		tctx, cancel := context.WithTimeout(ctx, advisoryTimeout)
+		if !st.Deadline.IsZero() && st.Deadline.After(a.Now()) {
+			tctx, cancel = context.WithDeadline(ctx, st.Deadline)
+		}
+		defer cancel()
+		told, err := a.Notifier.Told(tctx, gen)
+		if err != nil {
+			if ctx.Err() == nil {
+				log.Warn("not every sidecar told", "told", told, "err", err)
+				a.Metrics.fail("notify_sidecars")
+			}
+			return
+		}
+		if !detected.IsZero() {
+			a.Metrics.sidecarsTold(a.Now().Sub(detected))
+		}
+		log.Info("sidecars told", "told", told)
+	})
+}
+
+// reconcileNode runs at most one node update at a time: cordon, then the
+// condition, or, once the metadata confirms no notice holds, uncordon and
+// clear the condition.
+func (a *Agent) reconcileNode(ctx context.Context, d Desired) {
+	if a.nodeBusy || a.Now().Before(a.retryAt) {
+		return
+	}
+	switch {
+	case d.Cordon && !a.cordoned:
+		n := d.Condition
+		a.nodeOp(ctx, "cordon", func(ctx context.Context) error {
+			_, err := a.Drainer.Cordon(ctx, a.cfg.Node, string(n.Source))
+			return err
+		}, func(err error) {
+			a.cordonTry = true
+			if err == nil {
+				a.cordoned = true
+				a.obs.RecordKnown, a.obs.Record = true, &drainer.Record{Source: string(n.Source), Time: a.Now()}
+				took := a.Now().Sub(n.Detected)
+				a.Metrics.cordoned(took)
+				a.Logger.Info("node cordoned", "since_notice", took.Round(time.Millisecond).String())
+			}
+		})
+	case d.Condition != nil && a.condFor != d.Condition.ID:
+		n := *d.Condition
+		a.nodeOp(ctx, "condition", func(ctx context.Context) error {
+			return a.setCondition(ctx, n, true)
+		}, func(err error) {
+			if err == nil {
+				a.condFor, a.conditionOn = n.ID, true
+			}
+		})
+	case d.Uncordon && (a.cordoned || !a.obs.RecordKnown || a.obs.Record != nil):
+		a.nodeOp(ctx, "uncordon", func(ctx context.Context) error {
+			changed, err := a.Drainer.Uncordon(ctx, a.cfg.Node)
+			if err == nil && changed {
+				a.event(corev1.EventTypeNormal, "Uncordoned", "no notice is active: lastcall's cordon undone")
+			}
+			return err
+		}, func(err error) {
+			if err == nil {
+				a.cordoned, a.cordonTry = false, false
+				a.obs.RecordKnown, a.obs.Record = true, nil
+				a.Logger.Info("no notice is active: lastcall's cordon undone")
+			}
+		})
+	case d.Uncordon && a.conditionOn:
+		a.nodeOp(ctx, "condition", func(ctx context.Context) error {
+			return a.setCondition(ctx, watcher.Notice{}, false)
+		}, func(err error) {
+			if err == nil {
+				a.conditionOn, a.condFor = false, ""
+			}
+		})
+	}
+}
+
+// nodeOp runs do in the background, then done on the Run goroutine with
+// its error; a failure is logged, counted and retried with backoff.
+func (a *Agent) nodeOp(ctx context.Context, op string, do func(context.Context) error, done func(error)) {
+	a.nodeBusy = true
+	a.wg.Go(func() {
+		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err := do(cctx)
+		cancel()
+		a.post(ctx, func() {
+			a.nodeBusy = false
+			done(err)
+			if err == nil {
+				a.failures = 0
+				return
+			}
+			a.failures++
+			a.Logger.Error(op+" failed", "err", err, "failures", a.failures)
+			a.Metrics.fail(op)
+			wait := min(maxRetry, minRetry<<min(a.failures-1, 5))
+			a.retryAt = a.Now().Add(wait)
+			time.AfterFunc(wait, a.poke)
+		})
+	})
+}
+
+// reconcileDrain keeps one drain running towards Desired.Drain's deadline:
+// it starts one when none runs, restarts it for another deadline, stops it
+// when no drain notice holds, and runs it again when pods land on the node
+// after it finished.
+func (a *Agent) reconcileDrain(ctx context.Context, d Desired) {
+	cur := a.run
+	if d.Drain == nil {
+		if cur != nil {
+			cur.cancel()
+			a.run = nil
+		}
+		return
+	}
+	if !a.cordonTry {
+		return // the drain starts once the cordon is done (or failed)
+	}
+	want := *d.Drain
+	switch {
+	case cur == nil:
+	case cur.notice.ID != want.ID || !cur.notice.Deadline.Equal(want.Deadline):
+		a.Logger.Info("drain target changed: restarting the drain", "was", cur.notice.ID, "now", want.ID)
+		cur.cancel()
+	case !cur.finished:
+		return
+	case !a.newPods(ctx, cur):
+		return
+	default:
+		a.Logger.Info("pods landed on the node after the drain: draining again")
+	}
+	a.startDrain(ctx, want)
+}
+
+// newPods reports whether the node has pods to evict that run did not
+// cover, while the drain can still act on them.
+func (a *Agent) newPods(ctx context.Context, run *drainRun) bool {
+	if a.Now().After(run.notice.Deadline.Add(a.cfg.Drain.Overtime)) {
+		return false
+	}
+	pods, err := a.Pods.ListPods(ctx, a.cfg.Node)
+	if err != nil {
+		return false
+	}
+	plan := drainer.NewPlan(pods, a.cfg.Self, run.notice.Deadline, a.cfg.Drain)
+	for _, tier := range plan.Tiers {
+		for _, p := range tier {
+			if !run.covered[p.UID] {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func (a *Agent) startDrain(ctx context.Context, n watcher.Notice) {
 	dctx, cancel := context.WithCancel(ctx)
-	run := &drainRun{id: n.ID, deadline: n.Deadline, cancel: cancel}
-	a.drain = run
+	run := &drainRun{notice: n, cancel: cancel}
+	a.run = run
+	log := a.Logger.With("source", n.Source, "kind", n.Kind, "id", n.ID)
 	a.wg.Go(func() {
 		defer cancel()
-		select {
-		case <-cordoned:
-		case <-dctx.Done():
-		}
 		rep, err := a.Drainer.Drain(dctx, a.cfg.Node, n.Deadline, a.cfg.Drain)
-		a.mu.Lock()
-		if a.drain == run {
-			a.drain = nil
-		}
-		a.mu.Unlock()
-		if err != nil {
-			if ctx.Err() != nil {
-				log.Info("drain interrupted: the agent is stopping", "err", err)
-				return
+		stopped := dctx.Err() != nil
+		a.post(ctx, func() {
+			run.finished = true
+			run.covered = map[types.UID]bool{}
+			for _, p := range rep.Pods {
+				run.covered[p.UID] = true
 			}
-			if dctx.Err() != nil {
-				log.Info("drain stopped: canceled or superseded", "err", err)
-				return
+			for _, s := range rep.Skipped {
+				run.covered[s.UID] = true
 			}
-			log.Error("drain failed", "err", err)
-			a.Metrics.fail("drain")
-			return
-		}
-		left := n.Deadline.Sub(rep.Finished)
-		a.Metrics.drained(rep, rep.Finished.Sub(n.Detected), left)
-		if ack := a.Acknowledger; ack != nil && ack.Source() == n.Source {
-			if err := ack.Acknowledge(dctx, n.ID); err != nil {
-				log.Error("acknowledging the event failed", "err", err)
-				a.Metrics.fail("acknowledge")
-			} else {
-				log.Info("event acknowledged: the platform may go ahead")
-			}
-		}
-		a.event(corev1.EventTypeNormal, "Drained", "drain for %s notice %s: drained=%v evicted=%d deleted=%d blocked=%d failed=%d, %s before the deadline",
-			n.Kind, n.ID, rep.Drained, rep.Count(drainer.Evicted), rep.Count(drainer.Deleted), rep.Count(drainer.Blocked),
-			rep.Count(drainer.Failed), left.Round(time.Millisecond))
+			a.drained(ctx, log, n, rep, err, stopped)
+		})
 	})
 }
 
-func (a *Agent) canceled(ctx context.Context, log *slog.Logger, n watcher.Notice) {
-	a.Metrics.notice(n, "")
-	a.mu.Lock()
-	delete(a.active, n.ID)
-	remaining := len(a.active)
-	if a.drain != nil && a.drain.id == n.ID {
-		a.drain.cancel()
-		a.drain = nil
-	}
-	a.mu.Unlock()
-	log.Info("notice canceled", "other_active_notices", remaining)
-	if remaining > 0 {
+// drained records the end of a drain run, on the Run goroutine.
+func (a *Agent) drained(ctx context.Context, log *slog.Logger, n watcher.Notice, rep drainer.Report, err error, stopped bool) {
+	switch {
+	case stopped && ctx.Err() != nil:
+		log.Info("drain interrupted: the agent is stopping")
+		return
+	case stopped:
+		log.Info("drain stopped: canceled or superseded")
+		return
+	case err != nil:
+		log.Error("drain failed", "err", err)
+		a.Metrics.fail("drain")
 		return
 	}
-	if a.cfg.DryRun {
-		log.Info("dry run: would uncordon the node")
+	left := n.Deadline.Sub(rep.Finished)
+	a.Metrics.drained(rep, rep.Finished.Sub(n.Detected), left)
+	kind := corev1.EventTypeNormal
+	if !rep.Drained {
+		kind = corev1.EventTypeWarning
+	}
+	a.event(kind, "Drained", "drain for %s notice %s: drained=%v late=%v evicted=%d deleted=%d blocked=%d failed=%d, %s before the deadline",
+		n.Kind, n.ID, rep.Drained, rep.Late, rep.Count(drainer.Evicted), rep.Count(drainer.Deleted), rep.Count(drainer.Blocked),
+		rep.Count(drainer.Failed), left.Round(time.Millisecond))
+	ack := a.Acknowledger
+	if ack == nil || ack.Source() != n.Source || a.acked[n.ID] {
 		return
 	}
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	changed, err := a.Drainer.Uncordon(ctx, a.cfg.Node)
+	if !rep.Drained {
+		log.Warn("drain incomplete: the event is not acknowledged, the platform waits for its NotBefore")
+		return
+	}
+	a.acked[n.ID] = true
+	a.wg.Go(func() {
+		actx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		if err := ack.Acknowledge(actx, n.ID); err != nil {
+			log.Error("acknowledging the event failed", "err", err)
+			a.Metrics.fail("acknowledge")
+			return
+		}
+		log.Info("event acknowledged: the platform may go ahead")
+	})
+}
+
+// forgetGonePods drops the done reports of pods that left the node.
+func (a *Agent) forgetGonePods(ctx context.Context) {
+	if a.Holds == nil || !a.Pods.Synced() {
+		return
+	}
+	pods, err := a.Pods.ListPods(ctx, a.cfg.Node)
 	if err != nil {
-		log.Error("uncordon failed", "err", err)
-		a.Metrics.fail("uncordon")
-	} else {
-		log.Info("node uncordoned", "changed", changed)
+		return
 	}
-	if _, err := a.Notifier.Resumed(ctx, n); err != nil {
-		log.Error("telling sidecars of the cancellation failed", "err", err)
-		a.Metrics.fail("notify_sidecars")
+	present := make(map[types.UID]bool, len(pods))
+	for _, p := range pods {
+		present[p.UID] = true
 	}
-	if err := a.setCondition(ctx, n, false); err != nil {
-		log.Error("clearing node condition failed", "err", err)
-		a.Metrics.fail("condition")
-	}
-	a.event(corev1.EventTypeNormal, "PreemptionCanceled", "%s notice %s from %s canceled; lastcall's cordon undone", n.Kind, n.ID, n.Source)
+	a.Holds.Forget(present)
 }
 
 func (a *Agent) dryRun(ctx context.Context, log *slog.Logger, n watcher.Notice, action Action) {
 	if action != ActionDrain {
-		log.Info("dry run: would cordon the node and tell the sidecars", "would_drain", false)
+		log.Info("dry run: would cordon the node", "would_drain", false)
 		return
 	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
 	plan, err := a.Drainer.Plan(ctx, a.cfg.Node, n.Deadline, a.cfg.Drain)
 	if err != nil {
 		log.Error("dry run: planning failed", "err", err)

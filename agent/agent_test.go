@@ -119,6 +119,7 @@ func TestCancelUndoesCordonOnlyWhenNoNoticeRemains(t *testing.T) {
 		d := &recDrainer{}
 		a, _ := newTestAgent(t, d)
 		run(t, a,
+			watcher.Synced(watcher.SourceAWS),
 			notice("rebalance", watcher.KindRebalance, watcher.StateActive, 0),
 			notice("maint", watcher.KindMaintenance, watcher.StateActive, time.Hour),
 			notice("maint", watcher.KindMaintenance, watcher.StateCanceled, 0),

@@ -1,7 +1,74 @@
-// Package agent is the node agent's core: notices in, then, for each one,
-// at once and in parallel, tell the sidecars, cordon and taint the node,
-// record an Event and the PreemptionImminent node condition, and send the
-// optional webhook; then drain against the notice's deadline.
+// Package agent is the node agent's core: notices in; the node cordoned,
+// the sidecars told and the node drained before the earliest deadline; the
+// cordon undone once the metadata says no notice holds.
+//
+// # The notice lifecycle
+//
+// The agent is level-triggered. Its inputs only update what it observes
+// (Observed); one pure function, Decide, says from all of it what the node
+// and the sidecars should be (Desired); reconcile makes it so, after every
+// input and at start. A restarted agent is not a special case, only a
+// first reconcile.
+//
+// Inputs:
+//
+//   - a notice active (new, or seen again with another deadline: an AWS
+//     scheduled event moved), with the action its kind's policy gives:
+//     drain, cordon (advisory: an AWS rebalance recommendation by default)
+//     or none (an Event, nothing else);
+//   - a notice canceled (AWS scheduled event canceled, completed or gone,
+//     GCE maintenance back to NONE, Azure event gone), or informational
+//     (GCE live migration: an Event only);
+//   - the watcher's synced marker: its first full read of the metadata is
+//     done, so the active notices are all there are;
+//   - the agent's start: its node read once, with the cordon record an
+//     earlier run may have left (RecordOf) and the node condition;
+//   - pods landing on the node or leaving it; sidecars' done reports;
+//   - the end of the work reconcile started (cordon, uncordon, condition,
+//     drain runs), with its error.
+//
+// State: the active notices by ID, with their deadlines (a notice without
+// one, advisory, gets detection + 2 min; a GCE notice seen again after a
+// restart keeps the deadline of its first sighting if the record is younger
+// than the notice window, and a stale record is ignored); whether the
+// metadata was read in full; lastcall's cordon record on the node; the
+// drain run under way, its target notice and the pods it covered; what the
+// sidecars were last told.
+//
+// Decide:
+//
+//	Cordon    = some active notice's action is cordon or drain
+//	Drain     = the active drain notice with the earliest deadline, or none
+//	Tell      = draining(Drain)           if Drain is set
+//	          = running                   else, once the metadata was read in full
+//	          = nothing (sidecars keep what they were told)  otherwise
+//	Uncordon  = the metadata was read in full and no notice is active
+//
+// Invariants, checked after every step of a randomized test
+// (TestLifecycleInvariants):
+//
+//   - the drain always runs to the earliest deadline among active drain
+//     notices, and none runs when there is none;
+//   - sidecars are told the earliest deadline among active drain notices,
+//     and never told running while such a notice is active, nor before the
+//     agent knows the node's state;
+//   - advisory (cordon-only) notices cordon the node but tell the workers
+//     nothing: the machine may live for hours;
+//   - when no notice is active and the metadata confirms it, lastcall's own
+//     cordon is undone and its node condition cleared, also when it was left
+//     by an earlier run;
+//   - every pod on the node, but DaemonSet, mirror, finished pods and the
+//     agent's own, gets an eviction request before the deadline, or at once
+//     if the deadline has passed (drainer.Drain), and pods landing during or
+//     after a drain get one too;
+//   - a done report belongs to the pod's UID and is dropped when the pod
+//     goes; an Azure event is acknowledged only after a complete drain.
+//
+// Reconcile starts work and never waits for it: node updates run one at a
+// time and are retried with backoff while they are still wanted; a drain is
+// restarted when its target changes (an earlier deadline arrives, or the
+// notice that superseded it is canceled) and run again when pods land on
+// the node after it finished; the notice loop is never blocked by any of it.
 //
 // The package declares the interfaces it consumes (Drainer, Notifier);
 // drainer.Drainer and the sidecar package provide them. It holds no flags

@@ -5,9 +5,10 @@ import (
 	"sync"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/lastcall-dev/lastcall/drainer"
-	"github.com/lastcall-dev/lastcall/watcher"
+	"github.com/lastcall-dev/lastcall/sidecar/wire"
 )
 
 // Sidecars is the node-local endpoint of the worker sidecars
@@ -19,24 +20,35 @@ type Sidecars interface {
 	Subscribed(namespace, name string) bool
 }
 
+// PodUIDs finds the UID of a pod on the node; *NodePods implements it.
+type PodUIDs interface {
+	// PodUID returns the UID of pod namespace/name, if it is on the node.
+	PodUID(namespace, name string) (types.UID, bool)
+}
+
 // Holds joins the sidecars' done reports to the drain: a pod whose sidecar
 // is connected is held back until its workers report done (or the latest
 // moment that still leaves it its grace period), so that they finish their
 // task without a SIGTERM in the middle of it. It is the Notifier the agent
 // uses, the drainer's HoldFunc (Hold) and the hub's done callback (Done).
+//
+// Reports are kept by pod UID: a new pod with the same name (a StatefulSet
+// replica) is not released by its predecessor's report. Forget drops the
+// reports of pods that left the node.
 type Holds struct {
 	sidecars Sidecars
+	pods     PodUIDs
 
 	mu   sync.Mutex // guards done
-	done map[string]chan struct{}
+	done map[types.UID]chan struct{}
 }
 
 var _ Notifier = (*Holds)(nil)
 var _ drainer.HoldFunc = (*Holds)(nil).Hold
 
-// NewHolds returns Holds over sidecars.
-func NewHolds(sidecars Sidecars) *Holds {
-	return &Holds{sidecars: sidecars, done: map[string]chan struct{}{}}
+// NewHolds returns Holds over sidecars; pods names the pods that report.
+func NewHolds(sidecars Sidecars, pods PodUIDs) *Holds {
+	return &Holds{sidecars: sidecars, pods: pods, done: map[types.UID]chan struct{}{}}
 }
 
 // Hold returns a channel closed when pod's workers report done, or nil when
@@ -47,14 +59,19 @@ func (h *Holds) Hold(pod *corev1.Pod) <-chan struct{} {
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return h.chanLocked(pod.Namespace + "/" + pod.Name)
+	return h.chanLocked(pod.UID)
 }
 
-// Done records that the workers of pod namespace/name are done.
+// Done records that the workers of pod namespace/name, as it is on the node
+// now, are done. A report for a pod not on the node is dropped.
 func (h *Holds) Done(namespace, name string) {
+	uid, ok := h.pods.PodUID(namespace, name)
+	if !ok {
+		return
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	ch := h.chanLocked(namespace + "/" + name)
+	ch := h.chanLocked(uid)
 	select {
 	case <-ch:
 	default:
@@ -62,25 +79,46 @@ func (h *Holds) Done(namespace, name string) {
 	}
 }
 
-func (h *Holds) chanLocked(key string) chan struct{} {
-	ch, ok := h.done[key]
+// Forget drops the reports of the pods not in present.
+func (h *Holds) Forget(present map[types.UID]bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for uid := range h.done {
+		if !present[uid] {
+			delete(h.done, uid)
+		}
+	}
+}
+
+// Len returns how many pods have a report or a hold.
+func (h *Holds) Len() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.done)
+}
+
+func (h *Holds) chanLocked(uid types.UID) chan struct{} {
+	ch, ok := h.done[uid]
 	if !ok {
 		ch = make(chan struct{})
-		h.done[key] = ch
+		h.done[uid] = ch
 	}
 	return ch
 }
 
-// Draining tells the sidecars.
-func (h *Holds) Draining(ctx context.Context, n watcher.Notice) (int, error) {
-	return h.sidecars.Draining(ctx, n)
+// Tell tells the sidecars. A running state also forgets the done reports:
+// workers back at work must report done again before a later drain evicts
+// them early.
+func (h *Holds) Tell(st wire.NodeState) uint64 {
+	if st.Phase == wire.PhaseRunning {
+		h.mu.Lock()
+		h.done = map[types.UID]chan struct{}{}
+		h.mu.Unlock()
+	}
+	return h.sidecars.Tell(st)
 }
 
-// Resumed tells the sidecars and forgets the done reports: workers back at
-// work must report done again before a later drain evicts them early.
-func (h *Holds) Resumed(ctx context.Context, n watcher.Notice) (int, error) {
-	h.mu.Lock()
-	h.done = map[string]chan struct{}{}
-	h.mu.Unlock()
-	return h.sidecars.Resumed(ctx, n)
+// Told waits for the sidecars; see Notifier.
+func (h *Holds) Told(ctx context.Context, gen uint64) (int, error) {
+	return h.sidecars.Told(ctx, gen)
 }

@@ -6,21 +6,30 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
-	"github.com/lastcall-dev/lastcall/watcher"
+	"github.com/lastcall-dev/lastcall/sidecar/wire"
 )
 
 type fakeSidecars struct {
 	subscribed map[string]bool
-	resumed    int
+	told       []wire.NodeState
 }
 
-func (f *fakeSidecars) Draining(context.Context, watcher.Notice) (int, error) { return 0, nil }
-func (f *fakeSidecars) Resumed(context.Context, watcher.Notice) (int, error) {
-	f.resumed++
-	return 0, nil
+func (f *fakeSidecars) Tell(st wire.NodeState) uint64 {
+	f.told = append(f.told, st)
+	return uint64(len(f.told))
 }
-func (f *fakeSidecars) Subscribed(ns, name string) bool { return f.subscribed[ns+"/"+name] }
+func (f *fakeSidecars) Told(context.Context, uint64) (int, error) { return 0, nil }
+func (f *fakeSidecars) Subscribed(ns, name string) bool          { return f.subscribed[ns+"/"+name] }
+
+// fakeUIDs maps namespace/name to the UID of the pod now on the node.
+type fakeUIDs map[string]types.UID
+
+func (f fakeUIDs) PodUID(ns, name string) (types.UID, bool) {
+	uid, ok := f[ns+"/"+name]
+	return uid, ok
+}
 
 func closed(ch <-chan struct{}) bool {
 	select {
@@ -31,11 +40,16 @@ func closed(ch <-chan struct{}) bool {
 	}
 }
 
+func pod(ns, name, uid string) *corev1.Pod {
+	return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, UID: types.UID(uid)}}
+}
+
 func TestHolds(t *testing.T) {
 	sc := &fakeSidecars{subscribed: map[string]bool{"ns/worker": true}}
-	h := NewHolds(sc)
-	worker := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "worker"}}
-	plain := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "plain"}}
+	uids := fakeUIDs{"ns/worker": "u1", "ns/plain": "u2"}
+	h := NewHolds(sc, uids)
+	worker := pod("ns", "worker", "u1")
+	plain := pod("ns", "plain", "u2")
 
 	if h.Hold(plain) != nil {
 		t.Error("a pod without a sidecar is held")
@@ -49,10 +63,42 @@ func TestHolds(t *testing.T) {
 	if !closed(ch) || !closed(h.Hold(worker)) {
 		t.Error("done did not release the pod")
 	}
-	if _, err := h.Resumed(t.Context(), watcher.Notice{}); err != nil || sc.resumed != 1 {
-		t.Fatalf("Resumed: %v, forwarded %d times", err, sc.resumed)
+	h.Tell(wire.NodeState{Phase: wire.PhaseDraining})
+	if !closed(h.Hold(worker)) {
+		t.Error("a draining word forgot the done report")
+	}
+	h.Tell(wire.NodeState{Phase: wire.PhaseRunning})
+	if len(sc.told) != 2 {
+		t.Fatalf("told %d states, want 2 forwarded", len(sc.told))
 	}
 	if closed(h.Hold(worker)) {
 		t.Error("a done report survived the resume")
+	}
+}
+
+// A done report belongs to the pod that sent it, not to its name: the next
+// pod of a StatefulSet, same name, new UID, is held until it reports itself.
+// Reports of pods that left are forgotten.
+func TestHoldsByUID(t *testing.T) {
+	sc := &fakeSidecars{subscribed: map[string]bool{"ns/web-0": true}}
+	uids := fakeUIDs{"ns/web-0": "old"}
+	h := NewHolds(sc, uids)
+	h.Done("ns", "web-0")
+	if !closed(h.Hold(pod("ns", "web-0", "old"))) {
+		t.Fatal("the reporting pod is not released")
+	}
+	uids["ns/web-0"] = "new" // replaced
+	if closed(h.Hold(pod("ns", "web-0", "new"))) {
+		t.Error("the replacement pod was released by its predecessor's report")
+	}
+	h.Forget(map[types.UID]bool{"new": true})
+	if h.Len() != 1 {
+		t.Errorf("%d entries after Forget, want only the present pod's", h.Len())
+	}
+	delete(uids, "ns/web-0")
+	h.Done("ns", "web-0") // the pod is gone: nothing to record
+	h.Forget(map[types.UID]bool{})
+	if h.Len() != 0 {
+		t.Errorf("%d entries kept for pods that left", h.Len())
 	}
 }

@@ -35,8 +35,8 @@ func (a *Agent) setCondition(ctx context.Context, n watcher.Notice, imminent boo
 	}
 	if !imminent {
 		cond.Status = corev1.ConditionFalse
-		cond.Reason = "NoticeCanceled"
-		cond.Message = fmt.Sprintf("%s notice %s from %s canceled", n.Kind, n.ID, n.Source)
+		cond.Reason = "NoNotice"
+		cond.Message = "no termination notice is active"
 	}
 	patch, err := json.Marshal(map[string]any{"status": map[string]any{"conditions": []corev1.NodeCondition{cond}}})
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -76,4 +77,23 @@ func (p *NodePods) PodIP(namespace, name string) (string, bool) {
 	}
 	ip := obj.(*corev1.Pod).Status.PodIP
 	return ip, ip != ""
+}
+
+// PodUID returns the UID of the pod namespace/name on the node, if it is
+// there.
+func (p *NodePods) PodUID(namespace, name string) (types.UID, bool) {
+	obj, ok, err := p.informer.GetStore().GetByKey(namespace + "/" + name)
+	if err != nil || !ok {
+		return "", false
+	}
+	return obj.(*corev1.Pod).UID, true
+}
+
+// OnChange calls f, which must not block, whenever a pod lands on the node
+// or leaves it.
+func (p *NodePods) OnChange(f func()) {
+	_, _ = p.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { f() },
+		DeleteFunc: func(any) { f() },
+	})
 }

@@ -54,6 +54,12 @@ type HubOptions struct {
 	// Linger is how long a sidecar that is between two long-polls still
 	// counts as subscribed, so that Draining waits for it. Default 2s.
 	Linger time.Duration
+	// Unknown starts the Hub without a state: until the first Tell (or
+	// Draining, Resumed) it answers every sidecar 503, after holding a
+	// long-poll for its wait. A node agent that has just (re)started does
+	// not know yet whether the node is draining, and must not tell sidecars
+	// that were draining to run again; they keep what they were told.
+	Unknown bool
 }
 
 // forgetAfter is how long the Hub keeps a pod it has not heard from.
@@ -112,7 +118,9 @@ func NewHub(o HubOptions) (*Hub, error) {
 		progress: make(chan struct{}),
 		subs:     map[PodRef]*subscriber{},
 	}
-	h.state = wire.NodeState{Generation: wire.NextGeneration(0, h.now()), Phase: wire.PhaseRunning}
+	if !o.Unknown {
+		h.state = wire.NodeState{Generation: wire.NextGeneration(0, h.now()), Phase: wire.PhaseRunning}
+	}
 	if o.Registerer != nil {
 		if err := h.register(o.Registerer); err != nil {
 			return nil, fmt.Errorf("sidecar hub metrics: %w", err)
@@ -160,40 +168,53 @@ func (h *Hub) register(reg prometheus.Registerer) error {
 
 // Draining tells every sidecar on the node that n drains it: workers stop
 // pulling, finish what fits before n.Deadline and hand back the rest. It
-// blocks until every subscribed sidecar (a long-poll open, or one that
-// ended less than Linger ago) has been handed the new state, or ctx is done,
-// and returns how many sidecars were told. Waiting sidecars are answered at
-// once; nothing on the way calls the apiserver.
+// blocks like Told, and returns how many sidecars were told.
 func (h *Hub) Draining(ctx context.Context, n watcher.Notice) (told int, err error) {
-	return h.publish(ctx, wire.NodeState{
+	return h.Told(ctx, h.Tell(NoticeState(n)))
+}
+
+// NoticeState is the state that tells sidecars notice n drains the node.
+func NoticeState(n watcher.Notice) wire.NodeState {
+	return wire.NodeState{
 		Phase: wire.PhaseDraining, Reason: string(n.Kind), Source: string(n.Source),
 		NoticeID: n.ID, Deadline: n.Deadline,
-	}, false)
+	}
 }
 
 // Resumed tells every sidecar that the node runs on (the notice n was
-// canceled), and forgets the pods' done reports. It blocks like Draining.
+// canceled), and forgets the pods' done reports. It blocks like Told.
 func (h *Hub) Resumed(ctx context.Context, n watcher.Notice) (told int, err error) {
-	told, err = h.publish(ctx, wire.NodeState{Phase: wire.PhaseRunning}, true)
+	told, err = h.Told(ctx, h.Tell(wire.NodeState{Phase: wire.PhaseRunning}))
 	if err == nil {
 		h.log.Info("sidecars told to resume", "id", n.ID, "told", told)
 	}
 	return told, err
 }
 
-func (h *Hub) publish(ctx context.Context, st wire.NodeState, resetDone bool) (int, error) {
+// Tell makes st, with a new generation, what every sidecar is handed from
+// now on, answers the waiting long-polls and returns the generation at
+// once. A running state also forgets the pods' done reports: workers back
+// at work must report done again. Calls are ordered: the last one wins.
+func (h *Hub) Tell(st wire.NodeState) (generation uint64) {
 	h.mu.Lock()
+	defer h.mu.Unlock()
 	st.Generation = wire.NextGeneration(h.state.Generation, h.now())
 	h.state = st
-	if resetDone {
+	if st.Phase == wire.PhaseRunning {
 		for _, s := range h.subs {
 			s.report.Done = false
 		}
 	}
 	close(h.changed)
 	h.changed = make(chan struct{})
-	h.mu.Unlock()
-	gen := st.Generation
+	return st.Generation
+}
+
+// Told blocks until every subscribed sidecar (a long-poll open, or one
+// that ended less than Linger ago) has been handed generation gen or a later
+// one, or ctx is done, and returns how many sidecars have it. Nothing on the
+// way calls the apiserver.
+func (h *Hub) Told(ctx context.Context, gen uint64) (int, error) {
 	for {
 		told, pending, wake, progress := h.count(gen)
 		if pending == 0 {
@@ -425,7 +446,7 @@ func (h *Hub) serveState(w http.ResponseWriter, r *http.Request) {
 	}
 	h.progressed()
 wait:
-	for q.Wait > 0 && q.Generation == h.state.Generation && !h.closed {
+	for q.Wait > 0 && (q.Generation == h.state.Generation || h.state.Phase == "") && !h.closed {
 		changed := h.changed
 		h.mu.Unlock()
 		select {
@@ -442,7 +463,14 @@ wait:
 	st := h.state
 	h.mu.Unlock()
 
-	err = writeJSON(w, st)
+	if st.Phase == "" {
+		// Nothing to tell yet: the sidecar keeps what it was told and asks
+		// again.
+		http.Error(w, "agent starting", http.StatusServiceUnavailable)
+		err = errors.New("no state yet")
+	} else {
+		err = writeJSON(w, st)
+	}
 	h.mu.Lock()
 	s.open--
 	s.lastSeen = h.now()

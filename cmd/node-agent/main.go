@@ -232,20 +232,23 @@ func run(ctx context.Context, o *options, logger *slog.Logger) error {
 	// The sidecars: told of every notice; pods whose sidecar is connected
 	// are held until their workers report done.
 	var notifier agent.Notifier
+	var holds *agent.Holds
 	var hubServer *http.Server
 	var hubListener net.Listener
 	if o.sidecarListen != "" {
-		var holds *agent.Holds
 		hub, err := sidecar.NewHub(sidecar.HubOptions{
 			Pods:       pods,
 			OnDone:     func(p sidecar.PodRef) { holds.Done(p.Namespace, p.Name) },
 			Logger:     logger.With("component", "sidecars"),
 			Registerer: reg,
+			// Until the agent knows the node's state, sidecars keep what
+			// they were told before it (re)started.
+			Unknown: true,
 		})
 		if err != nil {
 			return err
 		}
-		holds = agent.NewHolds(hub)
+		holds = agent.NewHolds(hub, pods)
 		notifier, dopts.Hold = holds, holds.Hold
 		if hubListener, err = net.Listen("tcp", o.sidecarListen); err != nil {
 			return fmt.Errorf("--sidecar-listen: %w", err)
@@ -269,7 +272,7 @@ func run(ctx context.Context, o *options, logger *slog.Logger) error {
 		Drain:   drainer.Policy{OnBlocked: onBlocked, Reserve: o.reserve, BlockedCutoff: o.cutoff, CriticalWindow: o.criticalWindow},
 		Webhook: agent.Webhook{URL: o.webhookURL, Format: format},
 	}, agent.Deps{
-		Client: client, Drainer: d, Pods: pods, Events: recorder, Notifier: notifier,
+		Client: client, Drainer: d, Pods: pods, Events: recorder, Notifier: notifier, Holds: holds,
 		Metrics: agent.NewMetrics(reg), Logger: logger.With("component", "agent"), Acknowledger: ack,
 	})
 	if err != nil {

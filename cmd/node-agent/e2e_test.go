@@ -286,10 +286,22 @@ type gceMetadata struct {
 }
 
 func newGCEMetadata(t testing.TB) *gceMetadata {
+	return newGCEMetadataOn(t, "127.0.0.1:0")
+}
+
+// newGCEMetadataOn serves the fake on addr.
+func newGCEMetadataOn(t testing.TB, addr string) *gceMetadata {
 	g := &gceMetadata{values: map[string]string{
 		"instance/preempted": "FALSE", "instance/maintenance-event": "NONE",
 	}, changed: make(chan struct{})}
-	g.srv = httptest.NewServer(http.HandlerFunc(g.serve))
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.srv = httptest.NewUnstartedServer(http.HandlerFunc(g.serve))
+	g.srv.Listener.Close()
+	g.srv.Listener = ln
+	g.srv.Start()
 	t.Cleanup(g.srv.Close)
 	return g
 }

@@ -205,11 +205,42 @@ func run(ctx context.Context, o *options, logger *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	// Health and metrics first: while the cloud is not known yet the agent
+	// is alive and not ready, rather than crash-looping.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	g, ctx := errgroup.WithContext(ctx)
+	var ready atomic.Pointer[func() error]
+	notYet := func() error { return errors.New("no cloud metadata service found yet; still probing") }
+	ready.Store(&notYet)
+	ln, err := net.Listen("tcp", o.listen)
+	if err != nil {
+		return fmt.Errorf("--listen: %w", err)
+	}
+	srv := &http.Server{Handler: agent.Handler(reg, func() error { return (*ready.Load())() }), ReadHeaderTimeout: 5 * time.Second}
+	logger.Info("serving metrics and health", "addr", ln.Addr().String())
+	g.Go(func() error {
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("serve %s: %w", o.listen, err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		return srv.Shutdown(sctx)
+	})
+	stopped := func(err error) error {
+		cancel()
+		return errors.Join(err, g.Wait())
+	}
+
 	cloud := watcher.Source(o.cloud)
 	if o.cloud == "auto" {
 		cloud = ""
 	}
-	w, source, err := detect.New(ctx, detect.Config{
+	w, source, err := detectCloud(ctx, logger, detect.Config{
 		Cloud:   cloud,
 		Probes:  detect.Probes{GCEHost: o.gceHost, AWSEndpoint: o.awsEndpoint, AzureEndpoint: o.azureEndpoint},
 		GCE:     gceOptions(o),
@@ -220,7 +251,10 @@ func run(ctx context.Context, o *options, logger *slog.Logger) error {
 		Metrics: wm,
 	})
 	if err != nil {
-		return fmt.Errorf("notice source: %w", err)
+		if ctx.Err() != nil {
+			return stopped(nil) // stopped while probing
+		}
+		return stopped(fmt.Errorf("notice source: %w", err))
 	}
 	logger.Info("watching notices", "source", source)
 
@@ -246,12 +280,12 @@ func run(ctx context.Context, o *options, logger *slog.Logger) error {
 			Unknown: true,
 		})
 		if err != nil {
-			return err
+			return stopped(err)
 		}
 		holds = agent.NewHolds(hub, pods)
 		notifier, dopts.Hold = holds, holds.Hold
 		if hubListener, err = net.Listen("tcp", o.sidecarListen); err != nil {
-			return fmt.Errorf("--sidecar-listen: %w", err)
+			return stopped(fmt.Errorf("--sidecar-listen: %w", err))
 		}
 		hubServer = &http.Server{Handler: hub.Handler(), ReadHeaderTimeout: 5 * time.Second}
 		hubServer.RegisterOnShutdown(hub.Close)
@@ -276,15 +310,11 @@ func run(ctx context.Context, o *options, logger *slog.Logger) error {
 		Metrics: agent.NewMetrics(reg), Logger: logger.With("component", "agent"), Acknowledger: ack,
 	})
 	if err != nil {
-		return err
+		return stopped(err)
 	}
 
 	var accessErr atomic.Pointer[error]
-	ln, err := net.Listen("tcp", o.listen)
-	if err != nil {
-		return fmt.Errorf("--listen: %w", err)
-	}
-	srv := &http.Server{Handler: agent.Handler(reg, func() error {
+	check := func() error {
 		if !pods.Synced() {
 			return errors.New("pod cache not synced")
 		}
@@ -292,26 +322,13 @@ func run(ctx context.Context, o *options, logger *slog.Logger) error {
 			return *p
 		}
 		return nil
-	}), ReadHeaderTimeout: 5 * time.Second}
-	logger.Info("serving metrics and health", "addr", ln.Addr().String())
+	}
+	ready.Store(&check)
 
 	notices := make(chan watcher.Notice)
-	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return pods.Run(ctx) })
 	g.Go(func() error { return w.Watch(ctx, notices) })
 	g.Go(func() error { return a.Run(ctx, notices) })
-	g.Go(func() error {
-		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("serve %s: %w", o.listen, err)
-		}
-		return nil
-	})
-	g.Go(func() error {
-		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		return srv.Shutdown(sctx)
-	})
 	if hubServer != nil {
 		g.Go(func() error {
 			if err := hubServer.Serve(hubListener); !errors.Is(err, http.ErrServerClosed) {
@@ -338,4 +355,26 @@ func run(ctx context.Context, o *options, logger *slog.Logger) error {
 		})
 	}
 	return g.Wait()
+}
+
+// detectCloud finds the notice source. A metadata service that does not
+// answer at boot (a hiccup, a slow link-local route) is probed again with
+// backoff, up to a minute apart, until it answers or ctx ends: the agent
+// stays alive and not ready instead of crash-looping. Other errors (a bad
+// configuration) return at once.
+func detectCloud(ctx context.Context, logger *slog.Logger, cfg detect.Config) (watcher.Watcher, watcher.Source, error) {
+	backoff := time.Second
+	for attempt := 1; ; attempt++ {
+		w, source, err := detect.New(ctx, cfg)
+		if err == nil || !errors.Is(err, detect.ErrNoCloud) {
+			return w, source, err
+		}
+		logger.Warn("no cloud metadata service answered; probing again", "attempt", attempt, "retry_in", backoff.String(), "err", err)
+		select {
+		case <-ctx.Done():
+			return nil, "", fmt.Errorf("cloud detection: %w", context.Cause(ctx))
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, time.Minute)
+	}
 }

@@ -245,7 +245,7 @@ func (w *Watcher) pollOnce(ctx context.Context, out chan<- watcher.Notice, path 
 //   - an active event not seen before, or seen with another NotBefore (AWS
 //     rescheduled it), is sent as active with its deadline;
 //   - an event the answer says canceled or completed, in either list, is
-//     sent as canceled if it was active;
+//     sent as canceled if it was active, and is over for good;
 //   - an active event missing from a complete read of the scheduled list
 //     is over (AWS moves canceled and completed events to the history):
 //     it is sent as canceled.
@@ -262,7 +262,10 @@ func (w *Watcher) scheduled(ctx context.Context, path string, events []watcher.N
 		prev, live := w.live[n.ID]
 		switch {
 		case n.State == watcher.StateActive && path == PathScheduled:
-			if live && prev.Deadline.Equal(n.Deadline) {
+			if (live && prev.Deadline.Equal(n.Deadline)) || w.seenOver[n.ID] {
+				// Unchanged, or already over: an EventId is never reused,
+				// and a list read while AWS moves it to the history must
+				// not bring it back.
 				continue
 			}
 			if live {

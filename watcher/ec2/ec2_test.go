@@ -3,6 +3,7 @@ package ec2
 import (
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -350,4 +351,77 @@ func TestNewRejects(t *testing.T) {
 			t.Errorf("New(%+v) accepted", opts)
 		}
 	}
+}
+
+// A scheduled event that AWS moves (same EventId, new NotBefore) is a new
+// deadline; one that leaves the list (AWS moves canceled and completed
+// events to the history) or shows in the history as canceled is over.
+func TestScheduledMovedGoneOrInHistory(t *testing.T) {
+	const id = "instance-event-0d59937288b749b32"
+	moved := strings.Replace(sprintf(scheduled, "active"), "1 Mar 2026 12:30:00 GMT", "1 Mar 2026 14:00:00 GMT", 1)
+	for _, tc := range []struct {
+		name string
+		end  func(f *fakeIMDS)
+	}{
+		{"gone from the list", func(f *fakeIMDS) { f.unset(PathScheduled) }},
+		{"empty list", func(f *fakeIMDS) { f.set(PathScheduled, "[]") }},
+		{"canceled in the history", func(f *fakeIMDS) { f.set(PathHistory, sprintf(scheduled, "canceled")) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fake := newFake()
+			fake.set(PathScheduled, sprintf(scheduled, "active"))
+			e := start(t, fake, Options{Paths: []string{PathScheduled, PathHistory}})
+			if n := e.next(t); n.State != watcher.StateActive || !n.Deadline.Equal(t0.Add(30*time.Minute)) {
+				t.Fatalf("got %v", n)
+			}
+			fake.set(PathScheduled, moved)
+			if n := e.next(t); n.State != watcher.StateActive || n.ID != id || !n.Deadline.Equal(t0.Add(2*time.Hour)) {
+				t.Fatalf("moved event: got %v, want active again with the new NotBefore", n)
+			}
+			e.settle(t, PathScheduled, 3)
+			tc.end(fake)
+			if n := e.next(t); n.State != watcher.StateCanceled || n.ID != id {
+				t.Fatalf("got %v, want the event canceled", n)
+			}
+			e.settle(t, PathScheduled, 3)
+			e.settle(t, PathHistory, 3)
+		})
+	}
+}
+
+// The synced marker comes once, after the first full read of every path,
+// and after the notices that read found.
+func TestSyncedAfterFirstRead(t *testing.T) {
+	fake := newFake()
+	fake.set(PathSpot, itn)
+	fake.fail(PathASG, 3, fault{status: http.StatusInternalServerError})
+	m, _ := wtest.Metrics(t)
+	w, err := New(Options{Endpoint: httptestURL(t, fake), PollInterval: 5 * time.Millisecond, Clock: func() time.Time { return t0 }, Metrics: m})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := wtest.RunAll(t, w)
+	var got []watcher.State
+	for len(got) < 2 {
+		select {
+		case n := <-out:
+			got = append(got, n.State)
+		case <-t.Context().Done():
+			t.Fatal("no marker")
+		}
+	}
+	if got[0] != watcher.StateActive || got[1] != watcher.StateSynced {
+		t.Fatalf("got %v, want the spot notice, then the marker", got)
+	}
+	if fake.getsOf(PathASG) < 4 {
+		t.Errorf("marker sent after %d reads of %s; the first 3 failed", fake.getsOf(PathASG), PathASG)
+	}
+	e := &env{fake: fake, out: out}
+	e.settle(t, PathSpot, 3) // once only
+}
+
+func httptestURL(t *testing.T, h http.Handler) string {
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	return srv.URL
 }

@@ -290,3 +290,41 @@ func TestNewRejects(t *testing.T) {
 		})
 	}
 }
+
+// The synced marker comes once both values have been read, after the
+// notices they announced, and not while a read keeps failing.
+func TestSyncedAfterBothValues(t *testing.T) {
+	f := newFake(fresh())
+	f.set(PathPreempted, "TRUE")
+	f.fail(PathMaintenance, 3, fault{status: http.StatusServiceUnavailable})
+	srv := startServer(t, f)
+	w, err := New(Options{Host: srv.addr, Clock: fixedClock, Logger: wtest.Logger(t), MinBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := wtest.RunAll(t, w)
+	var got []watcher.State
+	for len(got) < 2 {
+		select {
+		case n := <-out:
+			got = append(got, n.State)
+		case <-t.Context().Done():
+			t.Fatal("no marker")
+		}
+	}
+	if got[0] != watcher.StateActive || got[1] != watcher.StateSynced {
+		t.Fatalf("got %v, want the preemption, then the marker", got)
+	}
+	if left := f.pendingFaults(PathMaintenance); left != 0 {
+		t.Errorf("marker sent with %d failing reads of %s still to come", left, PathMaintenance)
+	}
+	f.set(PathMaintenance, "MIGRATE_ON_HOST_MAINTENANCE")
+	select {
+	case n := <-out:
+		if n.State == watcher.StateSynced {
+			t.Fatal("marker sent twice")
+		}
+	case <-time.After(time.Second):
+		t.Fatal("no informational notice")
+	}
+}

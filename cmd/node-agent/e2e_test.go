@@ -283,6 +283,14 @@ type gceMetadata struct {
 	mu      sync.Mutex
 	values  map[string]string
 	changed chan struct{} // closed and replaced on every change
+	delay   time.Duration // before every answer: a slow metadata server
+}
+
+// slow makes every answer wait d.
+func (g *gceMetadata) slow(d time.Duration) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.delay = d
 }
 
 func newGCEMetadata(t testing.TB) *gceMetadata {
@@ -324,6 +332,14 @@ func (g *gceMetadata) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	key := strings.TrimPrefix(r.URL.Path, "/computeMetadata/v1/")
+	g.mu.Lock()
+	delay := g.delay
+	g.mu.Unlock()
+	select {
+	case <-time.After(delay):
+	case <-r.Context().Done():
+		return
+	}
 	for {
 		g.mu.Lock()
 		v, ok := g.values[key]

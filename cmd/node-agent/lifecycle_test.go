@@ -187,6 +187,9 @@ func TestRestartMidDrainKeepsSidecarsDraining(t *testing.T) {
 	eventually(t, 10*time.Second, "worker-0 evicted once done", func() bool { return c.terminating(t, "worker-0") })
 	p.kill9()
 	time.Sleep(time.Second) // the sidecars find the agent gone
+	// The metadata server is slow to answer the restarted agent: for 3 s it
+	// cannot know the node is still draining.
+	gce.slow(3 * time.Second)
 	p2 := c.startAgent(t, "--cloud=gce", "--gce-metadata-host="+gce.host(), "--gce-preemption-notice=60s", "--sidecar-listen="+hub)
 	eventually(t, 10*time.Second, "worker-1's sidecar back with the restarted agent", func() bool {
 		return p2.metric(t, "lastcall_sidecars_connected") >= 1

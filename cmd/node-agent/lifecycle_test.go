@@ -143,15 +143,7 @@ func TestStaleRecordDoesNotPoisonDeadline(t *testing.T) {
 // pulling inside the notice window.
 func TestRestartMidDrainKeepsSidecarsDraining(t *testing.T) {
 	c := newCluster(t, 2, kubetest.WithGrace(5))
-	eventually(t, 10*time.Second, "pods running with IPs", func() bool {
-		n := 0
-		for _, e := range c.kubelet.Events() {
-			if e.What == "running" {
-				n++
-			}
-		}
-		return n == 3
-	})
+	c.waitRunning(t, 3)
 	gce := newGCEMetadata(t)
 	hub := freeAddr(t)
 	p := c.startAgent(t, "--cloud=gce", "--gce-metadata-host="+gce.host(), "--gce-preemption-notice=60s", "--sidecar-listen="+hub)

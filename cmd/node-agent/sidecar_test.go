@@ -92,15 +92,7 @@ func (c *cluster) terminating(t *testing.T, name string) bool {
 // done is evicted at once, before the others.
 func TestSidecarsToldAndDoneFirst(t *testing.T) {
 	c := newCluster(t, 3, kubetest.WithGrace(5))
-	eventually(t, 10*time.Second, "pods running with IPs", func() bool {
-		n := 0
-		for _, e := range c.kubelet.Events() {
-			if e.What == "running" {
-				n++
-			}
-		}
-		return n == 4
-	})
+	c.waitRunning(t, 4)
 	trigger := freeAddr(t)
 	p := c.startAgent(t, "--cloud=sim", "--sim-listen="+trigger)
 	var sidecars []*sidecarProc
@@ -141,4 +133,18 @@ func TestSidecarsToldAndDoneFirst(t *testing.T) {
 	sidecars[2].done_(t)
 	eventually(t, 20*time.Second, "all workers gone", func() bool { return c.workersLeft(t) == 0 })
 	eventually(t, 5*time.Second, "drain reported", func() bool { return p.metric(t, `lastcall_drains_total{result="drained"}`) == 1 })
+}
+
+// waitRunning waits until the kubelet has n pods running, with their IPs.
+func (c *cluster) waitRunning(t *testing.T, n int) {
+	t.Helper()
+	eventually(t, 10*time.Second, "pods running with IPs", func() bool {
+		got := 0
+		for _, e := range c.kubelet.Events() {
+			if e.What == "running" {
+				got++
+			}
+		}
+		return got == n
+	})
 }

@@ -303,15 +303,7 @@ func TestSyncedAfterBothValues(t *testing.T) {
 		t.Fatal(err)
 	}
 	out := wtest.RunAll(t, w)
-	var got []watcher.State
-	for len(got) < 2 {
-		select {
-		case n := <-out:
-			got = append(got, n.State)
-		case <-t.Context().Done():
-			t.Fatal("no marker")
-		}
-	}
+	got := wtest.States(t, out, 2)
 	if got[0] != watcher.StateActive || got[1] != watcher.StateSynced {
 		t.Fatalf("got %v, want the preemption, then the marker", got)
 	}

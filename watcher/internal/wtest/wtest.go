@@ -82,6 +82,22 @@ func RunAll(t testing.TB, w watcher.Watcher) chan watcher.Notice {
 	return out
 }
 
+// States receives n notices (markers included) from out and returns their
+// states in order; it fails the test if the test ends first.
+func States(t testing.TB, out <-chan watcher.Notice, n int) []watcher.State {
+	t.Helper()
+	var got []watcher.State
+	for len(got) < n {
+		select {
+		case m := <-out:
+			got = append(got, m.State)
+		case <-t.Context().Done():
+			t.Fatalf("got %v, then nothing", got)
+		}
+	}
+	return got
+}
+
 // Errors returns lastcall_watcher_errors_total{source, reason} from reg.
 func Errors(reg prometheus.Gatherer, source watcher.Source, reason string) float64 {
 	return value(reg, "lastcall_watcher_errors_total", map[string]string{"source": string(source), "reason": reason})

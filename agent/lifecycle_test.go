@@ -242,7 +242,7 @@ func (w *world) step() {
 		}
 		w.metadata[id] = n
 		w.notices <- n
-		w.logf("notice %s %s in %v", id, kind, n.Deadline.Sub(time.Now()))
+		w.logf("notice %s %s in %v", id, kind, time.Until(n.Deadline))
 	case r < 50: // a notice is canceled
 		ids := sortedKeys(w.metadata)
 		if len(ids) == 0 {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/lastcall-dev/lastcall/internal/httpguard"
 	"github.com/lastcall-dev/lastcall/sidecar/wire"
 	"github.com/lastcall-dev/lastcall/watcher"
 )
@@ -65,6 +66,10 @@ type HubOptions struct {
 // forgetAfter is how long the Hub keeps a pod it has not heard from.
 const forgetAfter = 10 * time.Minute
 
+// maxPollsPerPod caps the long-polls held open for one pod: a sidecar holds
+// one, and one more while it reconnects.
+const maxPollsPerPod = 4
+
 // Hub is the node agent's endpoint for the sidecars of the pods on its node.
 // Serve Handler on the node's IP (the agent runs with hostNetwork); sidecars
 // find it through the downward API's status.hostIP. Draining and Resumed
@@ -76,6 +81,7 @@ type Hub struct {
 	pods   PodIPs
 	onDone func(PodRef)
 	log    *slog.Logger
+	quiet  *slog.Logger // rate-limited, for what any client can cause
 	now    func() time.Time
 	linger time.Duration
 
@@ -113,7 +119,7 @@ func NewHub(o HubOptions) (*Hub, error) {
 		o.Linger = 2 * time.Second
 	}
 	h := &Hub{
-		pods: o.Pods, onDone: o.OnDone, log: o.Logger, now: o.Now, linger: o.Linger,
+		pods: o.Pods, onDone: o.OnDone, log: o.Logger, quiet: httpguard.NewQuietLogger(o.Logger), now: o.Now, linger: o.Linger,
 		changed:  make(chan struct{}),
 		progress: make(chan struct{}),
 		subs:     map[PodRef]*subscriber{},
@@ -378,8 +384,10 @@ func (h *Hub) authorize(w http.ResponseWriter, r *http.Request) (PodRef, bool) {
 	if h.refused != nil {
 		h.refused.Inc()
 	}
-	h.log.Warn("sidecar call refused", "pod", ref.String(), "remote_addr", r.RemoteAddr, "reason", reason)
-	http.Error(w, "forbidden: "+reason, http.StatusForbidden)
+	// The answer says nothing of the node's pods or their IPs; the log says
+	// why, a few lines a minute at most (any client can cause these).
+	h.quiet.Warn("sidecar call refused", "pod", ref.String(), "remote_addr", r.RemoteAddr, "reason", reason)
+	http.Error(w, "forbidden: calls are accepted only from the pod they name", http.StatusForbidden)
 	return ref, false
 }
 
@@ -439,6 +447,11 @@ func (h *Hub) serveState(w http.ResponseWriter, r *http.Request) {
 
 	h.mu.Lock()
 	s := h.subscriber(ref, h.now())
+	if s.open >= maxPollsPerPod {
+		h.mu.Unlock()
+		http.Error(w, "too many long-polls for this pod", http.StatusTooManyRequests)
+		return
+	}
 	s.open++
 	s.lastSeen = h.now()
 	if q.Generation == h.state.Generation {

@@ -154,9 +154,9 @@ func TestHubRefusesOtherPods(t *testing.T) {
 	}{
 		{"own state", "GET", "/v1/pods/work/a/state", "", 200, `"phase":"running"`},
 		{"own report", "PUT", "/v1/pods/work/a/report", `{"done":false,"inflight":2}`, 204, ""},
-		{"other pod's state", "GET", "/v1/pods/work/b/state", "", 403, "pod work/b has IP 127.0.2.2; this call comes from 127.0.2.1"},
+		{"other pod's state", "GET", "/v1/pods/work/b/state", "", 403, "accepted only from the pod they name"},
 		{"other pod's done", "PUT", "/v1/pods/work/b/report", `{"done":true}`, 403, "accepted only from the pod they name"},
-		{"unknown pod", "PUT", "/v1/pods/work/c/report", `{"done":true}`, 403, "pod work/c is not known on this node"},
+		{"unknown pod", "PUT", "/v1/pods/work/c/report", `{"done":true}`, 403, "accepted only from the pod they name"},
 		{"bad report", "PUT", "/v1/pods/work/a/report", `{"done":`, 400, "report"},
 		{"bad generation", "GET", "/v1/pods/work/a/state?generation=x", "", 400, "generation"},
 	}
@@ -174,6 +174,10 @@ func TestHubRefusesOtherPods(t *testing.T) {
 			resp.Body.Close()
 			if resp.StatusCode != tt.wantCode || !strings.Contains(string(body), tt.wantMsg) {
 				t.Errorf("%s %s = %d %q; want %d containing %q", tt.method, tt.path, resp.StatusCode, body, tt.wantCode, tt.wantMsg)
+			}
+			// A refusal tells the caller nothing of the node's pods.
+			if resp.StatusCode == http.StatusForbidden && (strings.Contains(string(body), "127.0.2") || strings.Contains(string(body), "work/")) {
+				t.Errorf("refusal reveals pods or IPs: %q", body)
 			}
 		})
 	}

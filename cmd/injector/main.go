@@ -28,6 +28,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/lastcall-dev/lastcall/injector"
+	"github.com/lastcall-dev/lastcall/internal/httpguard"
 	"github.com/lastcall-dev/lastcall/internal/logformat"
 )
 
@@ -61,7 +62,7 @@ func Main(args []string, getenv func(string) string, stderr io.Writer) int {
 	klog.SetSlogLogger(logger) // process-wide: here, not in run
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	ln, err := net.Listen("tcp", o.listen)
+	ln, err := httpguard.Listen("tcp", o.listen, serverLimits(), nil)
 	if err != nil {
 		logger.Error("injector stopped", "err", err)
 		return 1
@@ -122,12 +123,10 @@ func run(ctx context.Context, o *options, ln net.Listener, logger *slog.Logger) 
 		}
 		fmt.Fprintln(w, "ok")
 	})
-	srv := &http.Server{
-		Handler:           mux,
-		TLSConfig:         tlsConfig,
-		ReadHeaderTimeout: 5 * time.Second,
-		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
-	}
+	// The apiserver sends AdmissionReviews of at most a few MiB (a pod with
+	// large annotations); anything in the cluster can reach the port.
+	srv := httpguard.Server(mux, serverLimits(), logger)
+	srv.TLSConfig = tlsConfig
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
@@ -147,6 +146,11 @@ func run(ctx context.Context, o *options, ln net.Listener, logger *slog.Logger) 
 		g.Go(func() error { return keepCABundle(ctx, client, o.webhookConfig, certs.CACert, &ready, logger) })
 	}
 	return g.Wait()
+}
+
+// serverLimits bound what a client can make the injector hold.
+func serverLimits() httpguard.Limits {
+	return httpguard.Limits{MaxBodyBytes: 8 << 20, MaxConns: 256, MaxConnsPerAddr: 64}
 }
 
 // keepCABundle writes the CA into the webhook configuration, retrying with

@@ -35,8 +35,10 @@ import (
 
 	"github.com/lastcall-dev/lastcall/agent"
 	"github.com/lastcall-dev/lastcall/drainer"
+	"github.com/lastcall-dev/lastcall/internal/httpguard"
 	"github.com/lastcall-dev/lastcall/internal/logformat"
 	"github.com/lastcall-dev/lastcall/sidecar"
+	"github.com/lastcall-dev/lastcall/sidecar/wire"
 	"github.com/lastcall-dev/lastcall/watcher"
 	"github.com/lastcall-dev/lastcall/watcher/azure"
 	"github.com/lastcall-dev/lastcall/watcher/detect"
@@ -44,6 +46,20 @@ import (
 
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
+
+// limits bound what any pod in the cluster can make the agent hold: its
+// ports listen on every node interface (hostNetwork). A scrape takes well
+// under the write timeout; a node has at most a few hundred pods, each
+// sidecar holding one long-poll (up to wire.MaxWait) and now and then a
+// report.
+func limits() (metrics, hub httpguard.Limits) {
+	metrics = httpguard.Limits{WriteTimeout: 30 * time.Second, MaxConns: 64, MaxConnsPerAddr: 8}
+	hub = httpguard.Limits{
+		WriteTimeout: wire.MaxWait + 10*time.Second, IdleTimeout: 60 * time.Second,
+		MaxBodyBytes: 4 << 10, MaxConns: 1024, MaxConnsPerAddr: 8,
+	}
+	return metrics, hub
+}
 
 func main() {
 	os.Exit(Main(os.Args[1:], os.Getenv, os.Stderr))
@@ -213,11 +229,16 @@ func run(ctx context.Context, o *options, logger *slog.Logger) error {
 	var ready atomic.Pointer[func() error]
 	notYet := func() error { return errors.New("no cloud metadata service found yet; still probing") }
 	ready.Store(&notYet)
-	ln, err := net.Listen("tcp", o.listen)
+	metricsLimits, hubLimits := limits()
+	guard, err := httpguard.NewMetrics(reg)
+	if err != nil {
+		return err
+	}
+	ln, err := httpguard.Listen("tcp", o.listen, metricsLimits, guard.Refused("metrics"))
 	if err != nil {
 		return fmt.Errorf("--listen: %w", err)
 	}
-	srv := &http.Server{Handler: agent.Handler(reg, func() error { return (*ready.Load())() }), ReadHeaderTimeout: 5 * time.Second}
+	srv := httpguard.Server(agent.Handler(reg, func() error { return (*ready.Load())() }), metricsLimits, logger)
 	logger.Info("serving metrics and health", "addr", ln.Addr().String())
 	g.Go(func() error {
 		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
@@ -284,10 +305,10 @@ func run(ctx context.Context, o *options, logger *slog.Logger) error {
 		}
 		holds = agent.NewHolds(hub, pods)
 		notifier, dopts.Hold = holds, holds.Hold
-		if hubListener, err = net.Listen("tcp", o.sidecarListen); err != nil {
+		if hubListener, err = httpguard.Listen("tcp", o.sidecarListen, hubLimits, guard.Refused("sidecars")); err != nil {
 			return stopped(fmt.Errorf("--sidecar-listen: %w", err))
 		}
-		hubServer = &http.Server{Handler: hub.Handler(), ReadHeaderTimeout: 5 * time.Second}
+		hubServer = httpguard.Server(hub.Handler(), hubLimits, logger)
 		hubServer.RegisterOnShutdown(hub.Close)
 		logger.Info("serving sidecars", "addr", hubListener.Addr().String())
 	}

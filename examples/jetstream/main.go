@@ -17,14 +17,14 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/lastcall-dev/lastcall/sidecar"
+	"github.com/lastcall-dev/lastcall/sidecar/worker"
 )
 
 func main() {
 	url := flag.String("nats", nats.DefaultURL, "NATS server")
 	stream := flag.String("stream", "JOBS", "stream")
 	consumer := flag.String("consumer", "workers", "durable pull consumer")
-	addr := flag.String("sidecar", sidecar.DefaultAddr, "the lastcall sidecar")
+	addr := flag.String("sidecar", worker.DefaultAddr, "the lastcall sidecar")
 	flag.Parse()
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
@@ -36,7 +36,7 @@ func main() {
 }
 
 func run(ctx context.Context, log *slog.Logger, url, stream, consumer, addr string) error {
-	sc, err := sidecar.NewClient(addr)
+	sc, err := worker.NewClient(addr)
 	if err != nil {
 		return err
 	}
@@ -59,7 +59,7 @@ func run(ctx context.Context, log *slog.Logger, url, stream, consumer, addr stri
 		if err != nil {
 			continue // no message, or the drain started
 		}
-		work, cancel := sidecar.UntilDeadline(ctx, drain, 2*time.Second)
+		work, cancel := worker.UntilDeadline(ctx, drain, 2*time.Second)
 		err = process(work, msg)
 		cancel()
 		if err != nil {
@@ -71,7 +71,7 @@ func run(ctx context.Context, log *slog.Logger, url, stream, consumer, addr stri
 			log.Warn("ack failed; the message will be redelivered", "err", err)
 		}
 	}
-	if _, ok := sidecar.DrainingState(drain); ok {
+	if _, ok := worker.DrainingState(drain); ok {
 		return sc.Done(ctx)
 	}
 	return nil

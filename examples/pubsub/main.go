@@ -17,13 +17,13 @@ import (
 
 	"cloud.google.com/go/pubsub/v2"
 
-	"github.com/lastcall-dev/lastcall/sidecar"
+	"github.com/lastcall-dev/lastcall/sidecar/worker"
 )
 
 func main() {
 	project := flag.String("project", os.Getenv("GOOGLE_CLOUD_PROJECT"), "Google Cloud project")
 	subID := flag.String("subscription", "jobs", "subscription to receive from")
-	addr := flag.String("sidecar", sidecar.DefaultAddr, "the lastcall sidecar")
+	addr := flag.String("sidecar", worker.DefaultAddr, "the lastcall sidecar")
 	flag.Parse()
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
@@ -35,7 +35,7 @@ func main() {
 }
 
 func run(ctx context.Context, log *slog.Logger, project, subID, addr string) error {
-	sc, err := sidecar.NewClient(addr)
+	sc, err := worker.NewClient(addr)
 	if err != nil {
 		return err
 	}
@@ -60,7 +60,7 @@ func run(ctx context.Context, log *slog.Logger, project, subID, addr string) err
 		}
 		// Work on with a context that survives the drain but ends 2s
 		// before its deadline.
-		work, cancel := sidecar.UntilDeadline(ctx, drain, 2*time.Second)
+		work, cancel := worker.UntilDeadline(ctx, drain, 2*time.Second)
 		defer cancel()
 		if err := process(work, m.Data); err != nil {
 			log.Warn("handing message back", "id", m.ID, "err", err)
@@ -72,7 +72,7 @@ func run(ctx context.Context, log *slog.Logger, project, subID, addr string) err
 	if err != nil {
 		return err
 	}
-	if st, ok := sidecar.DrainingState(drain); ok {
+	if st, ok := worker.DrainingState(drain); ok {
 		log.Info("drained", "reason", st.Reason, "left", time.Until(st.Deadline).String())
 		return sc.Done(ctx)
 	}

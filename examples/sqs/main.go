@@ -20,12 +20,12 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	"github.com/aws/aws-sdk-go-v2/service/sqs/types"
 
-	"github.com/lastcall-dev/lastcall/sidecar"
+	"github.com/lastcall-dev/lastcall/sidecar/worker"
 )
 
 func main() {
 	queue := flag.String("queue-url", os.Getenv("QUEUE_URL"), "SQS queue URL")
-	addr := flag.String("sidecar", sidecar.DefaultAddr, "the lastcall sidecar")
+	addr := flag.String("sidecar", worker.DefaultAddr, "the lastcall sidecar")
 	flag.Parse()
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
@@ -37,7 +37,7 @@ func main() {
 }
 
 func run(ctx context.Context, log *slog.Logger, queue, addr string) error {
-	sc, err := sidecar.NewClient(addr)
+	sc, err := worker.NewClient(addr)
 	if err != nil {
 		return err
 	}
@@ -65,7 +65,7 @@ func run(ctx context.Context, log *slog.Logger, queue, addr string) error {
 				handBack(ctx, log, q, queue, out.Messages[i:]) // not started: hand back at once
 				break
 			}
-			work, cancel := sidecar.UntilDeadline(ctx, drain, 2*time.Second)
+			work, cancel := worker.UntilDeadline(ctx, drain, 2*time.Second)
 			err := process(work, m)
 			cancel()
 			if err != nil {
@@ -78,7 +78,7 @@ func run(ctx context.Context, log *slog.Logger, queue, addr string) error {
 		}
 		_ = sc.InFlight(ctx, 0)
 	}
-	if _, ok := sidecar.DrainingState(drain); ok {
+	if _, ok := worker.DrainingState(drain); ok {
 		return sc.Done(ctx)
 	}
 	return nil

@@ -1,0 +1,106 @@
+package sidecar_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/lastcall-dev/lastcall/sidecar"
+)
+
+// TestSnippetWorkers runs the Python (standard library only) and Node.js
+// (no dependencies) workers in examples/ against a real sidecar: each works
+// through its jobs, and on a notice mid-job stops taking jobs, hands back
+// the job that cannot finish before the deadline, reports done, and prints
+// the deadline it parsed from the sidecar's answer.
+func TestSnippetWorkers(t *testing.T) {
+	needBinaries(t)
+	for i, tt := range []struct{ lang, interpreter, script string }{
+		{"python", "python3", "../examples/python/worker.py"},
+		{"node", "node", "../examples/node/worker.js"},
+	} {
+		t.Run(tt.lang, func(t *testing.T) {
+			bin, err := exec.LookPath(tt.interpreter)
+			if err != nil {
+				t.Fatalf("%s is needed (Debian package %s): %v", tt.interpreter, map[string]string{"python3": "python3", "node": "nodejs"}[tt.interpreter], err)
+			}
+			out, _ := exec.Command(bin, "--version").CombinedOutput()
+			t.Logf("%s", strings.TrimSpace(string(out)))
+			ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+			defer cancel()
+			ips, dl := newPodIPs(), newDoneLog()
+			ref := sidecar.PodRef{Namespace: "work", Name: tt.lang}
+			ip := fmt.Sprintf("127.0.9.%d", i+1)
+			ips.set(ref, ip)
+			hs := startHub(t, "127.0.0.1:0", sidecar.HubOptions{Pods: ips, OnDone: dl.onDone})
+			p := startPod(ctx, t, podSpec{ref: ref, ip: ip, hub: hs.url(), noWorker: true})
+			if _, err := p.waitState(ctx, t, phaseIs(sidecar.PhaseRunning)); err != nil {
+				t.Fatal(err)
+			}
+
+			// Quick jobs, then one that cannot finish inside the drain
+			// window, then more that must not be taken.
+			jobs := t.TempDir()
+			all := map[string]string{"a1": "0.05", "a2": "0.05", "b-long": "30", "c1": "0.05", "c2": "0.05"}
+			for name, cost := range all {
+				if err := os.WriteFile(filepath.Join(jobs, name), []byte(cost), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			w := startProc(t, tt.lang+" worker", bin, []string{tt.script},
+				[]string{"LASTCALL_ADDR=" + p.addr, "JOBS=" + jobs}, true)
+			if _, _, err := w.waitLine(ctx, 0, is("took b-long")); err != nil {
+				t.Fatal(err)
+			}
+			deadline := time.Now().Add(5 * time.Second)
+			if _, err := hs.hub.Draining(ctx, testNotice(deadline)); err != nil {
+				t.Fatal(err)
+			}
+			if err := w.wait(ctx); err != nil {
+				t.Fatalf("worker: %v; output %q", err, w.output())
+			}
+			got := w.output()
+			want := []string{"ready", "took a1", "finished a1", "took a2", "finished a2", "took b-long", "handed back b-long"}
+			if len(got) != len(want)+1 || !slices.Equal(got[:len(want)], want) {
+				t.Fatalf("worker said %q; want %q and the drain", got, want)
+			}
+			var reason, at string
+			if _, err := fmt.Sscanf(got[len(want)], "drained: %s deadline %s", &reason, &at); err != nil || reason != "preemption" {
+				t.Fatalf("last line %q: %v", got[len(want)], err)
+			}
+			parsed, err := time.Parse(time.RFC3339, at)
+			if err != nil || !parsed.Equal(deadline.Truncate(time.Millisecond)) {
+				t.Errorf("the worker read the deadline as %q (%v); it is %s", at, err, deadline.UTC().Format(time.RFC3339Nano))
+			}
+			for dir, names := range map[string][]string{"": {"b-long", "c1", "c2"}, "finished": {"a1", "a2"}, "work": nil} {
+				entries, err := os.ReadDir(filepath.Join(jobs, dir))
+				if err != nil {
+					t.Fatal(err)
+				}
+				var files []string
+				for _, e := range entries {
+					if !e.IsDir() {
+						files = append(files, e.Name())
+					}
+				}
+				if !slices.Equal(files, names) {
+					t.Errorf("jobs in %q: %v, want %v", dir, files, names)
+				}
+			}
+			select {
+			case got := <-dl.ch:
+				if got != ref {
+					t.Errorf("OnDone(%s)", got)
+				}
+			case <-ctx.Done():
+				t.Error("the hub never heard the worker was done")
+			}
+		})
+	}
+}

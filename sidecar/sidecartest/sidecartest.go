@@ -13,6 +13,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -38,6 +39,31 @@ func BuildSidecar(ctx context.Context, dir string) (string, error) {
 		return "", fmt.Errorf("build the sidecar: %w", err)
 	}
 	return bin, nil
+}
+
+// Main is for a TestMain: unless the tests run with -short it builds the
+// sidecar binary into a temporary directory and stores its path in bin,
+// then runs the tests and returns their exit code.
+//
+//	func TestMain(m *testing.M) { os.Exit(sidecartest.Main(m, &sidecarBin)) }
+func Main(m *testing.M, bin *string) int {
+	flag.Parse()
+	if testing.Short() {
+		return m.Run()
+	}
+	dir, err := os.MkdirTemp("", "lastcall-sidecartest-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	if *bin, err = BuildSidecar(ctx, dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return m.Run()
 }
 
 // PodIPs is a sidecar.PodIPs the test can change.

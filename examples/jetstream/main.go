@@ -1,7 +1,7 @@
 // Command jetstream is a NATS JetStream worker that follows lastcall's
-// sidecar: it pulls one message at a time with the drain's context, keeps
-// long work alive with InProgress, and when the node drains finishes what
-// fits before the deadline and Naks the rest for immediate redelivery.
+// sidecar: it pulls one message at a time, keeps long work alive with
+// InProgress, and when the node drains finishes what fits before the
+// deadline and Naks the rest for immediate redelivery.
 package main
 
 import (
@@ -55,9 +55,17 @@ func run(ctx context.Context, log *slog.Logger, url, stream, consumer, addr stri
 	}
 	drain := sc.Draining(ctx)
 	for drain.Err() == nil {
-		msg, err := cons.Next(jetstream.FetchContext(drain))
+		// A short pull that the drain does not cancel: a pull cancelled
+		// while the server answers it would strand the message until its
+		// ack wait runs out. What arrives after the drain started goes
+		// back at once.
+		msg, err := cons.Next(jetstream.FetchMaxWait(time.Second))
 		if err != nil {
-			continue // no message, or the drain started
+			continue // no message
+		}
+		if drain.Err() != nil {
+			_ = msg.Nak()
+			break
 		}
 		work, cancel := worker.UntilDeadline(ctx, drain, 2*time.Second)
 		err = process(work, msg)

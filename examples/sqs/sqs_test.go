@@ -104,7 +104,9 @@ func (r *recorder) RoundTrip(req *http.Request) (*http.Response, error) {
 	defer r.mu.Unlock()
 	switch strings.TrimPrefix(req.Header.Get("X-Amz-Target"), "AmazonSQS.") {
 	case "ReceiveMessage":
-		var v struct{ Messages []struct{ MessageId, ReceiptHandle string } }
+		var v struct {
+			Messages []struct{ MessageId, ReceiptHandle string }
+		}
 		_ = json.Unmarshal(out, &v)
 		r.receives++
 		if len(v.Messages) == 0 {

@@ -242,6 +242,41 @@ func startJSPods(ctx context.Context, t *testing.T, hs *hubServer, ips *podIPs, 
 	return pods
 }
 
+// jsTotal is the number of messages in the JetStream tests' work queue.
+const jsTotal = 100
+
+// jsNode is node A of the JetStream tests: the work queue, a Hub, and two
+// pods whose workers keep a ledger.
+type jsNode struct {
+	cons jetstream.Consumer
+	hs   *hubServer
+	dl   *doneLog
+	led  *ledger
+	pods []*jsPod
+}
+
+// startJSNode starts node A; its sidecars get extraArgs.
+func startJSNode(ctx context.Context, t *testing.T, extraArgs ...string) *jsNode {
+	t.Helper()
+	a := &jsNode{cons: jetStreamJobs(ctx, t, jsTotal), dl: newDoneLog(), led: newLedger()}
+	ips := newPodIPs()
+	a.hs = startHub(t, "127.0.0.1:0", sidecar.HubOptions{Pods: ips, OnDone: a.dl.onDone})
+	a.pods = startJSPods(ctx, t, a.hs, ips, a.cons, a.led, extraArgs...)
+	return a
+}
+
+// waitDone waits until the hub heard both pods are done.
+func (a *jsNode) waitDone(ctx context.Context, t *testing.T) {
+	t.Helper()
+	for range 2 {
+		select {
+		case <-a.dl.ch:
+		case <-ctx.Done():
+			t.Fatal("the hub never heard node A's pods were done")
+		}
+	}
+}
+
 // waitMidWork waits until messages are committed and a long one is under
 // way.
 func waitMidWork(ctx context.Context, t *testing.T, led *ledger) {
@@ -324,25 +359,13 @@ func TestJetStreamDrain(t *testing.T) {
 	needBinaries(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
-	const total = 100
-	cons := jetStreamJobs(ctx, t, total)
-	ips, dl := newPodIPs(), newDoneLog()
-	hs := startHub(t, "127.0.0.1:0", sidecar.HubOptions{Pods: ips, OnDone: dl.onDone})
-	led := newLedger()
-	startJSPods(ctx, t, hs, ips, cons, led)
-
-	waitMidWork(ctx, t, led)
-	if told, err := hs.hub.Draining(ctx, testNotice(time.Now().Add(300*time.Millisecond))); err != nil || told != 2 {
+	a := startJSNode(ctx, t)
+	waitMidWork(ctx, t, a.led)
+	if told, err := a.hs.hub.Draining(ctx, testNotice(time.Now().Add(300*time.Millisecond))); err != nil || told != 2 {
 		t.Fatalf("Draining: told %d, %v", told, err)
 	}
-	for range 2 {
-		select {
-		case <-dl.ch:
-		case <-ctx.Done():
-			t.Fatal("node A's pods never said done")
-		}
-	}
-	takeOver(ctx, t, "node notice", cons, led, total)
+	a.waitDone(ctx, t)
+	takeOver(ctx, t, "node notice", a.cons, a.led, jsTotal)
 }
 
 // TestJetStreamScaleDown deletes the two pods with no notice, as a
@@ -355,17 +378,11 @@ func TestJetStreamScaleDown(t *testing.T) {
 	needBinaries(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
-	const total = 100
-	cons := jetStreamJobs(ctx, t, total)
-	ips, dl := newPodIPs(), newDoneLog()
-	hs := startHub(t, "127.0.0.1:0", sidecar.HubOptions{Pods: ips, OnDone: dl.onDone})
-	led := newLedger()
 	// A short grace: the long messages cannot finish in it.
-	pods := startJSPods(ctx, t, hs, ips, cons, led, "--prestop-timeout", "1s")
-
-	waitMidWork(ctx, t, led)
+	a := startJSNode(ctx, t, "--prestop-timeout", "1s")
+	waitMidWork(ctx, t, a.led)
 	var wg sync.WaitGroup
-	for _, jp := range pods {
+	for _, jp := range a.pods {
 		wg.Go(func() {
 			out, err := jp.p.sc.Prestop(ctx)
 			select {
@@ -381,12 +398,6 @@ func TestJetStreamScaleDown(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	for range 2 {
-		select {
-		case <-dl.ch:
-		case <-ctx.Done():
-			t.Fatal("the hub never heard node A's pods were done")
-		}
-	}
-	takeOver(ctx, t, "scale-down", cons, led, total)
+	a.waitDone(ctx, t)
+	takeOver(ctx, t, "scale-down", a.cons, a.led, jsTotal)
 }

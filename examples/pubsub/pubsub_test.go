@@ -19,9 +19,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/lastcall-dev/lastcall/sidecar"
 	"github.com/lastcall-dev/lastcall/sidecar/sidecartest"
-	"github.com/lastcall-dev/lastcall/sidecar/worker"
 	"github.com/lastcall-dev/lastcall/watcher"
 )
 
@@ -123,38 +121,18 @@ func (f *fakePubSub) waitAcked(ctx context.Context, t *testing.T, n int) {
 	}
 }
 
-// node is a Hub with one pod: a real sidecar process.
-type node struct {
-	hub *sidecartest.HubServer
-	sc  *sidecartest.Sidecar
-	ref sidecar.PodRef
-}
-
-func startNode(ctx context.Context, t *testing.T, name, ip string, onDone func(sidecar.PodRef)) *node {
+func startNode(ctx context.Context, t *testing.T, name, ip string) *sidecartest.Node {
 	t.Helper()
 	if sidecarBin == "" {
 		t.Skip("runs the sidecar binary: not under -short")
 	}
-	ips := sidecartest.NewPodIPs()
-	ref := sidecar.PodRef{Namespace: "work", Name: name}
-	ips.Set(ref, ip)
-	hub := sidecartest.StartHub(t, "127.0.0.1:0", sidecar.HubOptions{Pods: ips, OnDone: onDone})
-	sc := sidecartest.StartSidecar(ctx, t, sidecartest.SidecarSpec{Bin: sidecarBin, Ref: ref, IP: ip, Hub: hub.URL()})
-	if _, err := sc.WaitState(ctx, t, func(s worker.State) bool { return s.Phase == worker.PhaseRunning }); err != nil {
-		t.Fatal(err)
-	}
-	return &node{hub: hub, sc: sc, ref: ref}
+	return sidecartest.StartNode(ctx, t, sidecarBin, name, ip)
 }
 
-func notice(deadline time.Time) watcher.Notice {
-	return watcher.Notice{Source: watcher.SourceGCE, Kind: watcher.KindPreemption, State: watcher.StateActive,
-		ID: "preempt-1", Detected: time.Now(), Deadline: deadline}
-}
-
-func newWorker(t *testing.T, f *fakePubSub, n *node) *Worker {
+func newWorker(t *testing.T, f *fakePubSub, n *sidecartest.Node) *Worker {
 	t.Helper()
 	return &Worker{
-		Log: slog.New(slog.NewTextHandler(os.Stderr, nil)).With("pod", n.ref.Name), Sidecar: n.sc.Client(t),
+		Log: slog.New(slog.NewTextHandler(os.Stderr, nil)).With("pod", n.Ref.Name), Sidecar: n.Sidecar.Client(t),
 		Subscriber: f.client.SubscriptionAdminClient, Subscription: f.sub,
 		MaxOutstanding: 4, Slots: 2, Margin: 200 * time.Millisecond,
 		Process: simulate, Export: func(context.Context, *pb.PubsubMessage) error { return nil },
@@ -170,8 +148,7 @@ func newWorker(t *testing.T, f *fakePubSub, n *node) *Worker {
 func TestPubSubDrain(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
-	doneA := make(chan sidecar.PodRef, 1)
-	a := startNode(ctx, t, "pubsub-a", "127.0.11.1", func(r sidecar.PodRef) { doneA <- r })
+	a := startNode(ctx, t, "pubsub-a", "127.0.11.1")
 	f := newFakePubSub(t)
 	const total = 40
 	f.publish(t, total, func(i int) time.Duration {
@@ -197,34 +174,21 @@ func TestPubSubDrain(t *testing.T) {
 	// The notice comes mid-work: some acked, a long message just started
 	// (so that it cannot finish before the deadline).
 	f.waitAcked(ctx, t, 8)
-	for since := longSince.Load(); since == 0 || time.Since(time.Unix(0, since)) > 500*time.Millisecond; since = longSince.Load() {
-		select {
-		case <-ctx.Done():
-			t.Fatal("no long message started")
-		case <-time.After(time.Millisecond):
-		}
-	}
+	sidecartest.WaitFor(ctx, t, "a long message starting", func() bool {
+		since := longSince.Load()
+		return since != 0 && time.Since(time.Unix(0, since)) < 500*time.Millisecond
+	})
 	drainAt := time.Now()
-	if told, err := a.hub.Hub.Draining(ctx, notice(time.Now().Add(time.Second))); err != nil || told != 1 {
-		t.Fatalf("Draining: told %d, %v", told, err)
-	}
-	if err := <-errA; err != nil {
-		t.Fatalf("worker A: %v", err)
-	}
-	select {
-	case <-doneA:
-	case <-ctx.Done():
-		t.Fatal("the hub never heard worker A was done")
-	}
+	took := a.Drain(ctx, t, sidecartest.Notice(watcher.SourceGCE, watcher.KindPreemption, time.Now().Add(time.Second)), errA)
 	ackedByA := f.tally().acked
 	t.Logf("worker A: done %s after the notice; acked %d, nacked %d unstarted (flow control) and %d unfinished",
-		time.Since(drainAt).Round(time.Millisecond), wa.Acked.Load(), wa.NackedUnstarted.Load(), wa.NackedUnfinished.Load())
+		took.Round(time.Millisecond), wa.Acked.Load(), wa.NackedUnstarted.Load(), wa.NackedUnfinished.Load())
 	if wa.NackedUnfinished.Load() == 0 {
 		t.Error("no message was handed back unfinished; the drain did not interrupt a long one")
 	}
 
 	// Node B takes over, the handed-back messages included.
-	b := startNode(ctx, t, "pubsub-b", "127.0.11.2", nil)
+	b := startNode(ctx, t, "pubsub-b", "127.0.11.2")
 	wb := newWorker(t, f, b)
 	bctx, bcancel := context.WithCancel(ctx)
 	errB := make(chan error, 1)
@@ -260,7 +224,7 @@ func TestPubSubDrain(t *testing.T) {
 func TestPubSubExportBackoff(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
-	a := startNode(ctx, t, "pubsub-backoff", "127.0.11.3", nil)
+	a := startNode(ctx, t, "pubsub-backoff", "127.0.11.3")
 	f := newFakePubSub(t)
 	const total = 20
 	f.publish(t, total, func(int) time.Duration { return 5 * time.Millisecond })

@@ -21,9 +21,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	"github.com/aws/aws-sdk-go-v2/service/sqs/types"
 
-	"github.com/lastcall-dev/lastcall/sidecar"
 	"github.com/lastcall-dev/lastcall/sidecar/sidecartest"
-	"github.com/lastcall-dev/lastcall/sidecar/worker"
 	"github.com/lastcall-dev/lastcall/watcher"
 )
 
@@ -193,20 +191,6 @@ func createQueue(ctx context.Context, t *testing.T, c *sqs.Client, name string) 
 	return aws.ToString(out.QueueUrl)
 }
 
-// pod is a Hub with one pod: a real sidecar process.
-func startPod(ctx context.Context, t *testing.T, name, ip string, onDone func(sidecar.PodRef)) (*sidecartest.HubServer, *sidecartest.Sidecar) {
-	t.Helper()
-	ips := sidecartest.NewPodIPs()
-	ref := sidecar.PodRef{Namespace: "work", Name: name}
-	ips.Set(ref, ip)
-	hub := sidecartest.StartHub(t, "127.0.0.1:0", sidecar.HubOptions{Pods: ips, OnDone: onDone})
-	sc := sidecartest.StartSidecar(ctx, t, sidecartest.SidecarSpec{Bin: sidecarBin, Ref: ref, IP: ip, Hub: hub.URL()})
-	if _, err := sc.WaitState(ctx, t, func(s worker.State) bool { return s.Phase == worker.PhaseRunning }); err != nil {
-		t.Fatal(err)
-	}
-	return hub, sc
-}
-
 func newWorker(t *testing.T, c *sqs.Client, queue string, sc *sidecartest.Sidecar) *Worker {
 	t.Helper()
 	return &Worker{
@@ -244,9 +228,8 @@ func TestSQSDrain(t *testing.T) {
 		ids = append(ids, aws.ToString(out.MessageId))
 	}
 
-	doneA := make(chan sidecar.PodRef, 1)
-	hubA, scA := startPod(ctx, t, "sqs-a", "127.0.12.1", func(r sidecar.PodRef) { doneA <- r })
-	wa := newWorker(t, client, queue, scA)
+	a := sidecartest.StartNode(ctx, t, sidecarBin, "sqs-a", "127.0.12.1")
+	wa := newWorker(t, client, queue, a.Sidecar)
 	var longSince atomic.Int64
 	wa.Process = func(ctx, drain context.Context, margin time.Duration, m types.Message) error {
 		if aws.ToString(m.Body) != "2s" {
@@ -260,32 +243,19 @@ func TestSQSDrain(t *testing.T) {
 	go func() { errA <- wa.Run(ctx) }()
 
 	// The notice comes mid-batch: some deleted, a long message just started.
-	for since := longSince.Load(); rec.deletedCount() < 8 || since == 0 || time.Since(time.Unix(0, since)) > 500*time.Millisecond; since = longSince.Load() {
-		select {
-		case <-ctx.Done():
-			t.Fatal("no long message under way after 8 deleted")
-		case <-time.After(time.Millisecond):
-		}
-	}
+	sidecartest.WaitFor(ctx, t, "a long message starting after 8 deleted", func() bool {
+		since := longSince.Load()
+		return rec.deletedCount() >= 8 && since != 0 && time.Since(time.Unix(0, since)) < 500*time.Millisecond
+	})
 	drainAt := time.Now()
-	if told, err := hubA.Hub.Draining(ctx, notice(time.Now().Add(time.Second))); err != nil || told != 1 {
-		t.Fatalf("Draining: told %d, %v", told, err)
-	}
-	if err := <-errA; err != nil {
-		t.Fatalf("worker A: %v", err)
-	}
-	select {
-	case <-doneA:
-	case <-ctx.Done():
-		t.Fatal("the hub never heard worker A was done")
-	}
-	t.Logf("worker A: done %s after the notice; deleted %d, handed back %d", time.Since(drainAt).Round(time.Millisecond), wa.Deleted.Load(), wa.HandedBack.Load())
+	took := a.Drain(ctx, t, sidecartest.Notice(watcher.SourceAWS, watcher.KindSpotInterruption, time.Now().Add(time.Second)), errA)
+	t.Logf("worker A: done %s after the notice; deleted %d, handed back %d", took.Round(time.Millisecond), wa.Deleted.Load(), wa.HandedBack.Load())
 	if wa.HandedBack.Load() < 2 {
 		t.Errorf("worker A handed back %d messages; want the long one and the rest of its batch", wa.HandedBack.Load())
 	}
 
-	_, scB := startPod(ctx, t, "sqs-b", "127.0.12.2", nil)
-	wb := newWorker(t, client, queue, scB)
+	b := sidecartest.StartNode(ctx, t, sidecarBin, "sqs-b", "127.0.12.2")
+	wb := newWorker(t, client, queue, b.Sidecar)
 	bctx, bcancel := context.WithCancel(ctx)
 	errB := make(chan error, 1)
 	go func() { errB <- wb.Run(bctx) }()
@@ -331,12 +301,12 @@ func TestSQSIdlePolling(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 	endpoint := emulator(ctx, t)
-	_, sc := startPod(ctx, t, "sqs-idle", "127.0.12.3", nil)
+	idle := sidecartest.StartNode(ctx, t, sidecarBin, "sqs-idle", "127.0.12.3")
 	rate := func(wait int32, window time.Duration) (receives int, perMinute float64) {
 		rec := newRecorder()
 		client := newSQS(endpoint, rec)
 		queue := createQueue(ctx, t, client, fmt.Sprintf("idle-%d", wait))
-		w := newWorker(t, client, queue, sc)
+		w := newWorker(t, client, queue, idle.Sidecar)
 		w.WaitTimeSeconds = wait
 		wctx, wcancel := context.WithCancel(ctx)
 		done := make(chan error, 1)
@@ -366,9 +336,4 @@ func TestSQSIdlePolling(t *testing.T) {
 	if short < 100*long {
 		t.Errorf("short polling %.0f/min is not far above long polling %.1f/min", short, long)
 	}
-}
-
-func notice(deadline time.Time) watcher.Notice {
-	return watcher.Notice{Source: watcher.SourceAWS, Kind: watcher.KindSpotInterruption, State: watcher.StateActive,
-		ID: "spot-1", Detected: time.Now(), Deadline: deadline}
 }

@@ -28,6 +28,7 @@ import (
 
 	"github.com/lastcall-dev/lastcall/sidecar"
 	"github.com/lastcall-dev/lastcall/sidecar/worker"
+	"github.com/lastcall-dev/lastcall/watcher"
 )
 
 // BuildSidecar builds the sidecar binary into dir and returns its path.
@@ -360,4 +361,79 @@ func (s *Sidecar) WaitState(ctx context.Context, t testing.TB, ok func(worker.St
 func (s *Sidecar) Prestop(ctx context.Context) (string, error) {
 	out, err := exec.CommandContext(ctx, s.Spec.Bin, "prestop", "--addr", s.Addr).CombinedOutput()
 	return string(out), err
+}
+
+// Node is a Hub with one pod whose sidecar runs: the smallest node a worker
+// test needs.
+type Node struct {
+	Hub     *HubServer
+	Sidecar *Sidecar
+	Ref     sidecar.PodRef
+	// Done receives the pod when the Hub hears that its workers are done.
+	Done chan sidecar.PodRef
+}
+
+// StartNode starts a Hub and the sidecar of pod work/name at ip (a loopback
+// address), and waits until the sidecar shows running.
+func StartNode(ctx context.Context, t testing.TB, bin, name, ip string) *Node {
+	t.Helper()
+	n := &Node{Ref: sidecar.PodRef{Namespace: "work", Name: name}, Done: make(chan sidecar.PodRef, 1)}
+	ips := NewPodIPs()
+	ips.Set(n.Ref, ip)
+	n.Hub = StartHub(t, "127.0.0.1:0", sidecar.HubOptions{Pods: ips, OnDone: func(r sidecar.PodRef) {
+		select {
+		case n.Done <- r:
+		default:
+		}
+	}})
+	n.Sidecar = StartSidecar(ctx, t, SidecarSpec{Bin: bin, Ref: n.Ref, IP: ip, Hub: n.Hub.URL()})
+	if _, err := n.Sidecar.WaitState(ctx, t, func(s worker.State) bool { return s.Phase == worker.PhaseRunning }); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// Drain sends the node the notice, then waits until the worker, whose Run
+// reports on ran, has returned (a failure is fatal) and the Hub has heard
+// the pod is done. It returns how long that took.
+func (n *Node) Drain(ctx context.Context, t testing.TB, notice watcher.Notice, ran <-chan error) time.Duration {
+	t.Helper()
+	start := time.Now()
+	if told, err := n.Hub.Hub.Draining(ctx, notice); err != nil || told != 1 {
+		t.Fatalf("Draining: told %d, %v", told, err)
+	}
+	select {
+	case err := <-ran:
+		if err != nil {
+			t.Fatalf("worker: %v", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("the worker did not return after the drain")
+	}
+	select {
+	case <-n.Done:
+	case <-ctx.Done():
+		t.Fatal("the hub never heard the worker was done")
+	}
+	return time.Since(start)
+}
+
+// WaitFor polls ok every millisecond until it holds; if ctx ends first the
+// test fails, saying what it waited for.
+func WaitFor(ctx context.Context, t testing.TB, what string, ok func() bool) {
+	t.Helper()
+	for !ok() {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("waited for %s: %v", what, ctx.Err())
+		case <-time.After(time.Millisecond):
+		}
+	}
+}
+
+// Notice returns an active notice from source of the given kind, ending
+// the machine at deadline.
+func Notice(source watcher.Source, kind watcher.Kind, deadline time.Time) watcher.Notice {
+	return watcher.Notice{Source: source, Kind: kind, State: watcher.StateActive,
+		ID: string(source) + "-" + string(kind) + "-1", Detected: time.Now(), Deadline: deadline}
 }

@@ -9,11 +9,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/lastcall-dev/lastcall/sidecar"
+	"github.com/lastcall-dev/lastcall/sidecar/sidecartest/jstest"
 )
 
 // ledger records what workers did with each message, in order.
@@ -150,38 +150,8 @@ func jsWorker(ctx, drain context.Context, cons jetstream.Consumer, led *ledger, 
 // and returns its durable pull consumer.
 func jetStreamJobs(ctx context.Context, t *testing.T, total int) jetstream.Consumer {
 	t.Helper()
-	ns, err := server.NewServer(&server.Options{
-		Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats server not ready")
-	}
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	stream, err := js.CreateStream(ctx, jetstream.StreamConfig{
-		Name: "JOBS", Subjects: []string{"jobs.>"}, Retention: jetstream.WorkQueuePolicy,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cons, err := stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
-		Durable: "workers", AckPolicy: jetstream.AckExplicitPolicy, AckWait: time.Second,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv := jstest.Start(ctx, t, jetstream.ConsumerConfig{AckWait: time.Second})
+	js := srv.JS
 	for i := range total {
 		m := nats.NewMsg("jobs.resize")
 		m.Data = []byte(strconv.Itoa(i))
@@ -194,7 +164,7 @@ func jetStreamJobs(ctx context.Context, t *testing.T, total int) jetstream.Consu
 			t.Fatal(err)
 		}
 	}
-	return cons
+	return srv.Consumer
 }
 
 // jsPod is one pod on node A: a real sidecar and two workers, which say

@@ -357,9 +357,10 @@ func (s *Sidecar) WaitState(ctx context.Context, t testing.TB, ok func(worker.St
 // Prestop runs the workers' preStop hook as the kubelet would (the binary's
 // prestop subcommand): the pod drains with reason pod-terminating, and the
 // hook returns once the workers are done or the sidecar's prestop timeout
-// has passed. It returns the hook's output.
-func (s *Sidecar) Prestop(ctx context.Context) (string, error) {
-	out, err := exec.CommandContext(ctx, s.Spec.Bin, "prestop", "--addr", s.Addr).CombinedOutput()
+// has passed. args are added to the hook's flags (--timeout 3s). It
+// returns the hook's output.
+func (s *Sidecar) Prestop(ctx context.Context, args ...string) (string, error) {
+	out, err := exec.CommandContext(ctx, s.Spec.Bin, append([]string{"prestop", "--addr", s.Addr}, args...)...).CombinedOutput()
 	return string(out), err
 }
 

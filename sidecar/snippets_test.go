@@ -18,7 +18,8 @@ import (
 // (no dependencies) workers in examples/ against a real sidecar: each works
 // through its jobs, and on a notice mid-job stops taking jobs, hands back
 // the job that cannot finish before the deadline, reports done, and prints
-// the deadline it parsed from the sidecar's answer.
+// the deadline it parsed from the sidecar's answer. LASTCALL_PYTHON and
+// LASTCALL_NODE choose other interpreters than python3 and node.
 func TestSnippetWorkers(t *testing.T) {
 	needBinaries(t)
 	for i, tt := range []struct{ lang, interpreter, script string }{
@@ -26,7 +27,11 @@ func TestSnippetWorkers(t *testing.T) {
 		{"node", "node", "../examples/node/worker.js"},
 	} {
 		t.Run(tt.lang, func(t *testing.T) {
-			bin, err := exec.LookPath(tt.interpreter)
+			interpreter := tt.interpreter
+			if v := os.Getenv("LASTCALL_" + strings.ToUpper(tt.lang)); v != "" {
+				interpreter = v // another version: LASTCALL_PYTHON=python3.9
+			}
+			bin, err := exec.LookPath(interpreter)
 			if err != nil {
 				t.Fatalf("%s is needed (Debian package %s): %v", tt.interpreter, map[string]string{"python3": "python3", "node": "nodejs"}[tt.interpreter], err)
 			}

@@ -67,6 +67,7 @@ type recorder struct {
 	mu         sync.Mutex
 	receives   int
 	empty      int
+	emptyTime  time.Duration // spent in receives that brought nothing
 	received   map[string]int    // message ID → times received
 	deleted    map[string]int    // message ID → times deleted
 	handedBack map[string]int    // message ID → times made visible again
@@ -88,6 +89,7 @@ func (r *recorder) RoundTrip(req *http.Request) (*http.Response, error) {
 		in = b
 		req.Body = io.NopCloser(bytes.NewReader(b))
 	}
+	start := time.Now()
 	resp, err := r.next.RoundTrip(req)
 	if err != nil {
 		return nil, err
@@ -109,6 +111,7 @@ func (r *recorder) RoundTrip(req *http.Request) (*http.Response, error) {
 		r.receives++
 		if len(v.Messages) == 0 {
 			r.empty++
+			r.emptyTime += time.Since(start)
 		}
 		for _, m := range v.Messages {
 			r.received[m.MessageId]++
@@ -294,15 +297,18 @@ func TestSQSDrain(t *testing.T) {
 
 // TestSQSIdlePolling measures the receives an idle worker makes on an
 // empty queue with 20 s long polling and with the SDK's default short
-// polling (Buffer's empty receives): long polling makes one receive per 20
-// s, short polling as many as the loop can.
+// polling (Buffer's empty receives). A long poll is held 20 s by the
+// server, so an idle worker makes 3 receives a minute; short polling makes
+// as many as its loop can.
 func TestSQSIdlePolling(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 	endpoint := emulator(ctx, t)
 	idle := sidecartest.StartNode(ctx, t, sidecarBin, "sqs-idle", "127.0.12.3")
-	rate := func(wait int32, window time.Duration) (receives int, perMinute float64) {
+	// idleRun runs a worker on an empty queue until enough receives
+	// completed and returns the recorder's account.
+	idleRun := func(wait int32, enough func(*recorder) bool) *recorder {
 		rec := newRecorder()
 		client := newSQS(endpoint, rec)
 		queue := createQueue(ctx, t, client, fmt.Sprintf("idle-%d", wait))
@@ -311,29 +317,35 @@ func TestSQSIdlePolling(t *testing.T) {
 		wctx, wcancel := context.WithCancel(ctx)
 		done := make(chan error, 1)
 		go func() { done <- w.Run(wctx) }()
-		time.Sleep(window)
-		rec.mu.Lock()
-		receives, empty := rec.receives, rec.empty
-		rec.mu.Unlock()
+		sidecartest.WaitFor(ctx, t, "idle receives", func() bool {
+			rec.mu.Lock()
+			defer rec.mu.Unlock()
+			return enough(rec)
+		})
 		wcancel()
 		if err := <-done; err != nil {
 			t.Fatal(err)
 		}
-		if empty != receives {
-			t.Errorf("wait %d: %d of %d receives brought messages from an empty queue", wait, receives-empty, receives)
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		if rec.empty != rec.receives {
+			t.Errorf("wait %d: %d of %d receives brought messages from an empty queue", wait, rec.receives-rec.empty, rec.receives)
 		}
-		return receives, float64(receives) / window.Minutes()
+		return rec
 	}
-	// Short polling spins, so it is measured over a short window; long
-	// polling over a whole 20 s poll and a bit.
-	shortN, short := rate(-1, 2*time.Second)
-	longN, long := rate(20, 21*time.Second)
-	t.Logf("idle worker, empty queue: 20 s long polling %d receives in 21 s = %.1f/min; SDK default short polling %d receives in 2 s = %.0f/min",
-		longN, long, shortN, short)
-	if longN != 1 {
-		t.Errorf("long polling completed %d receives in 21 s, want 1", longN)
+	start := time.Now()
+	short := idleRun(-1, func(*recorder) bool { return time.Since(start) >= 2*time.Second })
+	shortWindow := time.Since(start)
+	shortRate := float64(short.receives) / shortWindow.Minutes()
+	long := idleRun(20, func(r *recorder) bool { return r.empty >= 1 })
+	perReceive := long.emptyTime / time.Duration(long.empty)
+	longRate := time.Minute.Seconds() / perReceive.Seconds()
+	t.Logf("idle worker, empty queue: 20 s long polling: one empty receive per %s = %.1f receives/min; SDK default short polling: %d receives in %s = %.0f receives/min",
+		perReceive.Round(time.Millisecond), longRate, short.receives, shortWindow.Round(time.Millisecond), shortRate)
+	if perReceive < 19*time.Second {
+		t.Errorf("a long poll on an empty queue returned after %s, want about 20 s", perReceive)
 	}
-	if short < 100*long {
-		t.Errorf("short polling %.0f/min is not far above long polling %.1f/min", short, long)
+	if shortRate < 100*longRate {
+		t.Errorf("short polling %.0f/min is not far above long polling %.1f/min", shortRate, longRate)
 	}
 }

@@ -67,7 +67,7 @@ type recorder struct {
 	mu         sync.Mutex
 	receives   int
 	empty      int
-	emptyTime  time.Duration // spent in receives that brought nothing
+	emptyTime  time.Duration     // spent in receives that brought nothing
 	received   map[string]int    // message ID → times received
 	deleted    map[string]int    // message ID → times deleted
 	handedBack map[string]int    // message ID → times made visible again

@@ -223,7 +223,9 @@ func (w *Worker) handle(ctx, drain context.Context, m *pb.ReceivedMessage) {
 		w.nack(ctx, m)
 		return
 	}
-	if err := w.Subscriber.Acknowledge(context.WithoutCancel(ctx), &pb.AcknowledgeRequest{Subscription: w.Subscription, AckIds: []string{m.AckId}}); err != nil {
+	actx, cancelAck := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second) // the work is done: ack even after SIGTERM
+	defer cancelAck()
+	if err := w.Subscriber.Acknowledge(actx, &pb.AcknowledgeRequest{Subscription: w.Subscription, AckIds: []string{m.AckId}}); err != nil {
 		w.Log.Warn("ack failed; the message will come back", "id", m.Message.MessageId, "err", err)
 		return
 	}

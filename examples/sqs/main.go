@@ -204,7 +204,9 @@ func (w *Worker) handle(ctx, drain context.Context, m types.Message) {
 		w.handBack(ctx, []types.Message{m})
 		return
 	}
-	if _, err := w.SQS.DeleteMessage(context.WithoutCancel(ctx), &sqs.DeleteMessageInput{QueueUrl: &w.QueueURL, ReceiptHandle: m.ReceiptHandle}); err != nil {
+	dctx, cancelDelete := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second) // the work is done: delete even after SIGTERM
+	defer cancelDelete()
+	if _, err := w.SQS.DeleteMessage(dctx, &sqs.DeleteMessageInput{QueueUrl: &w.QueueURL, ReceiptHandle: m.ReceiptHandle}); err != nil {
 		w.Log.Warn("delete failed; the message will come back", "id", aws.ToString(m.MessageId), "err", err)
 		return
 	}

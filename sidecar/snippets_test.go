@@ -16,17 +16,29 @@ import (
 
 // TestSnippetWorkers runs the Python (standard library only) and Node.js
 // (no dependencies) workers in examples/ against a real sidecar: each works
-// through its jobs, and on a notice mid-job stops taking jobs, hands back
+// through its jobs, and on a notice mid-job, or the pod's deletion through
+// the preStop hook, stops taking jobs, hands back
 // the job that cannot finish before the deadline, reports done, and prints
 // the deadline it parsed from the sidecar's answer. LASTCALL_PYTHON and
 // LASTCALL_NODE choose other interpreters than python3 and node.
 func TestSnippetWorkers(t *testing.T) {
 	needBinaries(t)
-	for i, tt := range []struct{ lang, interpreter, script string }{
-		{"python", "python3", "../examples/python/worker.py"},
-		{"node", "node", "../examples/node/worker.js"},
-	} {
-		t.Run(tt.lang, func(t *testing.T) {
+	python, node := "../examples/python/worker.py", "../examples/node/worker.js"
+	cases := []struct {
+		lang, interpreter, script string
+		prestop                   bool // the pod's deletion instead of a node notice
+	}{
+		{"python", "python3", python, false},
+		{"python", "python3", python, true},
+		{"node", "node", node, false},
+		{"node", "node", node, true},
+	}
+	for i, tt := range cases {
+		name := tt.lang + "/notice"
+		if tt.prestop {
+			name = tt.lang + "/prestop"
+		}
+		t.Run(name, func(t *testing.T) {
 			interpreter := tt.interpreter
 			if v := os.Getenv("LASTCALL_" + strings.ToUpper(tt.lang)); v != "" {
 				interpreter = v // another version: LASTCALL_PYTHON=python3.9
@@ -40,7 +52,7 @@ func TestSnippetWorkers(t *testing.T) {
 			ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 			defer cancel()
 			ips, dl := newPodIPs(), newDoneLog()
-			ref := sidecar.PodRef{Namespace: "work", Name: tt.lang}
+			ref := sidecar.PodRef{Namespace: "work", Name: fmt.Sprintf("%s-%d", tt.lang, i)}
 			ip := fmt.Sprintf("127.0.9.%d", i+1)
 			ips.set(ref, ip)
 			hs := startHub(t, "127.0.0.1:0", sidecar.HubOptions{Pods: ips, OnDone: dl.onDone})
@@ -63,12 +75,27 @@ func TestSnippetWorkers(t *testing.T) {
 			if _, _, err := w.waitLine(ctx, 0, is("took b-long")); err != nil {
 				t.Fatal(err)
 			}
-			deadline := time.Now().Add(5 * time.Second)
-			if _, err := hs.hub.Draining(ctx, testNotice(deadline)); err != nil {
+			// A node notice, or the pod's deletion: the preStop hook, which
+			// returns once the worker said done, with the sidecar's
+			// --prestop-timeout (20s) as the deadline.
+			deadline, wantReason := time.Now().Add(5*time.Second), "preemption"
+			hook := make(chan string, 1)
+			if tt.prestop {
+				deadline, wantReason = time.Now().Add(20*time.Second), sidecar.ReasonPodTerminating
+				go func() {
+					out, err := p.sc.Prestop(ctx)
+					hook <- fmt.Sprintf("%s %v", out, err)
+				}()
+			} else if _, err := hs.hub.Draining(ctx, testNotice(deadline)); err != nil {
 				t.Fatal(err)
 			}
 			if err := w.wait(ctx); err != nil {
 				t.Fatalf("worker: %v; output %q", err, w.output())
+			}
+			if tt.prestop {
+				if out := <-hook; !strings.Contains(out, "reason=pod-terminating done=true") {
+					t.Errorf("preStop hook: %s", out)
+				}
 			}
 			got := w.output()
 			want := []string{"ready", "took a1", "finished a1", "took a2", "finished a2", "took b-long", "handed back b-long"}
@@ -76,11 +103,15 @@ func TestSnippetWorkers(t *testing.T) {
 				t.Fatalf("worker said %q; want %q and the drain", got, want)
 			}
 			var reason, at string
-			if _, err := fmt.Sscanf(got[len(want)], "drained: %s deadline %s", &reason, &at); err != nil || reason != "preemption" {
-				t.Fatalf("last line %q: %v", got[len(want)], err)
+			if _, err := fmt.Sscanf(got[len(want)], "drained: %s deadline %s", &reason, &at); err != nil || reason != wantReason {
+				t.Fatalf("last line %q: %v; want reason %s", got[len(want)], err, wantReason)
 			}
 			parsed, err := time.Parse(time.RFC3339, at)
-			if err != nil || !parsed.Equal(deadline.Truncate(time.Millisecond)) {
+			exact := parsed.Equal(deadline.Truncate(time.Millisecond))
+			if tt.prestop { // the sidecar set it: within the time the hook took to start
+				exact = parsed.Sub(deadline).Abs() < time.Second
+			}
+			if err != nil || !exact {
 				t.Errorf("the worker read the deadline as %q (%v); it is %s", at, err, deadline.UTC().Format(time.RFC3339Nano))
 			}
 			for dir, names := range map[string][]string{"": {"b-long", "c1", "c2"}, "finished": {"a1", "a2"}, "work": nil} {

@@ -356,11 +356,13 @@ func TestOpenAPIServer(t *testing.T) {
 	call("GET", "/v1/state?generation=1&wait=soon", "", 400)
 	call("GET", "/v1/state?generation=1&wait=-1s", "", 400)
 
+	// Done while running is remembered: the next drain finds the pod done.
+	call("POST", "/v1/done", "", 204)
 	deadline := time.Now().Add(time.Minute)
 	s.setNode(wire.NodeState{Generation: 2, Phase: wire.PhaseDraining, Reason: "spot-interruption", Source: "aws", Deadline: deadline})
 	st = call("GET", "/v1/state?generation="+gen+"&wait=30s", "", 200)
-	if st["phase"] != "draining" || st["reason"] != "spot-interruption" {
-		t.Errorf("draining: %v", st)
+	if st["phase"] != "draining" || st["reason"] != "spot-interruption" || st["done"] != true {
+		t.Errorf("draining after done while running: %v; want draining and done", st)
 	}
 	if got, err := time.Parse(time.RFC3339, fmt.Sprint(st["deadline"])); err != nil || got.Sub(deadline).Abs() >= time.Millisecond {
 		t.Errorf("deadline %v (%v), want %s", st["deadline"], err, deadline)

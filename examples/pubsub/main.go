@@ -83,6 +83,9 @@ type Worker struct {
 	// Margin is kept before the drain's deadline for handing back.
 	// Default 2s.
 	Margin time.Duration
+	// DrainGrace is how long a Pull under way when the drain starts may
+	// still run. Default 1s.
+	DrainGrace time.Duration
 	// Process does the work. drain is the context from Client.Draining:
 	// once it is done, Process should return ErrWontFit as soon as the rest
 	// of the work cannot finish Margin before the deadline. ctx ends at that
@@ -120,14 +123,11 @@ func (w *Worker) Run(ctx context.Context) error {
 			}
 		})
 	}
-	err := w.pull(ctx, drain, held, queue)
+	w.pull(ctx, drain, held, queue)
 	close(queue)
 	wg.Wait()
 	w.Log.Info("stopped pulling", "acked", w.Acked.Load(), "nacked_unstarted", w.NackedUnstarted.Load(),
 		"nacked_unfinished", w.NackedUnfinished.Load(), "export_failures", w.ExportFailures.Load())
-	if err != nil {
-		return err
-	}
 	if st, ok := worker.DrainingState(drain); ok {
 		w.Log.Info("drained", "reason", st.Reason, "left", time.Until(st.Deadline).String())
 		return w.Sidecar.Done(ctx)
@@ -145,25 +145,29 @@ func (w *Worker) defaults() {
 	if w.Margin <= 0 {
 		w.Margin = 2 * time.Second
 	}
+	if w.DrainGrace <= 0 {
+		w.DrainGrace = time.Second
+	}
 	if w.Backoff == nil {
 		w.Backoff = &Backoff{Base: 50 * time.Millisecond, Max: 30 * time.Second, Window: time.Minute}
 	}
 }
 
 // pull asks for as many messages as there is room for, until drain ends.
-// A Pull under way when the drain starts is not cancelled: what it brings
-// is handed back at once rather than lost in a cancelled call.
-func (w *Worker) pull(ctx, drain context.Context, held chan struct{}, queue chan<- *pb.ReceivedMessage) error {
+// A Pull under way when the drain starts gets DrainGrace to return (it
+// does at once when there are messages): what it brings is handed back
+// rather than lost in a cancelled call.
+func (w *Worker) pull(ctx, drain context.Context, held chan struct{}, queue chan<- *pb.ReceivedMessage) {
 	for drain.Err() == nil {
 		select { // room for one message at least
 		case held <- struct{}{}:
 		case <-drain.Done():
-			return nil
+			return
 		}
 		// After the room: a handler that failed has set the delay by then.
 		if err := w.Backoff.Wait(drain); err != nil {
 			<-held
-			return nil
+			return
 		}
 		n := 1
 	more:
@@ -175,9 +179,7 @@ func (w *Worker) pull(ctx, drain context.Context, held chan struct{}, queue chan
 				break more
 			}
 		}
-		pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		resp, err := w.Subscriber.Pull(pctx, &pb.PullRequest{Subscription: w.Subscription, MaxMessages: int32(n)})
-		cancel()
+		resp, err := w.pullOnce(ctx, drain, n)
 		got := 0
 		if err == nil {
 			got = len(resp.ReceivedMessages)
@@ -186,8 +188,8 @@ func (w *Worker) pull(ctx, drain context.Context, held chan struct{}, queue chan
 			<-held
 		}
 		if err != nil {
-			if ctx.Err() != nil {
-				return nil
+			if ctx.Err() != nil || drain.Err() != nil {
+				return
 			}
 			w.Log.Warn("pull failed", "err", err)
 			w.Backoff.Fail(time.Now())
@@ -197,7 +199,24 @@ func (w *Worker) pull(ctx, drain context.Context, held chan struct{}, queue chan
 			queue <- m // never blocks: there is a token for it
 		}
 	}
-	return nil
+}
+
+// pullOnce makes one Pull of up to n messages; the drain ends it after
+// DrainGrace.
+func (w *Worker) pullOnce(ctx, drain context.Context, n int) (*pb.PullResponse, error) {
+	pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	stop := context.AfterFunc(drain, func() {
+		t := time.NewTimer(w.DrainGrace)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			cancel()
+		case <-pctx.Done():
+		}
+	})
+	defer stop()
+	return w.Subscriber.Pull(pctx, &pb.PullRequest{Subscription: w.Subscription, MaxMessages: int32(n)})
 }
 
 // handle works on one message and acks it, or nacks it at once if it

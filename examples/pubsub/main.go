@@ -13,6 +13,9 @@
 // stream when it closes are neither acked nor nacked and wait out their ack
 // deadline. With Pull the worker holds exactly what it asked for.
 //
+// It does not extend leases: set the subscription's ack deadline above the
+// longest work (Musiio's steps take under 10 s).
+//
 // When exporting a result downstream fails, the message is nacked and the
 // worker pulls nothing for a delay that doubles with every failure in the
 // last minute (Backoff): an outage costs a few calls, not a spinning CPU.

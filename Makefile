@@ -13,6 +13,9 @@ HELM_VERSION := v3.22.0
 export KUBEBUILDER_ASSETS := $(TESTBIN)
 export LASTCALL_TESTBIN := $(TESTBIN)
 export LASTCALL_HELM := $(TOOLS)/helm
+# The SQS-compatible server the SQS example's test runs (npm, needs Node.js).
+SQS_EMULATOR := $(TOOLS)/fauxqs/serve.mjs
+export LASTCALL_SQS_EMULATOR := $(SQS_EMULATOR)
 
 .PHONY: help build test unit lint chart-lint testbin bench demo image clean
 
@@ -22,18 +25,24 @@ help: ## list the targets
 build: ## build the binaries into bin/
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
 
-test: testbin $(TOOLS)/helm ## everything CI runs: lint, then all tests with -race against the real control plane
+test: testbin $(TOOLS)/helm $(SQS_EMULATOR) ## everything CI runs: lint, then all tests with -race against the real control plane, then the examples' (Pub/Sub, SQS, NATS against real servers)
 	$(MAKE) lint
 	$(GO) test -race -count=1 -timeout 20m ./...
+	cd examples && $(GO) test -race -count=1 -timeout 10m ./...
 
 unit: ## only the tests that need no control plane (-short)
 	$(GO) test -race -short -count=1 ./...
+	cd examples && $(GO) test -race -short -count=1 ./...
 
 testbin: $(TESTBIN)/ec2-metadata-mock ## build etcd, kube-apiserver, kube-controller-manager and the EC2 metadata mock into .testbin/
 	./hack/testbin.sh
 
 $(TESTBIN)/ec2-metadata-mock:
 	GOBIN=$(TESTBIN) $(GO) install github.com/aws/amazon-ec2-metadata-mock/cmd/ec2-metadata-mock@$(EC2_METADATA_MOCK_VERSION)
+
+$(SQS_EMULATOR): examples/sqs/emulator/package.json examples/sqs/emulator/package-lock.json examples/sqs/emulator/serve.mjs
+	rm -rf $(TOOLS)/fauxqs && mkdir -p $(TOOLS)/fauxqs && cp $^ $(TOOLS)/fauxqs/
+	cd $(TOOLS)/fauxqs && npm ci --no-audit --no-fund --loglevel=error
 
 $(TOOLS)/staticcheck:
 	GOBIN=$(TOOLS) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
@@ -55,6 +64,7 @@ lint: $(TOOLS)/staticcheck ## gofmt, go vet and staticcheck
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(TOOLS)/staticcheck ./...
+	cd examples && $(GO) mod tidy -diff && $(GO) vet ./... && $(TOOLS)/staticcheck ./...
 
 bench: testbin ## run the benchmarks (real control plane, real binaries) and write bench/README.md; takes about 4 minutes
 	@rm -f $(BIN)/bench.txt; mkdir -p $(BIN)

@@ -8,7 +8,9 @@
 //     block until each has it. It takes the pods' reports (workers done,
 //     messages in flight) only from the pod they name.
 //   - Client, for Go workers: a context cancelled when draining starts,
-//     and the calls that report done and in-flight counts.
+//     and the calls that report done and in-flight counts. It lives in
+//     package sidecar/worker, which has none of this package's
+//     dependencies; workers should import that one.
 //
 // The sidecar process itself (subscription, the workers' localhost API, the
 // state file, the signal, the preStop hook) is package sidecar/pod, and the

@@ -1,7 +1,7 @@
 // Command jetstream is a NATS JetStream worker that follows lastcall's
-// sidecar: it pulls one message at a time with the drain's context, keeps
-// long work alive with InProgress, and when the node drains finishes what
-// fits before the deadline and Naks the rest for immediate redelivery.
+// sidecar: it pulls one message at a time, keeps long work alive with
+// InProgress, and when the node drains finishes what fits before the
+// deadline and Naks the rest for immediate redelivery.
 package main
 
 import (
@@ -17,14 +17,14 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/lastcall-dev/lastcall/sidecar"
+	"github.com/lastcall-dev/lastcall/sidecar/worker"
 )
 
 func main() {
 	url := flag.String("nats", nats.DefaultURL, "NATS server")
 	stream := flag.String("stream", "JOBS", "stream")
 	consumer := flag.String("consumer", "workers", "durable pull consumer")
-	addr := flag.String("sidecar", sidecar.DefaultAddr, "the lastcall sidecar")
+	addr := flag.String("sidecar", worker.DefaultAddr, "the lastcall sidecar")
 	flag.Parse()
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
@@ -36,7 +36,7 @@ func main() {
 }
 
 func run(ctx context.Context, log *slog.Logger, url, stream, consumer, addr string) error {
-	sc, err := sidecar.NewClient(addr)
+	sc, err := worker.NewClient(addr)
 	if err != nil {
 		return err
 	}
@@ -55,11 +55,19 @@ func run(ctx context.Context, log *slog.Logger, url, stream, consumer, addr stri
 	}
 	drain := sc.Draining(ctx)
 	for drain.Err() == nil {
-		msg, err := cons.Next(jetstream.FetchContext(drain))
+		// A short pull that the drain does not cancel: a pull cancelled
+		// while the server answers it would strand the message until its
+		// ack wait runs out. What arrives after the drain started goes
+		// back at once.
+		msg, err := cons.Next(jetstream.FetchMaxWait(time.Second))
 		if err != nil {
-			continue // no message, or the drain started
+			continue // no message
 		}
-		work, cancel := sidecar.UntilDeadline(ctx, drain, 2*time.Second)
+		if drain.Err() != nil {
+			_ = msg.Nak()
+			break
+		}
+		work, cancel := worker.UntilDeadline(ctx, drain, 2*time.Second)
 		err = process(work, msg)
 		cancel()
 		if err != nil {
@@ -71,7 +79,7 @@ func run(ctx context.Context, log *slog.Logger, url, stream, consumer, addr stri
 			log.Warn("ack failed; the message will be redelivered", "err", err)
 		}
 	}
-	if _, ok := sidecar.DrainingState(drain); ok {
+	if _, ok := worker.DrainingState(drain); ok {
 		return sc.Done(ctx)
 	}
 	return nil

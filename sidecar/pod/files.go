@@ -8,7 +8,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"time"
 
 	"github.com/lastcall-dev/lastcall/sidecar/wire"
 )
@@ -19,7 +18,8 @@ const (
 	// change.
 	StateFile = "state.json"
 	// DrainingFile exists only while draining; its first line is the
-	// deadline (RFC 3339), its second the reason.
+	// deadline (RFC 3339, as wire.FormatTime writes it), its second the
+	// reason.
 	DrainingFile = "draining"
 )
 
@@ -44,7 +44,7 @@ func (s *Sidecar) mirror(v wire.State) error {
 	}
 	deadline := ""
 	if !v.Deadline.IsZero() {
-		deadline = v.Deadline.UTC().Format(time.RFC3339)
+		deadline = wire.FormatTime(v.Deadline)
 	}
 	return writeAtomic(flag, []byte(deadline+"\n"+v.Reason+"\n"))
 }

@@ -87,7 +87,7 @@ func TestFilesAndRestore(t *testing.T) {
 	s.setNode(wire.NodeState{Generation: 8, Phase: wire.PhaseDraining, Reason: "spot-interruption", Source: "aws", Deadline: deadline})
 	s.SetInFlight(3)
 	b, err := os.ReadFile(flag)
-	if err != nil || string(b) != deadline.Format(time.RFC3339)+"\nspot-interruption\n" {
+	if err != nil || string(b) != wire.FormatTime(deadline)+"\nspot-interruption\n" {
 		t.Errorf("flag file = %q, %v", b, err)
 	}
 	v := readState(t, dir)

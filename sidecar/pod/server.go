@@ -9,7 +9,7 @@ import (
 	"github.com/lastcall-dev/lastcall/sidecar/wire"
 )
 
-// Handler returns the workers' API (see package wire):
+// Handler returns the workers' API, specified in sidecar/openapi.yaml:
 //
 //	GET  /v1/state?generation=N&wait=30s
 //	POST /v1/done
@@ -18,47 +18,72 @@ import (
 //	GET  /healthz
 func (s *Sidecar) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /v1/state", func(w http.ResponseWriter, r *http.Request) {
-		q, err := wire.ParsePollQuery(r.URL.Query().Get)
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
-		}
-		if r.URL.Query().Get("generation") == "" {
-			q.Wait = 0
-		}
-		writeJSON(w, s.wait(r.Context(), q.Generation, q.Wait))
-	})
-	mux.HandleFunc("POST /v1/done", func(w http.ResponseWriter, _ *http.Request) {
-		s.SetDone()
-		w.WriteHeader(http.StatusNoContent)
-	})
-	mux.HandleFunc("POST /v1/inflight", func(w http.ResponseWriter, r *http.Request) {
-		n, err := inflightCount(r)
-		if err != nil {
-			http.Error(w, "inflight: "+err.Error(), http.StatusBadRequest)
-			return
-		}
-		s.SetInFlight(n)
-		w.WriteHeader(http.StatusNoContent)
-	})
-	mux.HandleFunc("GET /v1/prestop", func(w http.ResponseWriter, r *http.Request) {
-		var timeout time.Duration
-		if t := r.URL.Query().Get("timeout"); t != "" {
-			d, err := wire.ParseDuration(t)
+	for _, r := range s.routes() {
+		mux.HandleFunc(r.method+" "+r.path, r.handle)
+	}
+	return mux
+}
+
+// route is one operation of the workers' API.
+type route struct {
+	method, path string
+	handle       http.HandlerFunc
+}
+
+// routes lists the workers' API; every entry is in sidecar/openapi.yaml
+// and the spec's test checks that nothing else is.
+func (s *Sidecar) routes() []route {
+	return []route{
+		{http.MethodGet, "/v1/state", s.serveState},
+		{http.MethodPost, "/v1/done", func(w http.ResponseWriter, _ *http.Request) {
+			s.SetDone()
+			w.WriteHeader(http.StatusNoContent)
+		}},
+		{http.MethodPost, "/v1/inflight", func(w http.ResponseWriter, r *http.Request) {
+			n, err := inflightCount(r)
 			if err != nil {
-				http.Error(w, "timeout: "+err.Error(), http.StatusBadRequest)
+				http.Error(w, "inflight: "+err.Error(), http.StatusBadRequest)
 				return
 			}
-			timeout = d
+			s.SetInFlight(n)
+			w.WriteHeader(http.StatusNoContent)
+		}},
+		{http.MethodGet, "/v1/prestop", s.servePrestop},
+		{http.MethodGet, "/healthz", func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+			_, _ = w.Write([]byte("ok\n"))
+		}},
+	}
+}
+
+// serveState answers at once, or long-polls when the caller names the
+// generation it has.
+func (s *Sidecar) serveState(w http.ResponseWriter, r *http.Request) {
+	q, err := wire.ParsePollQuery(r.URL.Query().Get)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	if r.URL.Query().Get("generation") == "" {
+		q.Wait = 0
+	}
+	writeJSON(w, s.wait(r.Context(), q.Generation, q.Wait))
+}
+
+// servePrestop drains with reason pod-terminating and answers once the
+// workers are done or the timeout has passed.
+func (s *Sidecar) servePrestop(w http.ResponseWriter, r *http.Request) {
+	var timeout time.Duration
+	if t := r.URL.Query().Get("timeout"); t != "" {
+		d, err := wire.ParseDuration(t)
+		if err != nil {
+			http.Error(w, "timeout: "+err.Error(), http.StatusBadRequest)
+			return
 		}
-		s.Terminate(r.Context(), timeout)
-		writeJSON(w, s.State())
-	})
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		_, _ = w.Write([]byte("ok\n"))
-	})
-	return mux
+		timeout = d
+	}
+	s.Terminate(r.Context(), timeout)
+	writeJSON(w, s.State())
 }
 
 func inflightCount(r *http.Request) (int, error) {

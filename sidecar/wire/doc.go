@@ -25,7 +25,9 @@
 //
 // # Sidecar ↔ workers
 //
-// The sidecar serves its workers on a loopback address:
+// The sidecar serves its workers on a loopback address (the full
+// specification is sidecar/openapi.yaml, checked against the server by the
+// tests of package sidecar/pod):
 //
 //	GET  /v1/state?generation=N&wait=30s   State, long-poll as above
 //	POST /v1/done                          the pod's workers are done; 204
@@ -34,5 +36,5 @@
 //	GET  /healthz
 //
 // and mirrors State to <dir>/state.json, with <dir>/draining present only
-// while draining.
+// while draining. The timestamps workers see are in FormatTime's format.
 package wire

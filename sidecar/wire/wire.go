@@ -84,6 +84,29 @@ type State struct {
 	InFlight int `json:"inflight"`
 }
 
+// FormatTime formats t the way the sidecar shows workers every timestamp:
+// RFC 3339 in UTC with exactly three fractional digits and a numeric offset,
+// "2026-12-02T01:13:29.120+00:00". Python 3.9+'s datetime.fromisoformat
+// (which refuses "Z" before 3.11, and more than six fractional digits),
+// JavaScript's Date and Go's time.RFC3339 all read it. The fraction is cut,
+// not rounded, so a deadline never moves later.
+func FormatTime(t time.Time) string {
+	return t.UTC().Format("2006-01-02T15:04:05.000") + "+00:00"
+}
+
+// MarshalJSON encodes s with its deadline in FormatTime's format.
+func (s State) MarshalJSON() ([]byte, error) {
+	type plain State // without this method
+	v := struct {
+		plain
+		Deadline string `json:"deadline,omitempty"`
+	}{plain: plain(s)}
+	if !s.Deadline.IsZero() {
+		v.Deadline = FormatTime(s.Deadline)
+	}
+	return json.Marshal(v)
+}
+
 // Remaining returns the time left before the deadline as seen at now, or 0
 // without a deadline.
 func (s State) Remaining(now time.Time) time.Duration {

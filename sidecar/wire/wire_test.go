@@ -1,6 +1,7 @@
 package wire
 
 import (
+	"encoding/json"
 	"testing"
 	"time"
 )
@@ -39,5 +40,37 @@ func TestNextGeneration(t *testing.T) {
 	}
 	if g := NextGeneration(5_000_000, now); g != 5_000_001 {
 		t.Errorf("ahead of the clock: %d", g)
+	}
+}
+
+func TestStateJSON(t *testing.T) {
+	deadline := time.Date(2026, 12, 2, 1, 13, 29, 123_987_654, time.FixedZone("CET", 3600))
+	tests := []struct {
+		name string
+		in   State
+		want string
+	}{
+		{"running", State{Phase: PhaseRunning, Generation: 3, AgentConnected: true},
+			`{"phase":"running","generation":3,"agent_generation":0,"agent_connected":true,"done":false,"inflight":0}`},
+		{"draining", State{Phase: PhaseDraining, Reason: "preemption", Source: "gce", Deadline: deadline, Generation: 4},
+			`{"phase":"draining","reason":"preemption","source":"gce","generation":4,"agent_generation":0,"agent_connected":false,"done":false,"inflight":0,"deadline":"2026-12-02T00:13:29.123+00:00"}`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b, err := json.Marshal(tt.in)
+			if err != nil || string(b) != tt.want {
+				t.Fatalf("Marshal = %s, %v; want %s", b, err, tt.want)
+			}
+			var back State
+			if err := json.Unmarshal(b, &back); err != nil {
+				t.Fatal(err)
+			}
+			if !back.Deadline.Equal(tt.in.Deadline.Truncate(time.Millisecond)) {
+				t.Errorf("deadline read back %s, want %s", back.Deadline, tt.in.Deadline)
+			}
+		})
+	}
+	if got := FormatTime(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)); got != "2026-01-02T03:04:05.000+00:00" {
+		t.Errorf("FormatTime = %q", got)
 	}
 }

@@ -28,6 +28,7 @@ import (
 	"k8s.io/client-go/restmapper"
 
 	"github.com/lastcall-dev/lastcall/agent"
+	"github.com/lastcall-dev/lastcall/drainer"
 	"github.com/lastcall-dev/lastcall/internal/kubetest"
 )
 
@@ -333,27 +334,75 @@ func TestNodeRestriction(t *testing.T) {
 	// wait (bounded) for the first refusal, then assert.
 	denyNodeB := fmt.Sprintf("lastcall: the agent on node %s may change only its own Node, not %s", nodeA, nodeB)
 	err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 60*time.Second, true, func(ctx context.Context) (bool, error) {
-		err := labelNode(ctx, agentClient, nodeB, "lastcall.dev/probe", "x", false)
+		err := labelNode(ctx, agentClient, nodeB, drainer.ExcludeLBLabel, "true", false)
 		return err != nil && apierrors.IsForbidden(err) && strings.Contains(err.Error(), denyNodeB), nil
 	})
 	if err != nil {
 		t.Fatalf("the policy never refused an update of node B: %v", err)
 	}
 
-	t.Run("own node: cordon and label", func(t *testing.T) {
-		if err := labelNode(t.Context(), agentClient, nodeA, "lastcall.dev/probe", "x", true); err != nil {
-			t.Fatalf("update of its own node refused: %v", err)
+	t.Run("own node: the drainer's cordon and uncordon", func(t *testing.T) {
+		// An operator's own taint and label, which the agent must keep.
+		n, err := e.Client.CoreV1().Nodes().Get(t.Context(), nodeA, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		n.Spec.Taints = append(n.Spec.Taints, corev1.Taint{Key: "team", Value: "ml", Effect: corev1.TaintEffectNoSchedule})
+		if _, err := e.Client.CoreV1().Nodes().Update(t.Context(), n, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		d := drainer.New(agentClient, drainer.Options{})
+		if _, err := d.Cordon(t.Context(), nodeA, "gce"); err != nil {
+			t.Fatalf("cordon of its own node refused: %v", err)
 		}
 		got, err := e.Client.CoreV1().Nodes().Get(t.Context(), nodeA, metav1.GetOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !got.Spec.Unschedulable || got.Labels["lastcall.dev/probe"] != "x" {
-			t.Errorf("node A after the update: unschedulable %v, labels %v", got.Spec.Unschedulable, got.Labels)
+		if _, rec := drainer.RecordOf(got); !got.Spec.Unschedulable || !rec || got.Labels[drainer.ExcludeLBLabel] != "true" {
+			t.Errorf("node A after the cordon: unschedulable %v, record %v, labels %v", got.Spec.Unschedulable, rec, got.Labels)
+		}
+		if _, err := d.Uncordon(t.Context(), nodeA); err != nil {
+			t.Fatalf("uncordon of its own node refused: %v", err)
 		}
 	})
+	// What the token cannot do on its own node: anything a cordon does not.
+	denyMeta := "lastcall: the agent may change only the label node.kubernetes.io/exclude-from-external-load-balancers"
+	denySpec := "lastcall: the agent may change only spec.unschedulable and its own taint"
+	denyStatus := "lastcall: the agent may change only its PreemptionImminent condition"
+	for _, tc := range []struct {
+		name   string
+		change func(*corev1.Node)
+		want   string
+	}{
+		{"any other label", func(n *corev1.Node) { n.Labels["team"] = "attacker" }, denyMeta},
+		{"a node-restriction label", func(n *corev1.Node) { n.Labels["node-restriction.kubernetes.io/trusted"] = "yes" }, denyMeta},
+		{"another annotation", func(n *corev1.Node) { n.Annotations = map[string]string{"x": "y"} }, denyMeta},
+		{"an operator's taint removed", func(n *corev1.Node) { n.Spec.Taints = nil }, denySpec},
+		{"another taint added", func(n *corev1.Node) {
+			n.Spec.Taints = append(n.Spec.Taints, corev1.Taint{Key: "evil", Effect: corev1.TaintEffectNoExecute})
+		}, denySpec},
+	} {
+		t.Run("own node: "+tc.name+" refused", func(t *testing.T) {
+			n, err := agentClient.CoreV1().Nodes().Get(t.Context(), nodeA, metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n.Labels == nil {
+				n.Labels = map[string]string{}
+			}
+			tc.change(n)
+			_, err = agentClient.CoreV1().Nodes().Update(t.Context(), n, metav1.UpdateOptions{})
+			wantRefused(t, err, tc.want)
+		})
+	}
+	t.Run("own node: another condition refused", func(t *testing.T) {
+		patch := []byte(`{"status":{"conditions":[{"type":"Ready","status":"False","reason":"Attacker"}]}}`)
+		_, err := agentClient.CoreV1().Nodes().Patch(t.Context(), nodeA, types.StrategicMergePatchType, patch, metav1.PatchOptions{}, "status")
+		wantRefused(t, err, denyStatus)
+	})
 	t.Run("other node: update refused", func(t *testing.T) {
-		err := labelNode(t.Context(), agentClient, nodeB, "lastcall.dev/probe", "y", true)
+		err := labelNode(t.Context(), agentClient, nodeB, drainer.ExcludeLBLabel, "true", true)
 		wantRefused(t, err, denyNodeB)
 	})
 	t.Run("own node: status patch", func(t *testing.T) {
@@ -375,7 +424,7 @@ func TestNodeRestriction(t *testing.T) {
 	})
 	t.Run("token without a node: refused", func(t *testing.T) {
 		unbound := tokenClient(t, e, ns, sa, nil, "")
-		err := labelNode(t.Context(), unbound, nodeA, "lastcall.dev/probe", "z", false)
+		err := labelNode(t.Context(), unbound, nodeA, drainer.ExcludeLBLabel, "true", false)
 		wantRefused(t, err, "lastcall: the agent's token names no node")
 	})
 	t.Run("other identities unaffected", func(t *testing.T) {

@@ -11,6 +11,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/util/retry"
 
 	"github.com/lastcall-dev/lastcall/watcher"
@@ -24,21 +25,7 @@ const ConditionType corev1.NodeConditionType = "PreemptionImminent"
 // strategic merge patch of the node's status, retrying transient errors
 // until ctx is done.
 func (a *Agent) setCondition(ctx context.Context, n watcher.Notice, imminent bool) error {
-	now := metav1.NewTime(a.Now())
-	cond := corev1.NodeCondition{
-		Type:               ConditionType,
-		Status:             corev1.ConditionTrue,
-		Reason:             conditionReason(n.Kind),
-		Message:            fmt.Sprintf("%s notice %s from %s; node goes away at %s", n.Kind, n.ID, n.Source, n.Deadline.UTC().Format(time.RFC3339)),
-		LastHeartbeatTime:  now,
-		LastTransitionTime: now,
-	}
-	if !imminent {
-		cond.Status = corev1.ConditionFalse
-		cond.Reason = "NoNotice"
-		cond.Message = "no termination notice is active"
-	}
-	patch, err := json.Marshal(map[string]any{"status": map[string]any{"conditions": []corev1.NodeCondition{cond}}})
+	patch, err := conditionPatch(n, imminent, a.Now())
 	if err != nil {
 		return err
 	}
@@ -56,6 +43,42 @@ func (a *Agent) setCondition(ctx context.Context, n watcher.Notice, imminent boo
 		return err
 	}
 	return last
+}
+
+// CheckCondition sends the patch that clears the PreemptionImminent
+// condition of node as a server-side dry run (dryRun: All), which changes
+// nothing: RBAC, admission policies and webhooks that would refuse the
+// condition refuse it now.
+func CheckCondition(ctx context.Context, client kubernetes.Interface, node string) error {
+	patch, err := conditionPatch(watcher.Notice{}, false, time.Now())
+	if err != nil {
+		return err
+	}
+	_, err = client.CoreV1().Nodes().Patch(ctx, node, types.StrategicMergePatchType, patch, metav1.PatchOptions{DryRun: []string{metav1.DryRunAll}}, "status")
+	if err != nil {
+		return fmt.Errorf("check node condition of %s (dry run): %w", node, err)
+	}
+	return nil
+}
+
+// conditionPatch is the status patch that sets the PreemptionImminent
+// condition for n, or clears it.
+func conditionPatch(n watcher.Notice, imminent bool, at time.Time) ([]byte, error) {
+	now := metav1.NewTime(at)
+	cond := corev1.NodeCondition{
+		Type:               ConditionType,
+		Status:             corev1.ConditionTrue,
+		Reason:             conditionReason(n.Kind),
+		Message:            fmt.Sprintf("%s notice %s from %s; node goes away at %s", n.Kind, n.ID, n.Source, n.Deadline.UTC().Format(time.RFC3339)),
+		LastHeartbeatTime:  now,
+		LastTransitionTime: now,
+	}
+	if !imminent {
+		cond.Status = corev1.ConditionFalse
+		cond.Reason = "NoNotice"
+		cond.Message = "no termination notice is active"
+	}
+	return json.Marshal(map[string]any{"status": map[string]any{"conditions": []corev1.NodeCondition{cond}}})
 }
 
 // transient says which errors are worth another try while ctx lasts.

@@ -58,45 +58,67 @@ func RecordOf(node *corev1.Node) (Record, bool) {
 // record. It retries conflicts and transient apiserver errors until ctx is
 // done. changed reports whether the node was updated.
 func (d *Drainer) Cordon(ctx context.Context, node, source string) (changed bool, err error) {
-	changed, err = d.updateNode(ctx, node, func(n *corev1.Node) bool {
-		rec, _ := RecordOf(n)
-		if rec.Source == "" {
-			rec.Source = source
-			rec.Time = d.now().UTC()
-		}
-		mutated := false
-		if !n.Spec.Unschedulable {
-			n.Spec.Unschedulable = true
-			rec.Unschedulable = true
-			mutated = true
-		}
-		if !hasTaint(n) {
-			n.Spec.Taints = append(n.Spec.Taints, corev1.Taint{Key: TaintKey, Value: source, Effect: corev1.TaintEffectNoSchedule})
-			rec.Taint = true
-			mutated = true
-		}
-		if _, ok := n.Labels[ExcludeLBLabel]; !ok {
-			if n.Labels == nil {
-				n.Labels = map[string]string{}
-			}
-			n.Labels[ExcludeLBLabel] = "true"
-			rec.Label = true
-			mutated = true
-		}
-		if !mutated {
-			return false
-		}
-		raw, _ := json.Marshal(rec)
-		if n.Annotations == nil {
-			n.Annotations = map[string]string{}
-		}
-		n.Annotations[RecordAnnotation] = string(raw)
-		return true
-	})
+	changed, err = d.updateNode(ctx, node, func(n *corev1.Node) bool { return d.cordon(n, source) })
 	if err != nil {
 		return false, fmt.Errorf("cordon node %s: %w", node, err)
 	}
 	return changed, nil
+}
+
+// cordon applies a cordon to n and reports whether it changed anything.
+func (d *Drainer) cordon(n *corev1.Node, source string) bool {
+	rec, _ := RecordOf(n)
+	if rec.Source == "" {
+		rec.Source = source
+		rec.Time = d.now().UTC()
+	}
+	mutated := false
+	if !n.Spec.Unschedulable {
+		n.Spec.Unschedulable = true
+		rec.Unschedulable = true
+		mutated = true
+	}
+	if !hasTaint(n) {
+		n.Spec.Taints = append(n.Spec.Taints, corev1.Taint{Key: TaintKey, Value: source, Effect: corev1.TaintEffectNoSchedule})
+		rec.Taint = true
+		mutated = true
+	}
+	if _, ok := n.Labels[ExcludeLBLabel]; !ok {
+		if n.Labels == nil {
+			n.Labels = map[string]string{}
+		}
+		n.Labels[ExcludeLBLabel] = "true"
+		rec.Label = true
+		mutated = true
+	}
+	if !mutated {
+		return false
+	}
+	raw, _ := json.Marshal(rec)
+	if n.Annotations == nil {
+		n.Annotations = map[string]string{}
+	}
+	n.Annotations[RecordAnnotation] = string(raw)
+	return true
+}
+
+// CheckCordon sends the update Cordon would make to node as a server-side
+// dry run (dryRun: All), which changes nothing: RBAC, admission policies and
+// webhooks that would refuse the cordon refuse it now, before a notice
+// does. A node that is cordoned already is sent unchanged, and admitted the
+// same way.
+func (d *Drainer) CheckCordon(ctx context.Context, node, source string) error {
+	cctx, cancel := d.callContext(ctx)
+	defer cancel()
+	n, err := d.client.CoreV1().Nodes().Get(cctx, node, metav1.GetOptions{})
+	if err != nil {
+		return fmt.Errorf("check cordon of node %s: %w", node, err)
+	}
+	d.cordon(n, source)
+	if _, err := d.client.CoreV1().Nodes().Update(cctx, n, metav1.UpdateOptions{DryRun: []string{metav1.DryRunAll}}); err != nil {
+		return fmt.Errorf("check cordon of node %s (dry run): %w", node, err)
+	}
+	return nil
 }
 
 // Uncordon reverts what Cordon recorded on node and removes the record. A

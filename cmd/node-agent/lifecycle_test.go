@@ -1,6 +1,7 @@
 package main_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -9,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -244,3 +246,57 @@ func TestCloudDetectionRetries(t *testing.T) {
 	gce.set("instance/preempted", "TRUE")
 	eventually(t, 10*time.Second, "cordoned on the preemption", func() bool { return c.cordoned(t) })
 }
+
+// An admission policy that would refuse the cordon (RBAC allows it, so the
+// SelfSubjectAccessReviews pass) makes the agent not ready at start, through
+// the cordon's server-side dry run, instead of failing in a preemption.
+func TestRefusedCordonIsNotReady(t *testing.T) {
+	c := newCluster(t, 1)
+	name := c.env.UniqueName("refuse-cordon")
+	policy := &admissionregistrationv1.ValidatingAdmissionPolicy{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: admissionregistrationv1.ValidatingAdmissionPolicySpec{
+			FailurePolicy: ptr(admissionregistrationv1.Fail),
+			MatchConstraints: &admissionregistrationv1.MatchResources{ResourceRules: []admissionregistrationv1.NamedRuleWithOperations{{
+				RuleWithOperations: admissionregistrationv1.RuleWithOperations{
+					Operations: []admissionregistrationv1.OperationType{admissionregistrationv1.Update},
+					Rule:       admissionregistrationv1.Rule{APIGroups: []string{""}, APIVersions: []string{"v1"}, Resources: []string{"nodes"}},
+				},
+			}}},
+			MatchConditions: []admissionregistrationv1.MatchCondition{{Name: "agent", Expression: fmt.Sprintf("request.userInfo.username == %q", c.user)}},
+			Validations: []admissionregistrationv1.Validation{{
+				Expression: "!object.spec.?unschedulable.orValue(false)",
+				Message:    "cordons are frozen by the platform team",
+			}},
+		},
+	}
+	binding := &admissionregistrationv1.ValidatingAdmissionPolicyBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: admissionregistrationv1.ValidatingAdmissionPolicyBindingSpec{
+			PolicyName:        name,
+			ValidationActions: []admissionregistrationv1.ValidationAction{admissionregistrationv1.Deny},
+		},
+	}
+	ar := c.env.Client.AdmissionregistrationV1()
+	if _, err := ar.ValidatingAdmissionPolicies().Create(t.Context(), policy, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ar.ValidatingAdmissionPolicies().Delete(context.Background(), name, metav1.DeleteOptions{}) })
+	if _, err := ar.ValidatingAdmissionPolicyBindings().Create(t.Context(), binding, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ar.ValidatingAdmissionPolicyBindings().Delete(context.Background(), name, metav1.DeleteOptions{}) })
+	time.Sleep(2 * time.Second) // the apiserver loads policies asynchronously
+
+	trigger := freeAddr(t)
+	p := c.launchAgent(t, "--cloud=sim", "--sim-listen="+trigger)
+	eventually(t, 20*time.Second, "not ready, naming the policy (on loopback)", func() bool {
+		code, body := p.get("/readyz")
+		return code == http.StatusServiceUnavailable && strings.Contains(body, "cordons are frozen")
+	})
+	if c.cordoned(t) || c.node_(t).Spec.Unschedulable {
+		t.Error("the dry run changed the node")
+	}
+}
+
+func ptr[T any](v T) *T { return &v }

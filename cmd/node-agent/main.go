@@ -368,7 +368,17 @@ func run(ctx context.Context, o *options, logger *slog.Logger) error {
 		g.Go(func() error {
 			cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 			defer cancel()
-			if err := agent.CheckAccess(cctx, client, o.node); err != nil {
+			// RBAC first (it names what is missing), then the writes a
+			// notice needs as server-side dry runs: an admission policy or
+			// webhook that would refuse them shows now, not in a preemption.
+			err := agent.CheckAccess(cctx, client, o.node)
+			if err == nil {
+				err = d.CheckCordon(cctx, o.node, string(source))
+			}
+			if err == nil {
+				err = agent.CheckCondition(cctx, client, o.node)
+			}
+			if err != nil {
 				logger.Error("access check failed: the agent will not be ready", "err", err)
 				accessErr.Store(&err)
 			}

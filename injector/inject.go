@@ -44,6 +44,12 @@ func Inject(pod *corev1.Pod, cfg Config) (*corev1.Pod, bool, error) {
 	if err := checkNames(&pod.Spec); err != nil {
 		return pod, false, fmt.Errorf("pod %s/%s: %w", pod.Namespace, pod.Name, err)
 	}
+	uid := cfg.RunAsUser
+	if _, ok := pod.Annotations[SignalAnnotation]; ok {
+		if uid, err = workersUser(&pod.Spec); err != nil {
+			return pod, false, fmt.Errorf("pod %s/%s: annotation %s: %w", pod.Namespace, pod.Name, SignalAnnotation, err)
+		}
+	}
 
 	out := pod.DeepCopy()
 	spec := &out.Spec
@@ -64,7 +70,10 @@ func Inject(pod *corev1.Pod, cfg Config) (*corev1.Pod, bool, error) {
 	for i := range spec.Containers {
 		c := &spec.Containers[i]
 		if !mounts(c, MountPath) {
-			c.VolumeMounts = append(c.VolumeMounts, corev1.VolumeMount{Name: VolumeName, MountPath: MountPath})
+			// Read-only: only the sidecar writes there (the state files and
+			// the binary every container's preStop runs), so no container
+			// can replace what the others run.
+			c.VolumeMounts = append(c.VolumeMounts, corev1.VolumeMount{Name: VolumeName, MountPath: MountPath, ReadOnly: true})
 		}
 		if c.Lifecycle == nil {
 			c.Lifecycle = &corev1.Lifecycle{}
@@ -76,7 +85,7 @@ func Inject(pod *corev1.Pod, cfg Config) (*corev1.Pod, bool, error) {
 	if g := pod.Spec.TerminationGracePeriodSeconds; g != nil {
 		args = append(args, "--prestop-timeout="+prestopTimeout(*g))
 	}
-	sc := cfg.container(args)
+	sc := cfg.container(args, uid)
 	if cfg.NativeSidecar {
 		sc.RestartPolicy = ptrTo(corev1.ContainerRestartPolicyAlways)
 		// First, so that it runs before the other init containers and
@@ -153,6 +162,35 @@ func checkNames(spec *corev1.PodSpec) error {
 	return nil
 }
 
+// workersUser returns the one user the pod's containers run as, for a
+// sidecar that signals them: without CAP_KILL, which the sidecar does not
+// have, a process may signal only processes of its own user. The user must
+// be set in the pod (securityContext.runAsUser of the pod or of every
+// container): the injector cannot read it from the images.
+func workersUser(spec *corev1.PodSpec) (int64, error) {
+	var uid *int64
+	for _, c := range spec.Containers {
+		var u *int64
+		if c.SecurityContext != nil {
+			u = c.SecurityContext.RunAsUser
+		}
+		if u == nil && spec.SecurityContext != nil {
+			u = spec.SecurityContext.RunAsUser
+		}
+		switch {
+		case u == nil:
+			return 0, fmt.Errorf("container %s has no runAsUser: set the workers' user (pod or container securityContext.runAsUser), so that the sidecar can run as that user and signal them", c.Name)
+		case uid != nil && *uid != *u:
+			return 0, fmt.Errorf("containers run as users %d and %d: the sidecar can signal only one user's processes", *uid, *u)
+		}
+		uid = u
+	}
+	if uid == nil || *uid == 0 {
+		return 0, errors.New("the workers run as root: the sidecar does not; run them as another user to have them signalled")
+	}
+	return *uid, nil
+}
+
 // mounts reports whether c mounts something at path.
 func mounts(c *corev1.Container, path string) bool {
 	return slices.ContainsFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool {
@@ -161,7 +199,7 @@ func mounts(c *corev1.Container, path string) bool {
 }
 
 // container returns the sidecar container with args.
-func (cfg Config) container(args []string) corev1.Container {
+func (cfg Config) container(args []string, uid int64) corev1.Container {
 	env := []corev1.EnvVar{
 		fieldEnv("POD_NAME", "metadata.name"),
 		fieldEnv("POD_NAMESPACE", "metadata.namespace"),
@@ -183,7 +221,7 @@ func (cfg Config) container(args []string) corev1.Container {
 		Resources:       *cfg.Resources.DeepCopy(),
 		SecurityContext: &corev1.SecurityContext{
 			RunAsNonRoot:             ptrTo(true),
-			RunAsUser:                runAsUser(cfg.RunAsUser),
+			RunAsUser:                runAsUser(uid),
 			AllowPrivilegeEscalation: ptrTo(false),
 			ReadOnlyRootFilesystem:   ptrTo(true),
 			Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},

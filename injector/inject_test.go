@@ -111,8 +111,8 @@ func TestInject(t *testing.T) {
 					t.Errorf("volumes %+v, want one emptyDir", out.Spec.Volumes)
 				}
 				w := out.Spec.Containers[0]
-				if !mounts(&w, MountPath) {
-					t.Errorf("worker mounts %+v lack %s", w.VolumeMounts, MountPath)
+				if !mounts(&w, MountPath) || !w.VolumeMounts[len(w.VolumeMounts)-1].ReadOnly {
+					t.Errorf("worker mounts %+v lack %s read-only", w.VolumeMounts, MountPath)
 				}
 				if w.Lifecycle == nil || w.Lifecycle.PreStop == nil || w.Lifecycle.PreStop.Exec == nil ||
 					!slices.Equal(w.Lifecycle.PreStop.Exec.Command, []string{"/lastcall/sidecar", "prestop"}) {
@@ -173,11 +173,17 @@ func TestInject(t *testing.T) {
 			err:  "namespace excluded",
 		},
 		{
-			name:    "signal annotations become flags and shareProcessNamespace",
-			pod:     workerPod(annotate(SignalAnnotation, "sigtstp", SignalProcessAnnotation, "sidekiq", PortAnnotation, "9200")),
+			name: "signal annotations become flags and shareProcessNamespace; the sidecar runs as the workers' user",
+			pod: workerPod(annotate(SignalAnnotation, "sigtstp", SignalProcessAnnotation, "sidekiq", PortAnnotation, "9200"),
+				func(p *corev1.Pod) {
+					p.Spec.SecurityContext = &corev1.PodSecurityContext{RunAsUser: ptrTo(int64(1000))}
+				}),
 			changed: true,
 			check: func(t *testing.T, _, out *corev1.Pod) {
 				c, _ := sidecar(t, out)
+				if u := c.SecurityContext.RunAsUser; u == nil || *u != 1000 {
+					t.Errorf("sidecar runs as %v, want the workers' 1000", u)
+				}
 				want := []string{"--dir=/lastcall", "--signal=TSTP", "--signal-process=sidekiq", "--listen=127.0.0.1:9200"}
 				if !slices.Equal(c.Args, want) {
 					t.Errorf("args %q, want %q", c.Args, want)
@@ -219,6 +225,27 @@ func TestInject(t *testing.T) {
 					t.Errorf("args %q lack --prestop-timeout=115s", c.Args)
 				}
 			},
+		},
+		{
+			name: "signal without the workers' user refused",
+			pod:  workerPod(annotate(SignalAnnotation, "TSTP")),
+			err:  "container worker has no runAsUser",
+		},
+		{
+			name: "signal to workers of two users refused",
+			pod: workerPod(annotate(SignalAnnotation, "TSTP"), func(p *corev1.Pod) {
+				p.Spec.SecurityContext = &corev1.PodSecurityContext{RunAsUser: ptrTo(int64(1000))}
+				p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: "other", Image: "o:1",
+					SecurityContext: &corev1.SecurityContext{RunAsUser: ptrTo(int64(2000))}})
+			}),
+			err: "users 1000 and 2000",
+		},
+		{
+			name: "signal to root workers refused",
+			pod: workerPod(annotate(SignalAnnotation, "TSTP"), func(p *corev1.Pod) {
+				p.Spec.SecurityContext = &corev1.PodSecurityContext{RunAsUser: ptrTo(int64(0))}
+			}),
+			err: "run as root",
 		},
 		{
 			name: "unknown signal refused",

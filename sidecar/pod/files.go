@@ -1,6 +1,8 @@
 package pod
 
 import (
+	"bytes"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -108,7 +110,8 @@ func (s *Sidecar) restore() {
 }
 
 // InstallBinary copies the executable at src to dir/name (atomically,
-// mode 0755), so that worker containers sharing dir can run it as their
+// mode 0555, checked against its source), so that worker containers sharing
+// dir (read-only) can run it as their
 // preStop hook ("exec: [/lastcall/sidecar, prestop]") without having it in
 // their image.
 func InstallBinary(src, dir, name string) (string, error) {
@@ -123,8 +126,16 @@ func InstallBinary(src, dir, name string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("install binary: %w", err)
 	}
-	_, cerr := io.Copy(out, in)
-	if err := errors.Join(cerr, out.Close(), os.Chmod(out.Name(), 0o755)); err != nil {
+	sum := sha256.New()
+	_, cerr := io.Copy(out, io.TeeReader(in, sum))
+	// Read and execute only: the workers' preStop hooks run this file.
+	if err := errors.Join(cerr, out.Close(), os.Chmod(out.Name(), 0o555)); err != nil {
+		_ = os.Remove(out.Name())
+		return "", fmt.Errorf("install binary: %w", err)
+	}
+	// Check the copy before anyone runs it: a short write or a full
+	// emptyDir must not leave a broken preStop hook behind.
+	if err := sameSum(out.Name(), sum.Sum(nil)); err != nil {
 		_ = os.Remove(out.Name())
 		return "", fmt.Errorf("install binary: %w", err)
 	}
@@ -133,4 +144,21 @@ func InstallBinary(src, dir, name string) (string, error) {
 		return "", fmt.Errorf("install binary: %w", err)
 	}
 	return dst, nil
+}
+
+// sameSum checks that the SHA-256 of file path is want.
+func sameSum(path string, want []byte) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return err
+	}
+	if !bytes.Equal(h.Sum(nil), want) {
+		return fmt.Errorf("%s differs from its source after the copy", path)
+	}
+	return nil
 }

@@ -23,6 +23,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -161,9 +162,18 @@ type Proc struct {
 // the other stream goes to this process's stderr.
 func StartProc(t testing.TB, name, bin string, args, env []string, stdoutLines bool) *Proc {
 	t.Helper()
+	return startProc(t, name, bin, args, env, stdoutLines, 0)
+}
+
+// startProc is StartProc, as user uid when it is not 0.
+func startProc(t testing.TB, name, bin string, args, env []string, stdoutLines bool, uid uint32) *Proc {
+	t.Helper()
 	p := &Proc{t: t, name: name, more: make(chan struct{}), exit: make(chan struct{})}
 	p.cmd = exec.Command(bin, args...)
 	p.cmd.Env = append(os.Environ(), env...)
+	if uid != 0 {
+		p.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
+	}
 	var r io.ReadCloser
 	var err error
 	if stdoutLines {
@@ -273,6 +283,9 @@ type SidecarSpec struct {
 	// Args are added to the sidecar's flags (--listen IP:0, --dir, and
 	// --prestop-timeout 20s).
 	Args []string
+	// UID, when not 0, is the user the sidecar runs as (the test must run
+	// as root); Bin and its folders must be readable by that user.
+	UID uint32
 }
 
 // Sidecar is one pod's running sidecar process.
@@ -289,6 +302,11 @@ type Sidecar struct {
 func StartSidecar(ctx context.Context, t testing.TB, spec SidecarSpec) *Sidecar {
 	t.Helper()
 	s := &Sidecar{Spec: spec, Dir: t.TempDir()}
+	if spec.UID != 0 {
+		if err := os.Chown(s.Dir, int(spec.UID), int(spec.UID)); err != nil {
+			t.Fatal(err)
+		}
+	}
 	s.Args = append([]string{"--listen", spec.IP + ":0", "--dir", s.Dir, "--prestop-timeout", "20s"}, spec.Args...)
 	s.Env = []string{
 		"POD_NAME=" + spec.Ref.Name, "POD_NAMESPACE=" + spec.Ref.Namespace,
@@ -302,7 +320,7 @@ func StartSidecar(ctx context.Context, t testing.TB, spec SidecarSpec) *Sidecar 
 // until it serves, at the address the workers know.
 func (s *Sidecar) Restart(ctx context.Context, t testing.TB) {
 	t.Helper()
-	s.Proc = StartProc(t, "sidecar "+s.Spec.Ref.String(), s.Spec.Bin, s.Args, s.Env, false)
+	s.Proc = startProc(t, "sidecar "+s.Spec.Ref.String(), s.Spec.Bin, s.Args, s.Env, false, s.Spec.UID)
 	line, _, err := s.Proc.WaitLine(ctx, 0, func(l string) bool { return strings.Contains(l, `"msg":"serving workers"`) })
 	if err != nil {
 		t.Fatal(err)

@@ -280,7 +280,7 @@ func TestHelmInstall(t *testing.T) {
 		"lastcall.dev/preemptible in (true)",
 		"kubectl -n " + ns + " create secret generic lastcall-slack --from-literal=url=",
 		"kubectl -n " + ns + " get ds " + release + "-lastcall",
-		"port 9102",
+		"port 10573",
 		release + "-lastcall-node-restriction",
 	} {
 		if !strings.Contains(out, want) {

@@ -175,7 +175,7 @@ func checkDefault(t *testing.T, objs []*unstructured.Unstructured) {
 		"--cloud=auto",
 		"--on-preemption=drain", "--on-spot-interruption=drain", "--on-termination=drain",
 		"--on-maintenance=drain", "--on-rebalance=cordon",
-		"--on-blocked=delete", "--listen=:9102", "--sidecar-listen=:9103", "--log-format=json", "--log-level=info",
+		"--on-blocked=delete", "--listen=:10573", "--sidecar-listen=:10574", "--log-format=json", "--log-level=info",
 	}
 	if !slices.Equal(c.Args, wantArgs) {
 		t.Errorf("args = %q, want %q", c.Args, wantArgs)
@@ -191,9 +191,9 @@ func checkDefault(t *testing.T, objs []*unstructured.Unstructured) {
 			t.Errorf("env %s from %q, want downward API %s", name, env[name], path)
 		}
 	}
-	if len(c.Ports) != 2 || c.Ports[0].Name != "metrics" || c.Ports[0].ContainerPort != 9102 ||
-		c.Ports[1].Name != "sidecars" || c.Ports[1].ContainerPort != 9103 {
-		t.Errorf("ports = %+v, want metrics 9102 and sidecars 9103", c.Ports)
+	if len(c.Ports) != 2 || c.Ports[0].Name != "metrics" || c.Ports[0].ContainerPort != 10573 ||
+		c.Ports[1].Name != "sidecars" || c.Ports[1].ContainerPort != 10574 {
+		t.Errorf("ports = %+v, want metrics 10573 and sidecars 10574", c.Ports)
 	}
 	for name, p := range map[string]*corev1.Probe{"/healthz": c.LivenessProbe, "/readyz": c.ReadinessProbe} {
 		if p == nil || p.HTTPGet == nil || p.HTTPGet.Path != name || p.HTTPGet.Port.String() != "metrics" {
@@ -314,6 +314,8 @@ func TestSchemaRejects(t *testing.T) {
 		{"testdata/invalid-typo.yaml", "onRebalence"},
 		{"testdata/invalid-labels.yaml", "values"},
 		{"testdata/invalid-policy-actions.yaml", "validationActions"},
+		{"testdata/invalid-port-wellknown.yaml", "/metrics/port"},
+		{"testdata/invalid-port-nodeport.yaml", "/agent/sidecarPort"},
 	} {
 		t.Run(strings.TrimSuffix(strings.TrimPrefix(tc.file, "testdata/invalid-"), ".yaml"), func(t *testing.T) {
 			for _, cmd := range [][]string{

@@ -173,7 +173,10 @@ func TestWebhook(t *testing.T) {
 
 	t.Run("labelled pod gets the sidecar", func(t *testing.T) {
 		p := create(t, ns, "labelled", labelled, kubetest.WithAnnotations(map[string]string{SignalAnnotation: "TSTP"}),
-			func(p *corev1.Pod) { p.Spec.InitContainers = []corev1.Container{{Name: "migrate", Image: "m:1"}} })
+			func(p *corev1.Pod) {
+				p.Spec.InitContainers = []corev1.Container{{Name: "migrate", Image: "m:1"}}
+				p.Spec.SecurityContext = &corev1.PodSecurityContext{RunAsUser: ptrTo(int64(1000))}
+			})
 		if !hasSidecar(p) || p.Annotations[InjectedAnnotation] != "true" {
 			t.Fatalf("stored pod: init containers %v, annotations %v", names(p.Spec.InitContainers), p.Annotations)
 		}
@@ -193,6 +196,16 @@ func TestWebhook(t *testing.T) {
 		}
 		if p.Spec.ShareProcessNamespace == nil || !*p.Spec.ShareProcessNamespace {
 			t.Error("shareProcessNamespace not set for a signal")
+		}
+		if u := c.SecurityContext.RunAsUser; u == nil || *u != 1000 {
+			t.Errorf("sidecar runs as %v, want the workers' user 1000 so that it may signal them", u)
+		}
+	})
+	t.Run("signal without the workers' user: refused with the reason", func(t *testing.T) {
+		pod := kubetest.NewPod(ns, "unsignallable", "", labelled, kubetest.WithAnnotations(map[string]string{SignalAnnotation: "TSTP"}))
+		_, err := e.Client.CoreV1().Pods(ns).Create(t.Context(), pod, metav1.CreateOptions{})
+		if err == nil || !strings.Contains(err.Error(), "no runAsUser") {
+			t.Fatalf("create: %v, want a refusal naming runAsUser", err)
 		}
 	})
 	t.Run("unlabelled pod untouched", func(t *testing.T) {

@@ -39,7 +39,7 @@ const (
 
 // DefaultAgentPort is the node agent's sidecar port, which the sidecar
 // assumes when LASTCALL_AGENT is not set.
-const DefaultAgentPort = 9103
+const DefaultAgentPort = 10574
 
 // Config says what Inject adds. The zero value is not usable: start from
 // DefaultConfig.

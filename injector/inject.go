@@ -207,7 +207,7 @@ func (cfg Config) container(args []string, uid int64) corev1.Container {
 		fieldEnv("HOST_IP", "status.hostIP"),
 	}
 	if cfg.AgentPort != 0 && cfg.AgentPort != DefaultAgentPort {
-		// The sidecar's own default is http://$HOST_IP:9103.
+		// The sidecar's own default is http://$HOST_IP:10574.
 		env = append(env, corev1.EnvVar{Name: "LASTCALL_AGENT", Value: "http://$(HOST_IP):" + strconv.Itoa(cfg.AgentPort)})
 	}
 	return corev1.Container{

@@ -67,7 +67,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	}
 	agent := getenv("LASTCALL_AGENT")
 	if agent == "" && getenv("HOST_IP") != "" {
-		agent = "http://" + joinHostPort(getenv("HOST_IP"), "9103")
+		agent = "http://" + joinHostPort(getenv("HOST_IP"), "10574")
 	}
 	prestop, err := envDuration(getenv, "LASTCALL_PRESTOP_TIMEOUT", 25*time.Second)
 	if err != nil {
@@ -76,7 +76,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	fs.StringVar(&o.cfg.Name, "pod-name", getenv("POD_NAME"), "this pod's name [POD_NAME]")
 	fs.StringVar(&o.cfg.Namespace, "pod-namespace", getenv("POD_NAMESPACE"), "this pod's namespace [POD_NAMESPACE]")
 	fs.StringVar(&o.cfg.PodIP, "pod-ip", getenv("POD_IP"), "this pod's IP, the address the agent is called from [POD_IP]")
-	fs.StringVar(&o.cfg.Agent, "agent", agent, "the node agent's sidecar endpoint [LASTCALL_AGENT, else http://$HOST_IP:9103]")
+	fs.StringVar(&o.cfg.Agent, "agent", agent, "the node agent's sidecar endpoint [LASTCALL_AGENT, else http://$HOST_IP:10574]")
 	fs.StringVar(&o.cfg.Listen, "listen", envOr(getenv, "LASTCALL_LISTEN", "127.0.0.1:9104"), "address of the workers' API [LASTCALL_LISTEN]")
 	fs.StringVar(&o.cfg.Dir, "dir", getenv("LASTCALL_DIR"), "shared emptyDir for state.json and the draining flag file; empty: no files [LASTCALL_DIR]")
 	fs.StringVar(&o.signal, "signal", getenv("LASTCALL_SIGNAL"), "signal sent to --signal-process when draining starts, e.g. TSTP [LASTCALL_SIGNAL]")

@@ -21,13 +21,13 @@ func TestParseFlags(t *testing.T) {
 	}{
 		{"downward API only", nil, downward, "", func(t *testing.T, o *options) {
 			c := o.cfg
-			if c.Name != "w-1" || c.Namespace != "jobs" || c.PodIP != "10.1.2.3" || c.Agent != "http://10.0.0.5:9103" ||
+			if c.Name != "w-1" || c.Namespace != "jobs" || c.PodIP != "10.1.2.3" || c.Agent != "http://10.0.0.5:10574" ||
 				c.Listen != "127.0.0.1:9104" || c.PrestopTimeout != 25*time.Second || c.Signal != nil {
 				t.Errorf("config %+v", c)
 			}
 		}},
 		{"IPv6 host", nil, map[string]string{"POD_NAME": "a", "POD_NAMESPACE": "b", "HOST_IP": "fd00::5"}, "", func(t *testing.T, o *options) {
-			if o.cfg.Agent != "http://[fd00::5]:9103" {
+			if o.cfg.Agent != "http://[fd00::5]:10574" {
 				t.Errorf("agent %q", o.cfg.Agent)
 			}
 		}},

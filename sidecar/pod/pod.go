@@ -25,7 +25,7 @@ type Config struct {
 	// from (the agent checks it). Empty: the system picks.
 	PodIP string
 	// Agent is the base URL of the node agent's Hub, e.g.
-	// http://10.0.0.5:9103. Required.
+	// http://10.0.0.5:10574. Required.
 	Agent string
 	// Listen is the address of the workers' API. Default 127.0.0.1:9104.
 	Listen string

@@ -38,8 +38,10 @@ func injectorObjects(objs []*unstructured.Unstructured) []*unstructured.Unstruct
 
 func checkInjector(t *testing.T, objs []*unstructured.Unstructured) {
 	inj := injectorObjects(objs)
+	// Two ClusterRoles: its own webhook configuration, and the eviction
+	// guard's pod reads.
 	want := []string{"ServiceAccount", "Service", "Deployment", "PodDisruptionBudget", "Role", "RoleBinding",
-		"ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration"}
+		"ClusterRole", "ClusterRoleBinding", "ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration"}
 	got := kinds(inj)
 	slices.Sort(got)
 	slices.Sort(want)
@@ -112,8 +114,14 @@ func checkInjector(t *testing.T, objs []*unstructured.Unstructured) {
 	}
 
 	whc := into[admissionregistrationv1.MutatingWebhookConfiguration](t, find(t, inj, "MutatingWebhookConfiguration"))
-	if len(whc.Webhooks) != 1 {
-		t.Fatalf("%d webhooks, want 1", len(whc.Webhooks))
+	if len(whc.Webhooks) != 2 {
+		t.Fatalf("%d webhooks, want the injection and the eviction guard", len(whc.Webhooks))
+	}
+	guard := whc.Webhooks[1]
+	if guard.Name != "eviction-guard.lastcall.dev" || *guard.ClientConfig.Service.Path != "/evict" ||
+		len(guard.MatchConditions) != 1 || !strings.Contains(guard.MatchConditions[0].Expression, "system:serviceaccount:lastcall-system:") ||
+		len(guard.Rules) != 1 || !slices.Equal(guard.Rules[0].Resources, []string{"pods/eviction"}) {
+		t.Errorf("eviction guard %+v", guard)
 	}
 	wh := whc.Webhooks[0]
 	if *wh.FailurePolicy != admissionregistrationv1.Ignore || *wh.SideEffects != admissionregistrationv1.SideEffectClassNone ||
@@ -139,7 +147,12 @@ func checkInjector(t *testing.T, objs []*unstructured.Unstructured) {
 	}
 
 	role := into[rbacv1.Role](t, find(t, inj, "Role"))
-	clusterRole := into[rbacv1.ClusterRole](t, find(t, inj, "ClusterRole"))
+	var clusterRole rbacv1.ClusterRole
+	for _, o := range inj {
+		if o.GetKind() == "ClusterRole" && !strings.HasSuffix(o.GetName(), "-eviction-guard") {
+			clusterRole = *into[rbacv1.ClusterRole](t, o)
+		}
+	}
 	for _, r := range append(role.Rules, clusterRole.Rules...) {
 		for _, v := range r.Verbs {
 			if v != "create" && len(r.ResourceNames) != 1 {
@@ -173,9 +186,9 @@ func TestInjectorCertManager(t *testing.T) {
 			t.Errorf("kinds %v lack %s", ks, k)
 		}
 	}
-	for _, k := range []string{"Role", "ClusterRole"} {
-		if slices.Contains(ks, k) {
-			t.Errorf("kinds %v: %s not needed with cert-manager", ks, k)
+	for _, o := range objs {
+		if (o.GetKind() == "Role" || o.GetKind() == "ClusterRole") && !strings.HasSuffix(o.GetName(), "-eviction-guard") {
+			t.Errorf("%s %s: not needed with cert-manager (only the eviction guard's pod reads are)", o.GetKind(), o.GetName())
 		}
 	}
 	whc := find(t, objs, "MutatingWebhookConfiguration")
@@ -300,7 +313,15 @@ func TestInjectorRBAC(t *testing.T) {
 	if changed, err := injector.PatchCABundle(ctx, as, whName, certs.CACert); err != nil || !changed {
 		t.Fatalf("PatchCABundle as the injector: changed %v, %v", changed, err)
 	}
+	// The eviction guard reads the pod an eviction names.
+	if _, err := as.CoreV1().Pods("default").Get(ctx, "any", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("get a pod as the injector: %v, want not found (allowed)", err)
+	}
 	for name, call := range map[string]func() error{
+		"list pods": func() error {
+			_, err := as.CoreV1().Pods("default").List(ctx, metav1.ListOptions{})
+			return err
+		},
 		"get another secret": func() error {
 			_, err := as.CoreV1().Secrets(ns).Get(ctx, "other", metav1.GetOptions{})
 			return err

@@ -34,6 +34,12 @@ func NewHandler(cfg Config, log *slog.Logger) *Handler {
 
 // ServeHTTP implements http.Handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	serveReview(w, r, h.log, h.review)
+}
+
+// serveReview decodes a POSTed admission.k8s.io/v1 AdmissionReview, answers
+// its request with review and writes the response.
+func serveReview(w http.ResponseWriter, r *http.Request, log *slog.Logger, review func(*admissionv1.AdmissionRequest) *admissionv1.AdmissionResponse) {
 	if r.Method != http.MethodPost {
 		http.Error(w, "POST an AdmissionReview", http.StatusMethodNotAllowed)
 		return
@@ -43,20 +49,20 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "read body: "+err.Error(), http.StatusBadRequest)
 		return
 	}
-	var review admissionv1.AdmissionReview
-	if err := json.Unmarshal(body, &review); err != nil || review.Request == nil {
+	var in admissionv1.AdmissionReview
+	if err := json.Unmarshal(body, &in); err != nil || in.Request == nil {
 		http.Error(w, fmt.Sprintf("want an admission.k8s.io/v1 AdmissionReview with a request: %v", err), http.StatusBadRequest)
 		return
 	}
-	resp := h.review(review.Request)
-	resp.UID = review.Request.UID
-	out := admissionv1.AdmissionReview{TypeMeta: review.TypeMeta, Response: resp}
+	resp := review(in.Request)
+	resp.UID = in.Request.UID
+	out := admissionv1.AdmissionReview{TypeMeta: in.TypeMeta, Response: resp}
 	if out.APIVersion == "" {
 		out.APIVersion, out.Kind = "admission.k8s.io/v1", "AdmissionReview"
 	}
 	w.Header().Set("Content-Type", "application/json")
 	if err := json.NewEncoder(w).Encode(out); err != nil {
-		h.log.Warn("write admission response", "err", err)
+		log.Warn("write admission response", "err", err)
 	}
 }
 
@@ -121,9 +127,18 @@ func Patch(pod *corev1.Pod, cfg Config) ([]jsonpatch.Operation, error) {
 	return ops, nil
 }
 
+// deny refuses a request; the reason follows the code, so that clients
+// classify the refusal right (403 for good, 503 to retry, else invalid).
 func deny(code int32, msg string) *admissionv1.AdmissionResponse {
+	reason := metav1.StatusReasonInvalid
+	switch code {
+	case http.StatusForbidden:
+		reason = metav1.StatusReasonForbidden
+	case http.StatusServiceUnavailable:
+		reason = metav1.StatusReasonServiceUnavailable
+	}
 	return &admissionv1.AdmissionResponse{
 		Allowed: false,
-		Result:  &metav1.Status{Status: metav1.StatusFailure, Code: code, Message: msg, Reason: metav1.StatusReasonInvalid},
+		Result:  &metav1.Status{Status: metav1.StatusFailure, Code: code, Message: msg, Reason: reason},
 	}
 }

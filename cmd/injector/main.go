@@ -115,6 +115,7 @@ func run(ctx context.Context, o *options, ln net.Listener, logger *slog.Logger) 
 
 	mux := http.NewServeMux()
 	mux.Handle("POST /mutate", injector.NewHandler(o.inject, logger.With("component", "webhook")))
+	mux.Handle("POST /evict", injector.NewEvictionGuard(client, logger.With("component", "eviction-guard")))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !ready.Load() {

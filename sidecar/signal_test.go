@@ -79,15 +79,22 @@ func TestSignalNeedsTheWorkersUser(t *testing.T) {
 			if _, err := sc.WaitState(t.Context(), t, func(s worker.State) bool { return s.Draining() }); err != nil {
 				t.Fatal(err)
 			}
+			// The sidecar signals once it has the drain; wait for its log
+			// line, then look at the worker.
+			if _, _, err := sc.Proc.WaitLine(t.Context(), 0, func(l string) bool {
+				return strings.Contains(l, "signal") && strings.Contains(l, proc) || strings.Contains(l, "signaling worker failed")
+			}); err != nil {
+				t.Fatalf("no signal logged: %v\n%s", err, strings.Join(sc.Proc.Output(), "\n"))
+			}
 			stopped := false
-			for range 40 {
+			for range 100 {
 				if stopped = procState(w.Process.Pid) == "T"; stopped {
 					break
 				}
 				time.Sleep(50 * time.Millisecond)
 			}
 			if stopped != tc.stopped {
-				t.Errorf("worker stopped: %v, want %v", stopped, tc.stopped)
+				t.Errorf("worker stopped: %v, want %v; sidecar log:\n%s", stopped, tc.stopped, strings.Join(sc.Proc.Output(), "\n"))
 			}
 			if !tc.stopped && !strings.Contains(strings.Join(sc.Proc.Output(), "\n"), "operation not permitted") {
 				t.Errorf("the sidecar did not log the EPERM:\n%s", strings.Join(sc.Proc.Output(), "\n"))

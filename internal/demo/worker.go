@@ -62,13 +62,27 @@ func (c *Cluster) runPod(n *Node, p *Pod, sc *sidecar.Client) {
 // and hands it back (Nak) otherwise. When ctx ends (the node died) it
 // drops what it holds.
 func (c *Cluster) work(ctx, drain context.Context, n *Node, p *Pod) {
-	for drain.Err() == nil {
-		msg, err := c.cons.Next(jetstream.FetchContext(drain))
+	for drain.Err() == nil && ctx.Err() == nil {
+		// A short pull that the drain does not cancel: a pull cancelled
+		// while the server sends a message strands that message until its
+		// ack wait runs out. What arrives after the drain started goes
+		// straight back (Nak).
+		msg, err := c.cons.Next(jetstream.FetchMaxWait(time.Second))
 		if err != nil {
-			if ctx.Err() == nil && drain.Err() == nil && !errors.Is(err, context.DeadlineExceeded) {
+			if ctx.Err() == nil && drain.Err() == nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, jetstream.ErrNoMessages) {
 				time.Sleep(50 * time.Millisecond) // the server is restarting or gone: do not spin
 			}
 			continue
+		}
+		if drain.Err() != nil {
+			id := string(msg.Data())
+			c.ledger.start(id)
+			if err := msg.Nak(); err != nil {
+				c.ledger.drop(id)
+			} else {
+				c.ledger.handBack(id)
+			}
+			return
 		}
 		id := string(msg.Data())
 		cost, _ := time.ParseDuration(msg.Headers().Get("Cost"))

@@ -29,6 +29,7 @@ svc_ip=10.213.128.1
 sock=$dir/run/containerd.sock
 etcd_port=23790
 api=https://$node_ip:6443
+fixed_paths=(/var/log/containers /var/lib/kubelet /var/lib/cni /run/containerd /usr/libexec/kubernetes)
 
 log() { echo "cluster: $*" >&2; }
 
@@ -121,7 +122,8 @@ containerd_config() {
 	  "plugins": [
 	    {"type": "bridge", "bridge": "$bridge", "isGateway": true, "ipMasq": true, "hairpinMode": true,
 	     "ipam": {"type": "host-local", "dataDir": "$dir/cni/ipam",
-	              "ranges": [[{"subnet": "$pod_cidr", "rangeStart": "10.213.0.10", "gateway": "$node_ip"}]]}}
+	              "ranges": [[{"subnet": "$pod_cidr", "rangeStart": "10.213.0.10", "gateway": "$node_ip"}]],
+	              "routes": [{"dst": "0.0.0.0/0"}]}}
 	  ]
 	}
 	EOF
@@ -146,6 +148,7 @@ kubelet_config() {
 	failCgroupV1: false
 	failSwapOn: false
 	podLogsDir: "$dir/pod-logs"
+	volumePluginDir: "$dir/volume-plugins"
 	clusterDomain: cluster.local
 	resolvConf: /etc/resolv.conf
 	serializeImagePulls: false
@@ -171,6 +174,12 @@ up() {
 	local t0=$SECONDS
 	rm -rf "$dir"
 	mkdir -p "$dir"/{pid,log,run,etcd,kubelet,pod-logs}
+	# Fixed paths the kubelet, containerd's shims and CNI use whatever
+	# their configuration: those missing now are removed by down.
+	local path
+	for path in "${fixed_paths[@]}"; do
+		[[ -e $path ]] || echo "$path" >>"$dir/made-paths"
+	done
 	pki
 	containerd_config
 	kubelet_config
@@ -210,7 +219,7 @@ up() {
 		--authentication-kubeconfig "$dir/kcm.kubeconfig" --authorization-kubeconfig "$dir/kcm.kubeconfig" \
 		--service-account-private-key-file "$p/sa.key" --root-ca-file "$p/ca.crt" \
 		--use-service-account-credentials --leader-elect=false --bind-address 127.0.0.1 --secure-port 10557 \
-		--service-cluster-ip-range "$svc_cidr" --profiling=false
+		--service-cluster-ip-range "$svc_cidr" --flex-volume-plugin-dir "$dir/volume-plugins" --profiling=false
 	start kube-scheduler "$bin/kube-scheduler" --kubeconfig "$dir/scheduler.kubeconfig" \
 		--authentication-kubeconfig "$dir/scheduler.kubeconfig" --authorization-kubeconfig "$dir/scheduler.kubeconfig" \
 		--leader-elect=false --bind-address 127.0.0.1 --secure-port 10559 --profiling=false
@@ -220,7 +229,8 @@ up() {
 	start kube-proxy "$bin/kube-proxy" --kubeconfig "$dir/proxy.kubeconfig" --hostname-override "$node" \
 		--proxy-mode iptables --cluster-cidr "$pod_cidr" --bind-address "$node_ip" \
 		--metrics-bind-address 127.0.0.1:10549 --healthz-bind-address 127.0.0.1:10546 \
-		--conntrack-max-per-core 0 --profiling=false
+		--conntrack-max-per-core 0 --iptables-localhost-nodeports=false --nodeport-addresses "$node_ip/32" \
+		--profiling=false
 
 	local img
 	for img in "$@"; do
@@ -286,6 +296,18 @@ down() {
 	cleanup_iptables
 	# The kubelet's cgroups (cgroupfs driver): empty once the pods are gone.
 	find /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods -depth -type d -exec rmdir {} + 2>/dev/null || true
+	# In fixed paths that were there before up: only this cluster's entries.
+	find /var/log/containers -maxdepth 1 -type l -lname "$dir/*" -delete 2>/dev/null || true
+	rm -f /var/lib/kubelet/device-plugins/kubelet.sock
+	local r
+	for r in /var/lib/cni/results/lastcall-e2e-*; do
+		[[ -e $r ]] || continue
+		c=${r#/var/lib/cni/results/lastcall-e2e-}
+		rm -f "$r" "/var/lib/cni/results/cni-loopback-${c%-eth0}-lo"
+	done
+	if [[ -f $dir/made-paths ]]; then
+		while read -r r; do rm -rf "$r"; done <"$dir/made-paths"
+	fi
 	rm -rf "$dir"
 	log "down"
 }
@@ -314,7 +336,7 @@ cleanup_iptables() {
 # CHAIN itself.
 drop_chain() {
 	local ipt=$1 table=$2 chain=$3 rule
-	$ipt -t "$table" -S 2>/dev/null | grep -- "-j $chain\( \|$\)" | grep '^-A' | sed 's/^-A/-D/' | while read -r rule; do
+	{ $ipt -t "$table" -S 2>/dev/null | grep -- "-j $chain\( \|$\)" | grep '^-A' | sed 's/^-A/-D/' || true; } | while read -r rule; do
 		eval "$ipt -t $table $rule" 2>/dev/null || true
 	done
 	$ipt -t "$table" -F "$chain" 2>/dev/null || true

@@ -181,7 +181,12 @@ func testInstall(t *testing.T, c *cluster) {
 	t.Logf("helm install --wait: %.1fs (agent DaemonSet and injector ready)", time.Since(start).Seconds())
 	agent := c.agentPod(t)
 	mem := c.waitMemory(t, releaseNS, agent.Name, "node-agent")
-	c.agentRSS = append(c.agentRSS, "agent RSS at rest (kubelet /stats/summary): "+mib(mem.RSS)+", working set "+mib(mem.WorkingSet))
+	rss, err := processRSS("node-agent")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.agentRSS = append(c.agentRSS, "agent at rest: kubelet /stats/summary rssBytes "+mib(mem.RSS)+", workingSetBytes "+mib(mem.WorkingSet)+
+		"; process VmRSS "+mib(rss))
 }
 
 func testInjected(t *testing.T, c *cluster) {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -119,6 +120,33 @@ func podMemory(ctx context.Context, c kubernetes.Interface, node, namespace, nam
 		return out, nil
 	}
 	return nil, fmt.Errorf("pod %s/%s not in the kubelet's summary", namespace, name)
+}
+
+// processRSS returns the VmRSS of the process named comm on this machine
+// (the node): unlike the kubelet's rssBytes (the cgroup's anonymous
+// memory), it counts the mapped pages of the binary too.
+func processRSS(comm string) (uint64, error) {
+	dirs, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0, err
+	}
+	for _, d := range dirs {
+		name, err := os.ReadFile("/proc/" + d.Name() + "/comm")
+		if err != nil || strings.TrimSpace(string(name)) != comm {
+			continue
+		}
+		status, err := os.ReadFile("/proc/" + d.Name() + "/status")
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(status), "\n") {
+			if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+				kb, err := strconv.ParseUint(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+				return kb << 10, err
+			}
+		}
+	}
+	return 0, fmt.Errorf("no process %s", comm)
 }
 
 func mib(b uint64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }

@@ -45,7 +45,9 @@ func testGCEPreemption(t *testing.T, c *cluster) {
 	c.gce.set("instance/preempted", "TRUE")
 	deadline := notice.Add(30 * time.Second)
 	pw.waitGone(t, c, pods, time.Minute)
-	c.agentRSS = append(c.agentRSS, "agent RSS peak while draining a GCE preemption (kubelet /stats/summary, every 0.5 s): "+mib(peak().RSS))
+	mem, rss := peak()
+	c.agentRSS = append(c.agentRSS, "agent peak while draining a GCE preemption (every 0.5 s): kubelet rssBytes "+mib(mem.RSS)+
+		", workingSetBytes "+mib(mem.WorkingSet)+"; process VmRSS "+mib(rss))
 
 	tl := c.recordStopped(t, "GCE instance/preempted=TRUE (deadline +30s)", notice, pw, pods)
 	for _, p := range pods {
@@ -187,16 +189,22 @@ func (c *cluster) recordStopped(t *testing.T, title string, t0 time.Time, pw *po
 }
 
 // sampleMemory samples the agent container's memory every 0.5 s until the
-// returned function is called, which returns the peak.
-func (c *cluster) sampleMemory(t *testing.T, agentPod string) func() containerMemory {
+// returned function is called, which returns the peaks: the kubelet's
+// rssBytes and workingSetBytes, and the process's VmRSS.
+func (c *cluster) sampleMemory(t *testing.T, agentPod string) func() (containerMemory, uint64) {
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan containerMemory)
+	var vmRSS uint64
 	go func() {
 		var peak containerMemory
 		defer func() { done <- peak }()
 		for {
-			if m, err := podMemory(ctx, c.client, nodeName, releaseNS, agentPod); err == nil && m["node-agent"].RSS > peak.RSS {
-				peak = m["node-agent"]
+			if m, err := podMemory(ctx, c.client, nodeName, releaseNS, agentPod); err == nil {
+				peak.RSS = max(peak.RSS, m["node-agent"].RSS)
+				peak.WorkingSet = max(peak.WorkingSet, m["node-agent"].WorkingSet)
+			}
+			if rss, err := processRSS("node-agent"); err == nil {
+				vmRSS = max(vmRSS, rss)
 			}
 			select {
 			case <-ctx.Done():
@@ -205,8 +213,9 @@ func (c *cluster) sampleMemory(t *testing.T, agentPod string) func() containerMe
 			}
 		}
 	}()
-	return func() containerMemory {
+	return func() (containerMemory, uint64) {
 		cancel()
-		return <-done
+		peak := <-done
+		return peak, vmRSS
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
@@ -96,8 +97,12 @@ func setup(t *testing.T) *cluster {
 		t.Fatal(err)
 	}
 	cfg.QPS, cfg.Burst = -1, -1
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
 	c := &cluster{
-		client:     kubernetes.NewForConfigOrDie(cfg),
+		client:     client,
 		kubeconfig: kubeconfig,
 		helm:       os.Getenv("LASTCALL_HELM"),
 		tag:        os.Getenv("LASTCALL_E2E_IMAGE_TAG"),
@@ -531,16 +536,18 @@ func (c *cluster) resetNode(t *testing.T, cloud string) {
 	// upgrade rolls the DaemonSet.
 	old := c.agentPod(t)
 	c.helmRun(t, append([]string{"upgrade", release, "../charts/lastcall", "-n", releaseNS}, c.helmValues(cloud)...)...)
-	if err := c.client.CoreV1().Pods(releaseNS).Delete(ctx, old.Name, metav1.DeleteOptions{}); err != nil && !strings.Contains(err.Error(), "not found") {
-		t.Fatal(err)
-	}
-	if _, err := drainer.New(c.client, drainer.Options{}).Uncordon(ctx, nodeName); err != nil {
+	if err := c.client.CoreV1().Pods(releaseNS).Delete(ctx, old.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
 		t.Fatal(err)
 	}
 	c.poll(t, 2*time.Minute, "a new agent", func(ctx context.Context) (bool, error) {
 		a := c.agentPod(t)
 		return a.UID != old.UID, nil
 	})
+	// The new agent finds no notice; the cordon is undone here whether or
+	// not the agent undid its own.
+	if _, err := drainer.New(c.client, drainer.Options{}).Uncordon(ctx, nodeName); err != nil {
+		t.Fatal(err)
+	}
 	// Worker pods created while the injector was evicted went without
 	// the sidecar (failurePolicy Ignore): replace them.
 	c.poll(t, 2*time.Minute, "the injector", func(ctx context.Context) (bool, error) {

@@ -15,7 +15,7 @@
 # (10.213.0.1, also the node's IP), and only the iptables chains it or its
 # kube-proxy made. State lives in $LASTCALL_CLUSTER_DIR (/var/lib/lastcall-e2e);
 # the admin kubeconfig is $LASTCALL_CLUSTER_DIR/admin.kubeconfig.
-set -euo pipefail
+set -Eeuo pipefail
 
 cd "$(dirname "$0")/.."
 bin=$PWD/.testbin
@@ -159,8 +159,8 @@ kubelet_config() {
 }
 
 up() {
-	if [[ -d $dir/pid ]] && compgen -G "$dir/pid/*" >/dev/null; then
-		log "already up (or not cleaned up): run hack/cluster.sh down first"
+	if [[ -e $dir ]]; then
+		log "$dir exists: already up, or not cleaned up; run hack/cluster.sh down first"
 		exit 1
 	fi
 	local b
@@ -172,8 +172,9 @@ up() {
 	done
 	[[ -x /usr/lib/cni/bridge ]] || { log "/usr/lib/cni/bridge missing: apt-get install containernetworking-plugins"; exit 1; }
 	local t0=$SECONDS
-	rm -rf "$dir"
 	mkdir -p "$dir"/{pid,log,run,etcd,kubelet,pod-logs}
+	# A failed start leaves nothing behind.
+	trap 'log "start failed; logs were in $dir/log:"; tail -n 5 "$dir"/log/*.log >&2 || true; down' ERR
 	# Fixed paths the kubelet, containerd's shims and CNI use whatever
 	# their configuration: those missing now are removed by down.
 	local path
@@ -237,6 +238,7 @@ up() {
 		ctr -a "$sock" -n k8s.io images import --no-unpack=false "$img" >/dev/null
 	done
 	wait_for "node $node" 90 node_ready
+	trap - ERR
 	log "up in $((SECONDS - t0))s; KUBECONFIG=$dir/admin.kubeconfig"
 }
 

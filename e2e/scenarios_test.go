@@ -68,6 +68,7 @@ func testAWSSpot(t *testing.T, c *cluster) {
 	pw.waitGone(t, c, pods, 3*time.Minute)
 
 	tl := c.recordStopped(t, "AWS spot/instance-action terminate (deadline +2m)", notice, pw, pods)
+	logTold(t, tl, pods, deadline)
 	for _, p := range pods {
 		tl.assertOrder(t, p.Name, append([]string{"told", "done"}, stopOrder...)...)
 		assertBefore(t, tl, p.Name, "api: deletion requested", deadline)
@@ -133,6 +134,12 @@ func testAgentKilled(t *testing.T, c *cluster) {
 	tl := c.recordStopped(t, "AWS spot notice, agent pod force-deleted once the workers were told", notice, pw, pods)
 	tl.add(event{Pod: old.Name, What: "agent pod force-deleted", At: killed}, event{Pod: replacement.Name, What: "replacement agent ready", At: ready})
 	t.Logf("agent %s force-deleted at %+.3fs, replacement %s ready at %+.3fs", old.Name, killed.Sub(notice).Seconds(), replacement.Name, ready.Sub(notice).Seconds())
+	logTold(t, tl, pods, deadline)
+	for _, e := range c.ledger.since(notice) {
+		if e.Seq == uint64(first) && (e.What == "acked" || e.What == "handed-back") {
+			t.Logf("the %s message held by %s when the agent died: %s at %+.3fs", 20*time.Second, holder, e.What, e.At.Sub(notice).Seconds())
+		}
+	}
 	if holder == "" {
 		t.Fatal("no worker took the long message")
 	}
@@ -147,6 +154,22 @@ func testAgentKilled(t *testing.T, c *cluster) {
 	}
 	c.resetNode(t, "aws")
 	c.settle(t)
+}
+
+// logTold prints what each pod's workers were told against the notice's
+// real deadline.
+func logTold(t *testing.T, tl *timeline, pods []corev1.Pod, deadline time.Time) {
+	t.Helper()
+	for _, p := range pods {
+		e, ok := tl.first(p.Name, "told")
+		if !ok {
+			continue
+		}
+		reason, at, _ := strings.Cut(e.Detail, " deadline ")
+		if told, err := time.Parse(time.RFC3339Nano, at); err == nil {
+			t.Logf("%s told %s, deadline %+.3fs from the spot notice's", p.Name, reason, told.Sub(deadline).Seconds())
+		}
+	}
 }
 
 func assertBefore(t *testing.T, tl *timeline, pod, what string, deadline time.Time) {

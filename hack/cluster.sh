@@ -7,7 +7,8 @@
 #   hack/cluster.sh up [IMAGE.tar...]  start it, import the images, wait for Ready
 #   hack/cluster.sh down               stop everything it started, by PID, and
 #                                      remove its containers, mounts, bridge,
-#                                      iptables rules and state
+#                                      iptables rules and state; put back the
+#                                      kernel settings the kubelet changed
 #
 # It keeps to itself: its own containerd root, state and socket, runc root,
 # bridge (lastcall0) and subnets (pods 10.213.0.0/24, Services
@@ -30,6 +31,10 @@ sock=$dir/run/containerd.sock
 etcd_port=23790
 api=https://$node_ip:6443
 fixed_paths=(/var/log/containers /var/lib/kubelet /var/lib/cni /run/containerd /usr/libexec/kubernetes)
+# Kernel settings the kubelet (its kernel defaults), the CNI bridge plugin
+# (forwarding) and this script change: down puts back what up found.
+sysctls=(net.ipv4.ip_forward net.bridge.bridge-nf-call-iptables vm.overcommit_memory vm.panic_on_oom
+	kernel.panic kernel.panic_on_oops kernel.keys.root_maxkeys kernel.keys.root_maxbytes)
 
 log() { echo "cluster: $*" >&2; }
 
@@ -181,6 +186,9 @@ up() {
 	for path in "${fixed_paths[@]}"; do
 		[[ -e $path ]] || echo "$path" >>"$dir/made-paths"
 	done
+	for path in "${sysctls[@]}"; do
+		echo "$path=$(sysctl -n "$path" 2>/dev/null)" >>"$dir/sysctls"
+	done
 	pki
 	containerd_config
 	kubelet_config
@@ -230,7 +238,8 @@ up() {
 	start kube-proxy "$bin/kube-proxy" --kubeconfig "$dir/proxy.kubeconfig" --hostname-override "$node" \
 		--proxy-mode iptables --cluster-cidr "$pod_cidr" --bind-address "$node_ip" \
 		--metrics-bind-address 127.0.0.1:10549 --healthz-bind-address 127.0.0.1:10546 \
-		--conntrack-max-per-core 0 --iptables-localhost-nodeports=false --nodeport-addresses "$node_ip/32" \
+		--conntrack-max-per-core 0 --conntrack-tcp-timeout-established 0 --conntrack-tcp-timeout-close-wait 0 \
+		--iptables-localhost-nodeports=false --nodeport-addresses "$node_ip/32" \
 		--profiling=false
 
 	local img
@@ -309,6 +318,9 @@ down() {
 	done
 	if [[ -f $dir/made-paths ]]; then
 		while read -r r; do rm -rf "$r"; done <"$dir/made-paths"
+	fi
+	if [[ -f $dir/sysctls ]]; then
+		while read -r r; do [[ $r == *= ]] || sysctl -qw "$r" 2>/dev/null || true; done <"$dir/sysctls"
 	fi
 	rm -rf "$dir"
 	log "down"

@@ -17,7 +17,17 @@ export LASTCALL_HELM := $(TOOLS)/helm
 SQS_EMULATOR := $(TOOLS)/fauxqs/serve.mjs
 export LASTCALL_SQS_EMULATOR := $(SQS_EMULATOR)
 
-.PHONY: help build test unit lint chart-lint testbin bench demo image clean
+# Images: `make image` writes docker-archive tarballs into bin/images/
+# without a container engine or registry (`docker load -i` or `ctr images
+# import` them); `make image-docker` builds the same two with the Dockerfile.
+IMAGE_REPO ?= ghcr.io/lastcall-dev
+IMAGE_TAG  ?= $(VERSION)
+IMAGES     := $(BIN)/images
+# CA roots for the agent's webhook HTTPS, from the build machine
+# (Debian: ca-certificates).
+CA_BUNDLE  ?= /etc/ssl/certs/ca-certificates.crt
+
+.PHONY: help build test unit lint chart-lint testbin nodebin bench demo image image-docker e2e-images cluster-up cluster-down e2e clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -82,8 +92,42 @@ demo: ## a whole preemption on this machine (control plane, NATS JetStream, 3 no
 	@$(MAKE) --no-print-directory testbin
 	$(GO) run ./cmd/demo
 
-image: ## build the container image (needs a Docker engine)
-	docker build --build-arg VERSION=$(VERSION) -t lastcall:$(VERSION) .
+image: ## build the images offline into bin/images/: lastcall (agent + injector) and sidecar
+	@test -f $(CA_BUNDLE) || { echo "no CA bundle at $(CA_BUNDLE) (apt-get install ca-certificates, or set CA_BUNDLE)"; exit 1; }
+	@mkdir -p $(IMAGES) $(BIN)/image
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/image/ ./cmd/node-agent ./cmd/injector ./cmd/sidecar
+	$(GO) run ./hack/mkimage -o $(IMAGES)/lastcall.tar -tag $(IMAGE_REPO)/lastcall:$(IMAGE_TAG) \
+		-entrypoint /usr/local/bin/node-agent -user 65532:65532 \
+		-add $(BIN)/image/node-agent:/usr/local/bin/node-agent -add $(BIN)/image/injector:/usr/local/bin/injector \
+		-add $(CA_BUNDLE):/etc/ssl/certs/ca-certificates.crt
+	$(GO) run ./hack/mkimage -o $(IMAGES)/sidecar.tar -tag $(IMAGE_REPO)/sidecar:$(IMAGE_TAG) \
+		-entrypoint /usr/local/bin/sidecar -user 65532:65532 -add $(BIN)/image/sidecar:/usr/local/bin/sidecar
+	@ls -l $(IMAGES)/lastcall.tar $(IMAGES)/sidecar.tar
+
+image-docker: ## build the same two images with the Dockerfile (needs a Docker engine and a registry for golang)
+	docker build --build-arg VERSION=$(VERSION) --target lastcall -t $(IMAGE_REPO)/lastcall:$(IMAGE_TAG) .
+	docker build --build-arg VERSION=$(VERSION) --target sidecar -t $(IMAGE_REPO)/sidecar:$(IMAGE_TAG) .
+
+# The test-only images of the e2e cluster: its pause image and the worker.
+e2e-images:
+	@mkdir -p $(IMAGES) $(BIN)/image
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/image/ ./hack/pause ./e2e/worker
+	$(GO) run ./hack/mkimage -o $(IMAGES)/pause.tar -tag registry.k8s.io/pause:3.10 -entrypoint /pause \
+		-user 65535:65535 -add $(BIN)/image/pause:/pause
+	$(GO) run ./hack/mkimage -o $(IMAGES)/e2e-worker.tar -tag lastcall.dev/e2e-worker:$(IMAGE_TAG) \
+		-entrypoint /worker -user 65532:65532 -add $(BIN)/image/worker:/worker
+
+nodebin: testbin $(TOOLS)/helm
+	./hack/testbin.sh node
+
+cluster-up: image e2e-images nodebin ## start a real one-node cluster here (root; containerd, runc, CNI); KUBECONFIG=/var/lib/lastcall-e2e/admin.kubeconfig
+	./hack/cluster.sh up $(IMAGES)/pause.tar $(IMAGES)/lastcall.tar $(IMAGES)/sidecar.tar $(IMAGES)/e2e-worker.tar
+
+cluster-down: ## stop the cluster of cluster-up and remove all it made
+	./hack/cluster.sh down
+
+e2e: image e2e-images nodebin ## on a real one-node cluster: helm install, GCE and AWS preemptions, scale-down, agent killed mid-drain
+	LASTCALL_E2E_IMAGE_TAG=$(IMAGE_TAG) ./hack/e2e.sh
 
 clean: ## remove build outputs (keeps .testbin/)
 	rm -rf $(BIN)

@@ -33,6 +33,7 @@ var variants = []struct {
 	{"monitoring", []string{"testdata/monitoring.yaml"}, checkMonitoring},
 	{"policy-warn", []string{"testdata/policy-warn.yaml"}, checkPolicyWarn},
 	{"injector", []string{"testdata/injector.yaml"}, checkInjector},
+	{"metadata", []string{"testdata/metadata.yaml"}, checkMetadata},
 }
 
 func TestLint(t *testing.T) {
@@ -239,6 +240,16 @@ func checkDryRunSlack(t *testing.T, objs []*unstructured.Unstructured) {
 	}
 }
 
+func checkMetadata(t *testing.T, objs []*unstructured.Unstructured) {
+	_, c := daemonSet(t, objs)
+	for _, arg := range []string{"--cloud=aws", "--gce-metadata-host=127.0.0.1:8088", "--aws-imds-endpoint=http://127.0.0.1:1338",
+		"--aws-poll-interval=500ms", "--azure-imds-endpoint=http://127.0.0.1:8089"} {
+		if !slices.Contains(c.Args, arg) {
+			t.Errorf("args %q lack %q", c.Args, arg)
+		}
+	}
+}
+
 func checkCustomLabels(t *testing.T, objs []*unstructured.Unstructured) {
 	ds, c := daemonSet(t, objs)
 	if got, want := nodeTerms(ds), []string{"node-pool in (spot,spot-gpu)"}; !slices.Equal(got, want) {
@@ -316,6 +327,7 @@ func TestSchemaRejects(t *testing.T) {
 		{"testdata/invalid-policy-actions.yaml", "validationActions"},
 		{"testdata/invalid-port-wellknown.yaml", "/metrics/port"},
 		{"testdata/invalid-port-nodeport.yaml", "/agent/sidecarPort"},
+		{"testdata/invalid-metadata.yaml", "gceHost"},
 	} {
 		t.Run(strings.TrimSuffix(strings.TrimPrefix(tc.file, "testdata/invalid-"), ".yaml"), func(t *testing.T) {
 			for _, cmd := range [][]string{

@@ -80,7 +80,7 @@ func checkInjector(t *testing.T, objs []*unstructured.Unstructured) {
 	for _, arg := range []string{"--native-sidecar=true", "--agent-port=10574", "--exclude-namespaces=kube-system,monitoring",
 		"--secret=" + dep.Name + "-tls", "--webhook-config=" + dep.Name, "--service=" + dep.Name,
 		"--sidecar-cpu-request=5m", "--sidecar-memory-request=16Mi", "--sidecar-memory-limit=32Mi",
-		"--image=ghcr.io/lastcall-dev/lastcall:" + chartAppVersion(t)} {
+		"--image=ghcr.io/lastcall-dev/sidecar:" + chartAppVersion(t)} {
 		if !slices.Contains(c.Args, arg) {
 			t.Errorf("args %q lack %q", c.Args, arg)
 		}
@@ -256,6 +256,7 @@ func TestInjectorSchemaRejects(t *testing.T) {
 		{"injector.replicas=0", "replicas"},
 		{"injector.timeoutSeconds=31", "timeoutSeconds"},
 		{"injector.certManager.issuer=x", "issuer"},
+		{"injector.sidecarImage.repo=x", "repo"},
 	} {
 		t.Run(tc.set, func(t *testing.T) {
 			out, stderr, err := runHelm(t, templateArgs("lastcall", "lastcall-system", nil, []string{"injector.enabled=true", tc.set})...)

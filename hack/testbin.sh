@@ -1,23 +1,16 @@
 #!/usr/bin/env bash
-# Builds the control plane the tests run (etcd, kube-apiserver,
-# kube-controller-manager) from the Go module proxy into .testbin/, unless the
-# binaries of the pinned release are already there. Tests find them through
-# KUBEBUILDER_ASSETS=.testbin.
+# Builds the Kubernetes binaries the tests run from the Go module proxy into
+# .testbin/, unless those of the pinned release are already there.
+#
+#   hack/testbin.sh        etcd, kube-apiserver, kube-controller-manager: the
+#                          control plane of `make test` (KUBEBUILDER_ASSETS)
+#   hack/testbin.sh node   kubelet, kube-scheduler, kube-proxy as well: the
+#                          one-node cluster of `make e2e`
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 out=.testbin
 kube_version=v1.34.4
-stamp="$out/.built-$kube_version"
-
-if [[ -f "$stamp" && -x "$out/etcd" && -x "$out/kube-apiserver" && -x "$out/kube-controller-manager" ]]; then
-	exit 0
-fi
-
-echo "testbin: building etcd, kube-apiserver and kube-controller-manager $kube_version (about 10 minutes on 2 cores, once)" >&2
-start=$(date +%s)
-mkdir -p "$out"
-rm -f "$out"/.built-*
 
 major=${kube_version#v}; major=${major%%.*}
 minor=${kube_version#v*.}; minor=${minor%%.*}
@@ -25,15 +18,38 @@ ver=k8s.io/component-base/version
 ldflags="-s -w -X $ver.gitVersion=$kube_version -X $ver.gitMajor=$major -X $ver.gitMinor=$minor -X $ver.gitTreeState=clean"
 ldflags+=" -X k8s.io/client-go/pkg/version.gitVersion=$kube_version -X k8s.io/client-go/pkg/version.gitMajor=$major -X k8s.io/client-go/pkg/version.gitMinor=$minor"
 
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-(
-	cd hack/testbin
-	CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$tmp/" \
-		k8s.io/kubernetes/cmd/kube-apiserver \
-		k8s.io/kubernetes/cmd/kube-controller-manager
-	CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$tmp/etcd" go.etcd.io/etcd/server/v3
-)
-mv "$tmp/kube-apiserver" "$tmp/kube-controller-manager" "$tmp/etcd" "$out/"
-touch "$stamp"
-echo "testbin: built in $(( $(date +%s) - start ))s" >&2
+# build STAMP BINARY... builds the k8s.io/kubernetes commands BINARY... into
+# $out unless STAMP and each of them are there.
+build() {
+	local stamp="$out/$1"; shift
+	local have=1 b
+	for b in "$@"; do [[ -x "$out/$b" ]] || have=0; done
+	if [[ -f "$stamp" && $have == 1 ]]; then
+		return 0
+	fi
+	echo "testbin: building $* $kube_version (a few minutes on 2 cores, once)" >&2
+	local start tmp pkgs=()
+	start=$(date +%s)
+	mkdir -p "$out"
+	rm -f "$stamp"
+	tmp=$(mktemp -d)
+	for b in "$@"; do
+		[[ $b == etcd ]] || pkgs+=("k8s.io/kubernetes/cmd/$b")
+	done
+	(
+		cd hack/testbin
+		CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$tmp/" "${pkgs[@]}"
+		if [[ " $* " == *" etcd "* ]]; then
+			CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$tmp/etcd" go.etcd.io/etcd/server/v3
+		fi
+	) || { rm -rf "$tmp"; exit 1; }
+	for b in "$@"; do mv "$tmp/$b" "$out/"; done
+	rm -rf "$tmp"
+	touch "$stamp"
+	echo "testbin: built in $(( $(date +%s) - start ))s" >&2
+}
+
+build ".built-$kube_version" etcd kube-apiserver kube-controller-manager
+if [[ ${1:-} == node ]]; then
+	build ".built-node-$kube_version" kubelet kube-scheduler kube-proxy
+fi

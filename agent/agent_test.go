@@ -51,8 +51,13 @@ func (r *recDrainer) ops() []string {
 	return out
 }
 
-func (r *recDrainer) Cordon(context.Context, string, string) (bool, error) {
+func (r *recDrainer) Cordon(context.Context, string, string, string) (bool, error) {
 	r.record("cordon", time.Time{})
+	return true, nil
+}
+
+func (r *recDrainer) OutOfService(context.Context, string) (bool, error) {
+	r.record("out-of-service", time.Time{})
 	return true, nil
 }
 

@@ -46,6 +46,9 @@ type Options struct {
 	// PollInterval is how often a drain checks which pods are gone.
 	// Default 250ms.
 	PollInterval time.Duration
+	// TaintEffect is the effect of the TaintKey taint Cordon adds:
+	// NoSchedule (the default) or NoExecute.
+	TaintEffect corev1.TaintEffect
 }
 
 // HoldFunc tells the drain which pods to hold back. For a pod whose workers
@@ -67,13 +70,17 @@ type Drainer struct {
 	now    func() time.Time
 	call   time.Duration
 	poll   time.Duration
+	effect corev1.TaintEffect
 }
 
 // New returns a Drainer that talks to the apiserver through client.
 func New(client kubernetes.Interface, opts Options) *Drainer {
 	d := &Drainer{
 		client: client, log: opts.Logger, self: opts.Self, pods: opts.Pods, m: opts.Metrics, hold: opts.Hold,
-		now: opts.Now, call: opts.CallTimeout, poll: opts.PollInterval,
+		now: opts.Now, call: opts.CallTimeout, poll: opts.PollInterval, effect: opts.TaintEffect,
+	}
+	if d.effect == "" {
+		d.effect = corev1.TaintEffectNoSchedule
 	}
 	if d.log == nil {
 		d.log = slog.New(slog.DiscardHandler)

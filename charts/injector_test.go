@@ -62,14 +62,18 @@ func checkInjector(t *testing.T, objs []*unstructured.Unstructured) {
 		t.Error("the Deployment's selector is the DaemonSet's")
 	}
 	aff := spec.Affinity
-	if aff == nil || aff.NodeAffinity == nil || aff.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution == nil {
-		t.Fatalf("affinity %+v: want a required node affinity off spot nodes", aff)
+	if aff == nil || aff.NodeAffinity == nil || aff.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution != nil ||
+		len(aff.NodeAffinity.PreferredDuringSchedulingIgnoredDuringExecution) != 1 {
+		t.Fatalf("affinity %+v: want a preferred (not required: all-spot clusters) node affinity off spot nodes", aff)
 	}
-	terms := aff.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution.NodeSelectorTerms
-	if len(terms) != 1 || len(terms[0].MatchExpressions) != 6 {
-		t.Fatalf("node selector terms %+v: want one term with a NotIn per spot label", terms)
+	pref := aff.NodeAffinity.PreferredDuringSchedulingIgnoredDuringExecution[0].Preference
+	if len(pref.MatchExpressions) != 6 {
+		t.Fatalf("preference %+v: want a NotIn per spot label", pref)
 	}
-	for _, e := range terms[0].MatchExpressions {
+	if spec.NodeSelector["kubernetes.io/os"] != "linux" {
+		t.Errorf("nodeSelector %v: want kubernetes.io/os=linux", spec.NodeSelector)
+	}
+	for _, e := range pref.MatchExpressions {
 		if e.Operator != corev1.NodeSelectorOpNotIn || len(e.Values) == 0 {
 			t.Errorf("expression %+v: want NotIn", e)
 		}

@@ -13,6 +13,7 @@ HELM_VERSION := v3.22.0
 export KUBEBUILDER_ASSETS := $(TESTBIN)
 export LASTCALL_TESTBIN := $(TESTBIN)
 export LASTCALL_HELM := $(TOOLS)/helm
+export LASTCALL_RULECHECK := $(TOOLS)/rulecheck
 
 .PHONY: help build test unit lint chart-lint testbin bench demo image clean
 
@@ -22,7 +23,7 @@ help: ## list the targets
 build: ## build the binaries into bin/
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
 
-test: testbin $(TOOLS)/helm ## everything CI runs: lint, then all tests with -race against the real control plane
+test: testbin $(TOOLS)/helm $(TOOLS)/rulecheck ## everything CI runs: lint, then all tests with -race against the real control plane
 	$(MAKE) lint
 	$(GO) test -race -count=1 -timeout 20m ./...
 
@@ -47,6 +48,12 @@ HELM_LDFLAGS := -s -w -X helm.sh/helm/v3/internal/version.version=$(HELM_VERSION
 
 $(TOOLS)/helm:
 	GOBIN=$(TOOLS) $(GO) install -ldflags '$(HELM_LDFLAGS)' helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+
+# Prometheus's rule and PromQL parsers (what `promtool check rules` runs),
+# in a module of their own under hack/rulecheck so that they add nothing to
+# the project's go.mod; promtool itself would build all of service discovery.
+$(TOOLS)/rulecheck: hack/rulecheck/main.go hack/rulecheck/go.mod
+	cd hack/rulecheck && GOBIN=$(TOOLS) $(GO) install .
 
 chart-lint: $(TOOLS)/helm ## helm lint the chart in charts/lastcall
 	$(TOOLS)/helm lint --strict charts/lastcall

@@ -27,6 +27,7 @@ Flags:
 type options struct {
 	namespace, service, secret, webhookConfig string
 	certDir, listen, kubeconfig               string
+	metricsListen                             string
 	inject                                    injector.Config
 	logFormat, logLevel                       string
 	showVersion                               bool
@@ -47,6 +48,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	fs.StringVar(&o.webhookConfig, "webhook-config", "lastcall-injector", "the MutatingWebhookConfiguration whose caBundle to set")
 	fs.StringVar(&o.certDir, "cert-dir", "", "read tls.crt and tls.key from this directory (cert-manager) instead of keeping a CA")
 	fs.StringVar(&o.listen, "listen", ":9443", "HTTPS address of /mutate, /healthz and /readyz")
+	fs.StringVar(&o.metricsListen, "metrics-listen", "", "plain HTTP address of /metrics, e.g. :9102; empty: none")
 	fs.StringVar(&o.kubeconfig, "kubeconfig", getenv("KUBECONFIG"), "kubeconfig file; empty: in-cluster config [KUBECONFIG]")
 	fs.StringVar(&image, "image", "", "the sidecar's image (required)")
 	fs.StringVar(&command, "sidecar-command", "/usr/local/bin/sidecar", "the sidecar's command in --image; empty: the image's entrypoint")

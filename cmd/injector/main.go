@@ -21,6 +21,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
@@ -112,8 +115,12 @@ func run(ctx context.Context, o *options, ln net.Listener, logger *slog.Logger) 
 		tlsConfig.Certificates = []tls.Certificate{cert}
 	}
 
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	handler := injector.NewHandler(o.inject, logger.With("component", "webhook"))
+	handler.Metrics = injector.NewMetrics(reg, version)
 	mux := http.NewServeMux()
-	mux.Handle("POST /mutate", injector.NewHandler(o.inject, logger.With("component", "webhook")))
+	mux.Handle("POST /mutate", handler)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !ready.Load() {
@@ -129,10 +136,31 @@ func run(ctx context.Context, o *options, ln net.Listener, logger *slog.Logger) 
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
 
+	var mln net.Listener
+	if o.metricsListen != "" {
+		if mln, err = net.Listen("tcp", o.metricsListen); err != nil {
+			return fmt.Errorf("--metrics-listen: %w", err)
+		}
+	}
 	g, ctx := errgroup.WithContext(ctx)
+	logger.Info("serving", "addr", ln.Addr().String())
+	serve(ctx, g, srv, func() error { return srv.ServeTLS(ln, "", "") })
+	if certs != nil {
+		g.Go(func() error { return keepCABundle(ctx, client, o.webhookConfig, certs.CACert, &ready, logger) })
+	}
+	if mln != nil {
+		msrv := &http.Server{Handler: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), ReadHeaderTimeout: 5 * time.Second}
+		logger.Info("serving metrics", "addr", mln.Addr().String())
+		serve(ctx, g, msrv, func() error { return msrv.Serve(mln) })
+	}
+	return g.Wait()
+}
+
+// serve runs srv (started by start) in g until ctx ends, then shuts it
+// down, giving open requests 5 s.
+func serve(ctx context.Context, g *errgroup.Group, srv *http.Server, start func() error) {
 	g.Go(func() error {
-		logger.Info("serving", "addr", ln.Addr().String())
-		if err := srv.ServeTLS(ln, "", ""); !errors.Is(err, http.ErrServerClosed) {
+		if err := start(); !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("serve: %w", err)
 		}
 		return nil
@@ -143,10 +171,6 @@ func run(ctx context.Context, o *options, ln net.Listener, logger *slog.Logger) 
 		defer cancel()
 		return srv.Shutdown(shutdown)
 	})
-	if certs != nil {
-		g.Go(func() error { return keepCABundle(ctx, client, o.webhookConfig, certs.CACert, &ready, logger) })
-	}
-	return g.Wait()
 }
 
 // keepCABundle writes the CA into the webhook configuration, retrying with

@@ -533,7 +533,7 @@ func TestAWSScheduledEventCanceledUndoesCordon(t *testing.T) {
 		cond, ok := c.condition(t)
 		return ok && cond.Status == corev1.ConditionFalse
 	})
-	eventually(t, 10*time.Second, "PreemptionCanceled event", func() bool { return len(c.events(t, "PreemptionCanceled")) == 1 })
+	eventually(t, 10*time.Second, "MaintenanceCanceled event", func() bool { return len(c.events(t, "MaintenanceCanceled")) == 1 })
 }
 
 func TestDryRunChangesNothing(t *testing.T) {

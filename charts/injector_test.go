@@ -116,8 +116,15 @@ func checkInjector(t *testing.T, objs []*unstructured.Unstructured) {
 	}
 
 	whc := into[admissionregistrationv1.MutatingWebhookConfiguration](t, find(t, inj, "MutatingWebhookConfiguration"))
-	if len(whc.Webhooks) != 1 {
-		t.Fatalf("%d webhooks, want 1", len(whc.Webhooks))
+	if len(whc.Webhooks) != 2 {
+		t.Fatalf("%d webhooks, want 2 (labelled pods, labelled namespaces)", len(whc.Webhooks))
+	}
+	nsw := whc.Webhooks[1]
+	if nsw.ClientConfig.Service == nil || *nsw.ClientConfig.Service.Path != "/mutate-namespace" ||
+		nsw.NamespaceSelector == nil || len(nsw.NamespaceSelector.MatchExpressions) != 2 ||
+		nsw.NamespaceSelector.MatchExpressions[0].Key != "lastcall.dev/inject" ||
+		nsw.ObjectSelector == nil || !slices.Equal(nsw.ObjectSelector.MatchExpressions[0].Values, []string{"enabled", "disabled"}) {
+		t.Errorf("namespace webhook %+v", nsw)
 	}
 	wh := whc.Webhooks[0]
 	if *wh.FailurePolicy != admissionregistrationv1.Ignore || *wh.SideEffects != admissionregistrationv1.SideEffectClassNone ||

@@ -38,11 +38,14 @@ import (
 var version = "dev"
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "inject" {
+		os.Exit(injectMain(os.Args[2:], os.Stdin, os.Stdout, os.Stderr))
+	}
 	os.Exit(Main(os.Args[1:], os.Getenv, os.Stderr))
 }
 
 // Main runs the injector with args until SIGTERM or interrupt and returns
-// the exit code.
+// the exit code. "injector inject" is injectMain.
 func Main(args []string, getenv func(string) string, stderr io.Writer) int {
 	o, err := parseFlags(args, getenv, stderr)
 	if errors.Is(err, flag.ErrHelp) {
@@ -117,10 +120,18 @@ func run(ctx context.Context, o *options, ln net.Listener, logger *slog.Logger) 
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := injector.NewMetrics(reg, version)
 	handler := injector.NewHandler(o.inject, logger.With("component", "webhook"))
-	handler.Metrics = injector.NewMetrics(reg, version)
+	handler.Metrics = metrics
+	// Pods of namespaces labelled lastcall.dev/inject=enabled come through
+	// a webhook of their own, to this path.
+	nsCfg := o.inject
+	nsCfg.NamespaceOptIn = true
+	nsHandler := injector.NewHandler(nsCfg, logger.With("component", "webhook", "opt_in", "namespace"))
+	nsHandler.Metrics = metrics
 	mux := http.NewServeMux()
 	mux.Handle("POST /mutate", handler)
+	mux.Handle("POST /mutate-namespace", nsHandler)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !ready.Load() {

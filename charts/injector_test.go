@@ -16,6 +16,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
@@ -217,16 +218,7 @@ func TestInjectorCertManager(t *testing.T) {
 // into the real apiserver and checks what NOTES.txt tells the user.
 func TestHelmInstallInjector(t *testing.T) {
 	e := kubetest.Need(t, env)
-	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
-	if _, err := e.WriteKubeconfig(kubeconfig); err != nil {
-		t.Fatal(err)
-	}
-	ns, release := e.UniqueName("helm-injector"), e.UniqueName("lc-injector")
-	out, stderr, err := runHelm(t, "install", release, chartDir, "--kubeconfig", kubeconfig,
-		"--namespace", ns, "--create-namespace", "--values", "testdata/injector.yaml")
-	if err != nil {
-		t.Fatalf("helm install: %v\n%s%s", err, out, stderr)
-	}
+	ns, release, _, out := helmInstall(t, e, "injector", "testdata/injector.yaml")
 	for _, want := range []string{
 		"STATUS: deployed",
 		"The sidecar injector " + release + "-lastcall-injector adds the sidecar",
@@ -333,4 +325,58 @@ func TestInjectorRBAC(t *testing.T) {
 			t.Errorf("%s: %v, want forbidden", name, err)
 		}
 	}
+}
+
+// TestHelmUninstallRemovesInjectorSecret installs the injector variant,
+// lets the injector's certificate code do what the running injector does
+// (create the Secret with its CA, own it by the webhook configuration,
+// write the caBundle), then uninstalls: Kubernetes' garbage collector
+// deletes the Secret with the webhook configuration helm deletes.
+func TestHelmUninstallRemovesInjectorSecret(t *testing.T) {
+	e := kubetest.Need(t, env)
+	startControllers(t, e, "garbage-collector-controller")
+	ns, release, kubeconfig, _ := helmInstall(t, e, "uninstall", "testdata/injector.yaml")
+	name := release + "-lastcall-injector"
+	r := &injector.Rotator{Client: e.Client, Namespace: ns, Secret: name + "-tls", WebhookConfig: name,
+		Hosts: []string{name + "." + ns + ".svc"}}
+	if err := r.Load(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Check(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	secrets := e.Client.CoreV1().Secrets(ns)
+	if _, err := secrets.Get(t.Context(), name+"-tls", metav1.GetOptions{}); err != nil {
+		t.Fatalf("the injector's Secret: %v", err)
+	}
+	if out, stderr, err := runHelm(t, "uninstall", release, "--kubeconfig", kubeconfig, "--namespace", ns, "--wait"); err != nil {
+		t.Fatalf("helm uninstall: %v\n%s%s", err, out, stderr)
+	}
+	start := time.Now()
+	err := wait.PollUntilContextTimeout(t.Context(), 200*time.Millisecond, 60*time.Second, true, func(ctx context.Context) (bool, error) {
+		_, err := secrets.Get(ctx, name+"-tls", metav1.GetOptions{})
+		return apierrors.IsNotFound(err), nil
+	})
+	if err != nil {
+		t.Fatalf("the injector's Secret outlived helm uninstall: %v", err)
+	}
+	t.Logf("Secret deleted %v after helm uninstall", time.Since(start).Round(time.Millisecond))
+}
+
+// helmInstall installs the chart with values into a new namespace of the
+// real apiserver and returns the namespace, the release, the kubeconfig
+// used and helm's output.
+func helmInstall(t *testing.T, e *kubetest.Env, name, values string) (ns, release, kubeconfig, out string) {
+	t.Helper()
+	kubeconfig = filepath.Join(t.TempDir(), "kubeconfig")
+	if _, err := e.WriteKubeconfig(kubeconfig); err != nil {
+		t.Fatal(err)
+	}
+	ns, release = e.UniqueName("helm-"+name), e.UniqueName("lc-"+name)
+	out, stderr, err := runHelm(t, "install", release, chartDir, "--kubeconfig", kubeconfig,
+		"--namespace", ns, "--create-namespace", "--values", values)
+	if err != nil {
+		t.Fatalf("helm install: %v\n%s%s", err, out, stderr)
+	}
+	return ns, release, kubeconfig, out
 }

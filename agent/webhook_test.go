@@ -198,3 +198,44 @@ func TestWebhookPostStopsAtDeadline(t *testing.T) {
 		t.Errorf("error %q names the URL, which may be a credential", err)
 	}
 }
+
+// TestWebhookFormatsSent sends each body (Slack, Teams, a custom template)
+// to a server that answers 500 first: each arrives twice, unchanged, and
+// the second is accepted.
+func TestWebhookFormatsSent(t *testing.T) {
+	custom, err := ParseWebhookTemplate(`{"node": {{ json .Node }}, "pods": {{ json (join .Pods ",") }}}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range []Webhook{{Format: WebhookSlack}, {Format: WebhookTeams}, {Format: WebhookTemplate, Template: custom}} {
+		t.Run(string(w.Format), func(t *testing.T) {
+			var (
+				mu     sync.Mutex
+				bodies []string
+			)
+			srv := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+				b, _ := io.ReadAll(r.Body)
+				mu.Lock()
+				bodies = append(bodies, string(b))
+				first := len(bodies) == 1
+				mu.Unlock()
+				if first {
+					rw.WriteHeader(http.StatusInternalServerError)
+				}
+			}))
+			defer srv.Close()
+			w.URL, w.Backoff = srv.URL, time.Millisecond
+			body, err := w.Body(testPayload)
+			if err != nil {
+				t.Fatal(err)
+			}
+			attempts, err := w.Post(t.Context(), body, nil)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil || attempts != 2 || len(bodies) != 2 || bodies[0] != string(body) || bodies[1] != string(body) {
+				t.Errorf("Post = %d, %v; server got %q; want the body twice", attempts, err, bodies)
+			}
+			t.Logf("%s: 500, then 200, in %d attempts: %s", w.Format, attempts, strings.Join(strings.Fields(string(body)), " "))
+		})
+	}
+}

@@ -171,6 +171,23 @@ func TestDayTwo(t *testing.T) {
 		})
 	})
 
+	// What NOTES.txt tells the user to run finds them.
+	warnings, err := c.env.Client.CoreV1().Events(metav1.NamespaceAll).List(ctx, metav1.ListOptions{FieldSelector: "source=lastcall,type=Warning"})
+	if err != nil {
+		t.Fatalf("the NOTES.txt field selector: %v", err)
+	}
+	reasons := map[string]bool{}
+	for _, e := range warnings.Items {
+		if e.InvolvedObject.Name == c.node || e.InvolvedObject.Namespace == c.ns {
+			reasons[e.Reason] = true
+		}
+	}
+	for _, r := range []string{"SpotInterruption", "NoticeIgnored", "Drained", "EvictionBlocked", "SidecarNotInjected"} {
+		if !reasons[r] {
+			t.Errorf("source=lastcall,type=Warning lacks %s: %v", r, reasons)
+		}
+	}
+
 	// The webhook: one body per notice that acts, the first try answered
 	// 503 and retried.
 	bodies, teams := hook.got()

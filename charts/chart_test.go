@@ -570,3 +570,30 @@ func TestChartBumpKeepsPods(t *testing.T) {
 		}
 	}
 }
+
+// TestWebhookURLNotInCommandLine: a URL given as agent.webhook.url reaches
+// the agent as a file of a Secret the chart renders, never as an argument
+// or variable (both readable in /proc).
+func TestWebhookURLNotInCommandLine(t *testing.T) {
+	const url = "https://hooks.example/services/T0/B0/secret-token"
+	objs := render(t, "lastcall", "lastcall-system", nil, []string{"agent.webhook.url=" + url})
+	ds, c := daemonSet(t, objs)
+	for _, a := range c.Args {
+		if strings.Contains(a, "secret-token") {
+			t.Errorf("argument %q carries the URL", a)
+		}
+	}
+	for _, e := range c.Env {
+		if strings.Contains(e.Value, "secret-token") {
+			t.Errorf("env %s carries the URL", e.Name)
+		}
+	}
+	if !slices.Contains(c.Args, "--webhook-url-file=/etc/lastcall/webhook/url") {
+		t.Errorf("args %q: want the URL file", c.Args)
+	}
+	secret := into[corev1.Secret](t, find(t, objs, "Secret"))
+	vols := ds.Spec.Template.Spec.Volumes
+	if secret.StringData["url"] != url || len(vols) != 1 || vols[0].Secret == nil || vols[0].Secret.SecretName != secret.Name {
+		t.Errorf("Secret %s (url %q), volumes %+v: want the URL in the Secret the agent mounts", secret.Name, secret.StringData["url"], vols)
+	}
+}

@@ -465,7 +465,7 @@ func (a *Agent) nodeOp(ctx context.Context, op string, do func(context.Context) 
 			a.Logger.Error(op+" failed", "err", err, "failures", a.failures)
 			a.Metrics.fail(op)
 			if a.failures == 1 && op == "cordon" {
-				a.event(corev1.EventTypeWarning, "CordonFailed", "cordon refused or failed, retried with backoff: %v", err)
+				a.eventAll(ctx, corev1.EventTypeWarning, "CordonFailed", "cordon of node %s refused or failed, retried with backoff: %v", a.cfg.Node, err)
 			}
 			wait := min(maxRetry, minRetry<<min(a.failures-1, 5))
 			a.retryAt = a.Now().Add(wait)

@@ -2,8 +2,10 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -35,6 +37,8 @@ type recDrainer struct {
 	mu    sync.Mutex
 	calls []call
 	block bool // Drain waits for ctx
+	// failCordon makes Cordon fail.
+	failCordon bool
 }
 
 func (r *recDrainer) record(op string, d time.Time) {
@@ -55,6 +59,9 @@ func (r *recDrainer) ops() []string {
 
 func (r *recDrainer) Cordon(context.Context, string, string, string) (bool, error) {
 	r.record("cordon", time.Time{})
+	if r.failCordon {
+		return false, errors.New("nodes is forbidden")
+	}
 	return true, nil
 }
 
@@ -290,6 +297,34 @@ func TestDeadlineGauge(t *testing.T) {
 		delete(want, "maintenance")
 		if got := gauge(); !maps.Equal(got, want) {
 			t.Errorf("after the cancel: gauge %v, want %v", got, want)
+		}
+	})
+}
+
+// TestEventReasons: the notice's Event names its kind, a refused cordon is
+// a Warning CordonFailed (once per run of failures), an ignored notice a
+// Warning NoticeIgnored.
+func TestEventReasons(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		d := &recDrainer{failCordon: true}
+		client := fake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}})
+		events := record.NewFakeRecorder(100)
+		a, err := New(Config{Node: "n1", Policies: Policies{watcher.KindRebalance: ActionNone}},
+			Deps{Client: client, Drainer: d, Pods: NewNodePods(client, "n1"), Events: events})
+		if err != nil {
+			t.Fatal(err)
+		}
+		run(t, a, notice("r1", watcher.KindRebalance, watcher.StateActive, 0),
+			notice("s1", watcher.KindSpotInterruption, watcher.StateActive, time.Minute))
+		close(events.Events)
+		var got []string
+		for e := range events.Events {
+			got = append(got, strings.Join(strings.Fields(e)[:2], " "))
+		}
+		// The drain goes ahead without the cordon, and empties the node.
+		want := []string{"Warning NoticeIgnored", "Warning SpotInterruption", "Warning CordonFailed", "Normal Drained"}
+		if !slices.Equal(got, want) {
+			t.Errorf("events %q, want %q", got, want)
 		}
 	})
 }

@@ -13,7 +13,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"text/template"
 	"time"
 
 	"github.com/lastcall-dev/lastcall/watcher"
@@ -60,7 +59,7 @@ type Webhook struct {
 	Format WebhookFormat
 	// Template renders the body for WebhookTemplate; see
 	// ParseWebhookTemplate.
-	Template *template.Template
+	Template *BodyTemplate
 	// Header holds extra request headers (Authorization, a routing key).
 	Header http.Header
 	// Timeout bounds one request. Default 5s.
@@ -108,59 +107,33 @@ const (
       {"title": "Action", "value": {{ json (printf "%s %d pods" .Action (len .Pods)) }}}]}]}}]}`
 )
 
-// ParseWebhookTemplate parses a Go text/template that renders a webhook
-// body from a WebhookPayload. Besides text/template's own functions it has
-// json (a value as JSON: a quoted, escaped string, a list, a number),
-// rfc3339 (a time in UTC) and join (strings.Join). It renders a sample
-// payload once and refuses a template whose output is not JSON.
-func ParseWebhookTemplate(text string) (*template.Template, error) {
-	t, err := template.New("webhook").Option("missingkey=error").Funcs(template.FuncMap{
-		"json": func(v any) (string, error) {
-			raw, err := json.Marshal(v)
-			return string(raw), err
-		},
-		"rfc3339": func(t time.Time) string { return t.UTC().Format(time.RFC3339) },
-		"join":    strings.Join,
-	}).Parse(text)
-	if err != nil {
-		return nil, fmt.Errorf("webhook template: %w", err)
-	}
-	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
-	sample := WebhookPayload{Node: "node-1", Source: "aws", Kind: "spot-interruption", State: "active", ID: "i-1",
-		Action: "drain", Detected: now, Deadline: now.Add(2 * time.Minute), Remaining: 120, Pods: []string{"ns/pod-\"1\""}}
-	var buf bytes.Buffer
-	if err := t.Execute(&buf, sample); err != nil {
-		return nil, fmt.Errorf("webhook template: %w", err)
-	}
-	if !json.Valid(buf.Bytes()) {
-		return nil, fmt.Errorf("webhook template: the body it renders is not JSON: %s", buf.String())
-	}
-	return t, nil
-}
-
 // Body renders the request body for p in w's format.
 func (w Webhook) Body(p WebhookPayload) ([]byte, error) {
-	var t *template.Template
+	t := w.Template
 	switch w.Format {
 	case WebhookJSON, "":
 		return json.Marshal(p)
-	case WebhookSlack:
-		t = template.Must(ParseWebhookTemplate(slackTemplate))
-	case WebhookTeams:
-		t = template.Must(ParseWebhookTemplate(teamsTemplate))
+	case WebhookSlack, WebhookTeams:
+		text := slackTemplate
+		if w.Format == WebhookTeams {
+			text = teamsTemplate
+		}
+		var err error
+		if t, err = ParseWebhookTemplate(text); err != nil {
+			return nil, err
+		}
 	case WebhookTemplate:
-		if w.Template == nil {
+		if t == nil {
 			return nil, errors.New("webhook format template without a template")
 		}
-		t = w.Template
 	default:
 		return nil, fmt.Errorf("unknown webhook format %q", w.Format)
 	}
-	var buf bytes.Buffer
-	if err := t.Execute(&buf, p); err != nil {
+	body, err := t.Execute(p)
+	if err != nil {
 		return nil, fmt.Errorf("render webhook body: %w", err)
 	}
-	return buf.Bytes(), nil
+	return body, nil
 }
 
 // url returns the URL to post to: the file's content, trimmed, or URL.

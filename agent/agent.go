@@ -341,8 +341,7 @@ func (a *Agent) reconcile(ctx context.Context) {
 	a.reconcileSidecars(ctx, d)
 	a.reconcileNode(ctx, d)
 	a.reconcileDrain(ctx, d)
-	a.forgetGonePods(ctx)
-	a.checkSidecars(ctx)
+	a.reconcilePods(ctx)
 }
 
 func (a *Agent) reconcileSidecars(ctx context.Context, d Desired) {
@@ -597,27 +596,12 @@ func (a *Agent) drained(ctx context.Context, log *slog.Logger, n watcher.Notice,
 	})
 }
 
-// forgetGonePods drops the done reports of pods that left the node.
-func (a *Agent) forgetGonePods(ctx context.Context) {
-	if a.Holds == nil || !a.Pods.Synced() {
-		return
-	}
-	pods, err := a.Pods.ListPods(ctx, a.cfg.Node)
-	if err != nil {
-		return
-	}
-	present := make(map[types.UID]bool, len(pods))
-	for _, p := range pods {
-		present[p.UID] = true
-	}
-	a.Holds.Forget(present)
-}
-
-// checkSidecars records a Warning Event SidecarNotInjected, once, on each
-// pod on the node that asked for the sidecar (label lastcall.dev/inject=enabled)
+// reconcilePods reads the pods on the node once: it drops the done reports
+// of pods that left, and records a Warning Event SidecarNotInjected, once,
+// on each pod that asked for the sidecar (label lastcall.dev/inject=enabled)
 // and has none: the injector was down or too slow, and its failurePolicy
 // Ignore let the pod in without it. Such a pod's workers are never told.
-func (a *Agent) checkSidecars(ctx context.Context) {
+func (a *Agent) reconcilePods(ctx context.Context) {
 	if !a.Pods.Synced() {
 		return
 	}
@@ -627,8 +611,13 @@ func (a *Agent) checkSidecars(ctx context.Context) {
 	}
 	present := make(map[types.UID]bool, len(pods))
 	for i := range pods {
+		present[pods[i].UID] = true
+	}
+	if a.Holds != nil {
+		a.Holds.Forget(present)
+	}
+	for i := range pods {
 		p := &pods[i]
-		present[p.UID] = true
 		if p.Labels[injectLabel] != "enabled" || p.Annotations[injectedAnnotation] != "" || a.noSidecar[p.UID] {
 			continue
 		}

@@ -66,7 +66,8 @@
 //
 // Beside Decide's node updates, reconcile adds the out-of-service taint
 // (Config.OutOfService) once the drain towards Desired.Drain has ended, and
-// checks the pods on the node for a sidecar they asked for and lack.
+// checks the pods on the node for a sidecar they asked for and lack
+// (reconcilePods, which reads the pod cache once per reconcile).
 //
 // What an operator sees, as Events (recorded from the notice loop, never
 // blocking it) and metrics: the notice's arrival as a Warning whose reason

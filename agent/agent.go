@@ -691,6 +691,16 @@ func (a *Agent) eventAll(ctx context.Context, kind, reason, format string, args 
 	}
 }
 
+// EvictionRefused records a Warning Event EvictionRefused on pod and on the
+// node, the first time in a drain that the pod's eviction is refused: a
+// PodDisruptionBudget allows no disruption (the drain retries until the
+// cut-off), or the apiserver refuses it for good. Pass it as
+// drainer.Options.Refused; it is safe for concurrent use and never blocks.
+func (a *Agent) EvictionRefused(pod *corev1.Pod, err error) {
+	a.podEvent(pod, corev1.EventTypeWarning, "EvictionRefused", "eviction refused: %v", err)
+	a.event(corev1.EventTypeWarning, "EvictionRefused", "eviction of pod %s/%s refused: %v", pod.Namespace, pod.Name, err)
+}
+
 // podsLeft records a Warning Event on each pod an incomplete drain acted
 // on that is still on the node: its eviction failed, a budget blocked it,
 // or it had not stopped by the end of the drain.

@@ -73,7 +73,8 @@
 // blocking it) and metrics: the notice's arrival as a Warning whose reason
 // names its kind (EventReason); a notice ignored by policy as a Warning
 // NoticeIgnored on the node and every pod on it; a refused cordon as
-// CordonFailed; a drain that ended with pods left as a Warning Drained and,
+// CordonFailed; a refused eviction, at once, as EvictionRefused on the pod
+// and the node (Agent.EvictionRefused, the drainer's Refused hook); a drain that ended with pods left as a Warning Drained and,
 // on each such pod, EvictionFailed, EvictionBlocked or DrainIncomplete; a
 // pod labelled for the sidecar without one as SidecarNotInjected. Metrics
 // holds the deadline of each kind's earliest active notice.

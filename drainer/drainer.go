@@ -49,6 +49,11 @@ type Options struct {
 	// TaintEffect is the effect of the TaintKey taint Cordon adds:
 	// NoSchedule (the default) or NoExecute.
 	TaintEffect corev1.TaintEffect
+	// Refused, if set, is told the first time in a drain that a pod's
+	// eviction is refused: by a PodDisruptionBudget (retried until the
+	// cut-off) or for good (RBAC, admission). It is called from the drain's
+	// goroutines and must not block.
+	Refused func(pod *corev1.Pod, err error)
 }
 
 // HoldFunc tells the drain which pods to hold back. For a pod whose workers
@@ -71,6 +76,7 @@ type Drainer struct {
 	call   time.Duration
 	poll   time.Duration
 	effect corev1.TaintEffect
+	refuse func(pod *corev1.Pod, err error)
 }
 
 // New returns a Drainer that talks to the apiserver through client.
@@ -78,6 +84,7 @@ func New(client kubernetes.Interface, opts Options) *Drainer {
 	d := &Drainer{
 		client: client, log: opts.Logger, self: opts.Self, pods: opts.Pods, m: opts.Metrics, hold: opts.Hold,
 		now: opts.Now, call: opts.CallTimeout, poll: opts.PollInterval, effect: opts.TaintEffect,
+		refuse: opts.Refused,
 	}
 	if d.effect == "" {
 		d.effect = corev1.TaintEffectNoSchedule

@@ -155,13 +155,23 @@ func TestDayTwo(t *testing.T) {
 			return tt.Key == drainer.TaintKey && tt.Value == "sim.spot-interruption" && tt.Effect == corev1.TaintEffectNoSchedule
 		})
 	})
+	// The budget's refusal is said at once, not only when the drain ends.
+	eventually(t, 10*time.Second, "EvictionRefused on the guarded pod and the node", func() bool {
+		return slices.Contains(c.podEvents(t, guarded.Name), "Warning/EvictionRefused") && len(c.events(t, "EvictionRefused")) == 1
+	})
+	refusedAfter := time.Since(start)
+	t.Logf("eviction refusal reported %v after the notice", refusedAfter.Round(time.Millisecond))
 	eventually(t, 20*time.Second, "Drained, as a Warning", func() bool {
 		for _, e := range c.events(t, "Drained") {
 			return e.Type == corev1.EventTypeWarning && strings.Contains(e.Message, "drained=false") && strings.Contains(e.Message, "blocked=1")
 		}
 		return false
 	})
-	t.Logf("incomplete drain reported %v after the notice", time.Since(start).Round(time.Millisecond))
+	drainedAfter := time.Since(start)
+	t.Logf("incomplete drain reported %v after the notice", drainedAfter.Round(time.Millisecond))
+	if refusedAfter >= drainedAfter {
+		t.Errorf("the refusal was reported %v after the notice, not before the drain ended (%v)", refusedAfter, drainedAfter)
+	}
 	eventually(t, 10*time.Second, "EvictionBlocked on the guarded pod", func() bool {
 		return slices.Contains(c.podEvents(t, guarded.Name), "Warning/EvictionBlocked")
 	})
@@ -182,7 +192,7 @@ func TestDayTwo(t *testing.T) {
 			reasons[e.Reason] = true
 		}
 	}
-	for _, r := range []string{"SpotInterruption", "NoticeIgnored", "Drained", "EvictionBlocked", "SidecarNotInjected"} {
+	for _, r := range []string{"SpotInterruption", "NoticeIgnored", "Drained", "EvictionRefused", "EvictionBlocked", "SidecarNotInjected"} {
 		if !reasons[r] {
 			t.Errorf("source=lastcall,type=Warning lacks %s: %v", r, reasons)
 		}

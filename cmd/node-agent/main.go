@@ -281,9 +281,12 @@ func run(ctx context.Context, o *options, logger *slog.Logger) error {
 
 	pods := agent.NewNodePods(client, o.node)
 	self := types.NamespacedName{Namespace: o.podNamespace, Name: o.podName}
+	// The agent records refused evictions as Events; it is built after
+	// the drainer, and before any drain.
+	var a *agent.Agent
 	dopts := drainer.Options{
 		Logger: logger.With("component", "drainer"), Self: self, Pods: pods, Metrics: drainer.NewMetrics(reg),
-		TaintEffect: effect,
+		TaintEffect: effect, Refused: func(p *corev1.Pod, err error) { a.EvictionRefused(p, err) },
 	}
 	// The sidecars: told of every notice; pods whose sidecar is connected
 	// are held until their workers report done.
@@ -323,7 +326,7 @@ func run(ctx context.Context, o *options, logger *slog.Logger) error {
 	if az, ok := w.(*azure.Watcher); ok && o.azureAck {
 		ack = azureAcknowledger{az}
 	}
-	a, err := agent.New(agent.Config{
+	a, err = agent.New(agent.Config{
 		Node: o.node, Self: self, Policies: policies, DryRun: o.dryRun,
 		Drain:   drainer.Policy{OnBlocked: onBlocked, Reserve: o.reserve, BlockedCutoff: o.cutoff, CriticalWindow: o.criticalWindow},
 		Webhook: webhook, OutOfService: o.outOfService,

@@ -525,7 +525,8 @@ func checkMigration(t *testing.T, objs []*unstructured.Unstructured) {
 			ispec.PriorityClassName, ispec.TopologySpreadConstraints, ispec.Tolerations, ispec.NodeSelector)
 	}
 	ic := ispec.Containers[0]
-	if !slices.Contains(ic.Args, "--log-level=debug") || !slices.Contains(ic.Args, "--image-pull-secrets=regcred") || ic.Resources.Requests.Cpu().String() != "20m" {
+	if !slices.Contains(ic.Args, "--log-level=debug") || !slices.Contains(ic.Args, "--image-pull-secrets=regcred") ||
+		!slices.Contains(ic.Args, "--sidecar-user=0") || ic.Resources.Requests.Cpu().String() != "20m" {
 		t.Errorf("injector args %q, resources %v", ic.Args, ic.Resources)
 	}
 	if !strings.HasSuffix(ic.Image, digest) {

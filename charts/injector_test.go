@@ -80,7 +80,7 @@ func checkInjector(t *testing.T, objs []*unstructured.Unstructured) {
 		}
 	}
 	c := spec.Containers[0]
-	for _, arg := range []string{"--native-sidecar=true", "--agent-port=9103", "--exclude-namespaces=kube-system,monitoring",
+	for _, arg := range []string{"--native-sidecar=true", "--agent-port=9103", "--sidecar-user=65532", "--exclude-namespaces=kube-system,monitoring",
 		"--secret=" + dep.Name + "-tls", "--webhook-config=" + dep.Name, "--service=" + dep.Name,
 		"--sidecar-cpu-request=5m", "--sidecar-memory-request=16Mi", "--sidecar-memory-limit=32Mi",
 		"--image=ghcr.io/lastcall-dev/lastcall:" + chartAppVersion(t)} {

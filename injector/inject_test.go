@@ -390,3 +390,18 @@ func TestInjectUX(t *testing.T) {
 		}
 	})
 }
+
+// TestInjectPlatformUser: with no user configured (OpenShift assigns one
+// per namespace) the sidecar sets none, and still refuses to run as root.
+func TestInjectPlatformUser(t *testing.T) {
+	cfg := testConfig()
+	cfg.RunAsUser = 0
+	out, _, err := Inject(workerPod(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := sidecar(t, out)
+	if sc := c.SecurityContext; sc.RunAsUser != nil || sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot {
+		t.Errorf("securityContext %+v: want no user and runAsNonRoot", sc)
+	}
+}

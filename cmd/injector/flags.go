@@ -92,7 +92,7 @@ func addSidecarFlags(fs *flag.FlagSet) *sidecarFlags {
 	fs.StringVar(&f.pullSecrets, "image-pull-secrets", "", "comma-separated Secrets added to injected pods' imagePullSecrets, for a private sidecar image; each must exist in the pod's namespace")
 	fs.BoolVar(&f.cfg.NativeSidecar, "native-sidecar", true, "inject a native sidecar (init container with restartPolicy Always, Kubernetes >= 1.29); false: a plain container")
 	fs.IntVar(&f.cfg.AgentPort, "agent-port", injector.DefaultAgentPort, "the node agent's sidecar port on the node's IP")
-	fs.Int64Var(&f.cfg.RunAsUser, "sidecar-user", 65532, "the sidecar's user ID (non-root)")
+	fs.Int64Var(&f.cfg.RunAsUser, "sidecar-user", 65532, "the sidecar's user ID (non-root); 0: none set, the image's or the platform's (OpenShift assigns one), still runAsNonRoot")
 	fs.StringVar(&f.exclude, "exclude-namespaces", "kube-system", "comma-separated namespaces never injected, besides --namespace")
 	fs.StringVar(&f.cpuReq, "sidecar-cpu-request", "5m", "the sidecar's CPU request; empty: none")
 	fs.StringVar(&f.memReq, "sidecar-memory-request", "16Mi", "the sidecar's memory request; empty: none")
@@ -117,8 +117,8 @@ func (f *sidecarFlags) config(namespace string) (injector.Config, error) {
 	if cfg.AgentPort < 1 || cfg.AgentPort > 65535 {
 		return cfg, fmt.Errorf("--agent-port %d: want 1-65535", cfg.AgentPort)
 	}
-	if cfg.RunAsUser < 1 {
-		return cfg, fmt.Errorf("--sidecar-user %d: the sidecar never runs as root", cfg.RunAsUser)
+	if cfg.RunAsUser < 0 {
+		return cfg, fmt.Errorf("--sidecar-user %d: want a user ID, or 0 for none", cfg.RunAsUser)
 	}
 	cfg.Image = f.image
 	if f.command != "" {

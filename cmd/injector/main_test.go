@@ -60,7 +60,7 @@ func TestParseFlags(t *testing.T) {
 		{[]string{}, "--image"},
 		{[]string{"--image=i", "--namespace="}, "namespace"},
 		{[]string{"--image=i", "--image-pull-policy=Sometimes"}, "image-pull-policy"},
-		{[]string{"--image=i", "--sidecar-user=0"}, "root"},
+		{[]string{"--image=i", "--sidecar-user=-1"}, "sidecar-user"},
 		{[]string{"--image=i", "--sidecar-memory-limit=lots"}, "memory"},
 		{[]string{"--image=i", "--agent-port=0"}, "agent-port"},
 	} {

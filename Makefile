@@ -16,6 +16,7 @@ export LASTCALL_HELM := $(TOOLS)/helm
 # The SQS-compatible server the SQS example's test runs (npm, needs Node.js).
 SQS_EMULATOR := $(TOOLS)/fauxqs/serve.mjs
 export LASTCALL_SQS_EMULATOR := $(SQS_EMULATOR)
+export LASTCALL_RULECHECK := $(TOOLS)/rulecheck
 
 # Images: `make image` writes docker-archive tarballs into bin/images/
 # without a container engine or registry (`docker load -i` or `ctr images
@@ -35,7 +36,7 @@ help: ## list the targets
 build: ## build the binaries into bin/
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
 
-test: testbin $(TOOLS)/helm $(SQS_EMULATOR) ## everything CI runs: lint, then all tests with -race against the real control plane, then the examples' (Pub/Sub, SQS, NATS against real servers)
+test: testbin $(TOOLS)/helm $(SQS_EMULATOR) $(TOOLS)/rulecheck ## everything CI runs: lint, then all tests with -race against the real control plane, then the examples' (Pub/Sub, SQS, NATS against real servers)
 	$(MAKE) lint
 	$(GO) test -race -count=1 -timeout 20m ./...
 	cd examples && $(GO) test -race -count=1 -timeout 10m ./...
@@ -66,6 +67,12 @@ HELM_LDFLAGS := -s -w -X helm.sh/helm/v3/internal/version.version=$(HELM_VERSION
 
 $(TOOLS)/helm:
 	GOBIN=$(TOOLS) $(GO) install -ldflags '$(HELM_LDFLAGS)' helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+
+# Prometheus's rule and PromQL parsers (what `promtool check rules` runs),
+# in a module of their own under hack/rulecheck so that they add nothing to
+# the project's go.mod; promtool itself would build all of service discovery.
+$(TOOLS)/rulecheck: hack/rulecheck/main.go hack/rulecheck/go.mod
+	cd hack/rulecheck && GOBIN=$(TOOLS) $(GO) install .
 
 chart-lint: $(TOOLS)/helm ## helm lint the chart in charts/lastcall
 	$(TOOLS)/helm lint --strict charts/lastcall

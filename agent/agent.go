@@ -21,8 +21,12 @@ import (
 
 // Drainer empties the node. *drainer.Drainer implements it.
 type Drainer interface {
-	// Cordon cordons and taints node; see drainer.Drainer.Cordon.
-	Cordon(ctx context.Context, node, source string) (bool, error)
+	// Cordon cordons and taints node for a notice of kind from source; see
+	// drainer.Drainer.Cordon.
+	Cordon(ctx context.Context, node, source, kind string) (bool, error)
+	// OutOfService adds node.kubernetes.io/out-of-service to the node it
+	// cordoned; see drainer.Drainer.OutOfService.
+	OutOfService(ctx context.Context, node string) (bool, error)
 	// Uncordon undoes what Cordon recorded; see drainer.Drainer.Uncordon.
 	Uncordon(ctx context.Context, node string) (bool, error)
 	// Plan says what Drain would do, changing nothing.
@@ -65,6 +69,10 @@ type Config struct {
 	DryRun bool
 	// Webhook, when its URL is set, is told of every notice as it arrives.
 	Webhook Webhook
+	// OutOfService adds node.kubernetes.io/out-of-service:NoExecute once a
+	// drain has ended, so that the volumes of pods left behind detach at
+	// once when the machine stops; the uncordon removes it.
+	OutOfService bool
 }
 
 // Deps are the agent's collaborators.
@@ -128,18 +136,20 @@ type Agent struct {
 
 	// Fields below are owned by the Run goroutine.
 	obs         Observed
-	conditionOn bool            // the node condition is (or may be) True
-	condFor     string          // the notice the condition was last set for
-	cordoned    bool            // Cordon succeeded since the last Uncordon
-	cordonTry   bool            // Cordon was tried for the current notices
-	nodeBusy    bool            // a node update (cordon, uncordon, condition) is under way
-	retryAt     time.Time       // no node update before this (after a failure)
-	failures    int             // node updates failed in a row
-	told        *wire.NodeState // what sidecars were last told
-	run         *drainRun       // the drain under way or last finished
-	acked       map[string]bool // Azure events acknowledged
-	inbox       chan func()     // results of the work started by reconcile
-	kick        chan struct{}   // buffered(1): something observed changed
+	conditionOn bool               // the node condition is (or may be) True
+	condFor     string             // the notice the condition was last set for
+	cordoned    bool               // Cordon succeeded since the last Uncordon
+	cordonTry   bool               // Cordon was tried for the current notices
+	nodeBusy    bool               // a node update (cordon, uncordon, condition) is under way
+	retryAt     time.Time          // no node update before this (after a failure)
+	failures    int                // node updates failed in a row
+	outOfSvc    bool               // the out-of-service taint is on (since the last uncordon)
+	noSidecar   map[types.UID]bool // pods seen without the sidecar they asked for
+	told        *wire.NodeState    // what sidecars were last told
+	run         *drainRun          // the drain under way or last finished
+	acked       map[string]bool    // Azure events acknowledged
+	inbox       chan func()        // results of the work started by reconcile
+	kick        chan struct{}      // buffered(1): something observed changed
 
 	wg sync.WaitGroup // work started by reconcile
 }
@@ -179,7 +189,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	return &Agent{
 		cfg: cfg, Deps: deps,
 		obs:   Observed{Notices: map[string]Tracked{}},
-		acked: map[string]bool{},
+		acked: map[string]bool{}, noSidecar: map[types.UID]bool{},
 		inbox: make(chan func()),
 		kick:  make(chan struct{}, 1),
 	}, nil
@@ -283,7 +293,7 @@ func (a *Agent) observe(ctx context.Context, n watcher.Notice) {
 			log.Info("dry run: would undo the cordon once no notice holds")
 			return
 		}
-		a.event(corev1.EventTypeNormal, "PreemptionCanceled", "%s notice %s from %s canceled", n.Kind, n.ID, n.Source)
+		a.event(corev1.EventTypeNormal, EventReason(n.Kind)+"Canceled", "%s notice %s from %s canceled", n.Kind, n.ID, n.Source)
 	default:
 		action := a.cfg.Policies.For(n.Kind)
 		n = withDeadline(n, a.obs.Record)
@@ -303,14 +313,16 @@ func (a *Agent) observe(ctx context.Context, n watcher.Notice) {
 			return
 		}
 		if action == ActionNone {
-			a.event(corev1.EventTypeNormal, "NoticeIgnored", "%s notice from %s ignored by policy", n.Kind, n.Source)
+			// The machine may still go away: the pods on it are told so.
+			a.eventAll(ctx, corev1.EventTypeWarning, "NoticeIgnored", "%s notice %s from %s ignored by policy (action none): no drain; the node goes away at %s",
+				n.Kind, n.ID, n.Source, n.Deadline.UTC().Format(time.RFC3339))
 			return
 		}
 		a.obs.Notices[n.ID] = Tracked{Notice: n, Action: action}
 		a.cordonTry = a.cordoned // a new notice waits for a cordon unless one is on
-		a.event(corev1.EventTypeWarning, "PreemptionImminent", "%s notice from %s (id %s): node goes away at %s; action %s",
+		a.event(corev1.EventTypeWarning, EventReason(n.Kind), "%s notice from %s (id %s): node goes away at %s; action %s",
 			n.Kind, n.Source, n.ID, n.Deadline.UTC().Format(time.RFC3339), action)
-		if a.cfg.Webhook.URL != "" {
+		if a.cfg.Webhook.Enabled() {
 			a.wg.Go(func() { a.sendWebhook(ctx, log, n, action) })
 		}
 	}
@@ -325,10 +337,11 @@ func (a *Agent) reconcile(ctx context.Context) {
 	}
 	a.obs.Now = a.Now()
 	d := Decide(a.obs)
+	a.Metrics.deadlines(a.obs.Notices)
 	a.reconcileSidecars(ctx, d)
 	a.reconcileNode(ctx, d)
 	a.reconcileDrain(ctx, d)
-	a.forgetGonePods(ctx)
+	a.reconcilePods(ctx)
 }
 
 func (a *Agent) reconcileSidecars(ctx context.Context, d Desired) {
@@ -375,7 +388,7 @@ func (a *Agent) reconcileNode(ctx context.Context, d Desired) {
 	case d.Cordon && !a.cordoned:
 		n := d.Condition
 		a.nodeOp(ctx, "cordon", func(ctx context.Context) error {
-			_, err := a.Drainer.Cordon(ctx, a.cfg.Node, string(n.Source))
+			_, err := a.Drainer.Cordon(ctx, a.cfg.Node, string(n.Source), string(n.Kind))
 			return err
 		}, func(err error) {
 			a.cordonTry = true
@@ -396,6 +409,17 @@ func (a *Agent) reconcileNode(ctx context.Context, d Desired) {
 				a.condFor, a.conditionOn = n.ID, true
 			}
 		})
+	case a.cfg.OutOfService && d.Drain != nil && a.cordoned && !a.outOfSvc && a.run != nil && a.run.finished &&
+		a.run.notice.ID == d.Drain.ID:
+		a.nodeOp(ctx, "out_of_service", func(ctx context.Context) error {
+			_, err := a.Drainer.OutOfService(ctx, a.cfg.Node)
+			return err
+		}, func(err error) {
+			if err == nil {
+				a.outOfSvc = true
+				a.Logger.Info("node tainted out of service: volumes detach as soon as it stops")
+			}
+		})
 	case d.Uncordon && (a.cordoned || !a.obs.RecordKnown || a.obs.Record != nil):
 		a.nodeOp(ctx, "uncordon", func(ctx context.Context) error {
 			changed, err := a.Drainer.Uncordon(ctx, a.cfg.Node)
@@ -405,7 +429,7 @@ func (a *Agent) reconcileNode(ctx context.Context, d Desired) {
 			return err
 		}, func(err error) {
 			if err == nil {
-				a.cordoned, a.cordonTry = false, false
+				a.cordoned, a.cordonTry, a.outOfSvc = false, false, false
 				a.obs.RecordKnown, a.obs.Record = true, nil
 				a.Logger.Info("no notice is active: lastcall's cordon undone")
 			}
@@ -439,6 +463,9 @@ func (a *Agent) nodeOp(ctx context.Context, op string, do func(context.Context) 
 			a.failures++
 			a.Logger.Error(op+" failed", "err", err, "failures", a.failures)
 			a.Metrics.fail(op)
+			if a.failures == 1 && op == "cordon" {
+				a.eventAll(ctx, corev1.EventTypeWarning, "CordonFailed", "cordon of node %s refused or failed, retried with backoff: %v", a.cfg.Node, err)
+			}
 			wait := min(maxRetry, minRetry<<min(a.failures-1, 5))
 			a.retryAt = a.Now().Add(wait)
 			time.AfterFunc(wait, a.poke)
@@ -545,6 +572,9 @@ func (a *Agent) drained(ctx context.Context, log *slog.Logger, n watcher.Notice,
 	a.event(kind, "Drained", "drain for %s notice %s: drained=%v late=%v evicted=%d deleted=%d blocked=%d failed=%d, %s before the deadline",
 		n.Kind, n.ID, rep.Drained, rep.Late, rep.Count(drainer.Evicted), rep.Count(drainer.Deleted), rep.Count(drainer.Blocked),
 		rep.Count(drainer.Failed), left.Round(time.Millisecond))
+	if !rep.Drained {
+		a.podsLeft(ctx, n, rep)
+	}
 	ack := a.Acknowledger
 	if ack == nil || ack.Source() != n.Source || a.acked[n.ID] {
 		return
@@ -566,9 +596,13 @@ func (a *Agent) drained(ctx context.Context, log *slog.Logger, n watcher.Notice,
 	})
 }
 
-// forgetGonePods drops the done reports of pods that left the node.
-func (a *Agent) forgetGonePods(ctx context.Context) {
-	if a.Holds == nil || !a.Pods.Synced() {
+// reconcilePods reads the pods on the node once: it drops the done reports
+// of pods that left, and records a Warning Event SidecarNotInjected, once,
+// on each pod that asked for the sidecar (label lastcall.dev/inject=enabled)
+// and has none: the injector was down or too slow, and its failurePolicy
+// Ignore let the pod in without it. Such a pod's workers are never told.
+func (a *Agent) reconcilePods(ctx context.Context) {
+	if !a.Pods.Synced() {
 		return
 	}
 	pods, err := a.Pods.ListPods(ctx, a.cfg.Node)
@@ -576,11 +610,36 @@ func (a *Agent) forgetGonePods(ctx context.Context) {
 		return
 	}
 	present := make(map[types.UID]bool, len(pods))
-	for _, p := range pods {
-		present[p.UID] = true
+	for i := range pods {
+		present[pods[i].UID] = true
 	}
-	a.Holds.Forget(present)
+	if a.Holds != nil {
+		a.Holds.Forget(present)
+	}
+	for i := range pods {
+		p := &pods[i]
+		if p.Labels[injectLabel] != "enabled" || p.Annotations[injectedAnnotation] != "" || a.noSidecar[p.UID] {
+			continue
+		}
+		a.noSidecar[p.UID] = true
+		a.Metrics.podWithoutSidecar()
+		a.Logger.Warn("pod asked for the sidecar and has none: the injector missed it", "pod", p.Namespace+"/"+p.Name)
+		a.podEvent(p, corev1.EventTypeWarning, "SidecarNotInjected",
+			"the pod is labelled %s=enabled but has no lastcall sidecar (the injector was unavailable): its workers will not be told of a preemption; recreate the pod", injectLabel)
+	}
+	for uid := range a.noSidecar {
+		if !present[uid] {
+			delete(a.noSidecar, uid)
+		}
+	}
 }
+
+// The injector's label and annotation (package injector), repeated here so
+// that the agent does not import the injector.
+const (
+	injectLabel        = "lastcall.dev/inject"
+	injectedAnnotation = "lastcall.dev/injected"
+)
 
 func (a *Agent) dryRun(ctx context.Context, log *slog.Logger, n watcher.Notice, action Action) {
 	if action != ActionDrain {
@@ -609,6 +668,81 @@ func (a *Agent) dryRun(ctx context.Context, log *slog.Logger, n watcher.Notice, 
 func (a *Agent) event(kind, reason, format string, args ...any) {
 	ref := &corev1.ObjectReference{Kind: "Node", Name: a.cfg.Node, UID: types.UID(a.cfg.Node)}
 	a.Events.Eventf(ref, kind, reason, format, args...)
+}
+
+// podEvent records an Event on pod p.
+func (a *Agent) podEvent(p *corev1.Pod, kind, reason, format string, args ...any) {
+	ref := &corev1.ObjectReference{Kind: "Pod", APIVersion: "v1", Namespace: p.Namespace, Name: p.Name, UID: p.UID}
+	a.Events.Eventf(ref, kind, reason, format, args...)
+}
+
+// eventAll records an Event on the node and on each pod on it but the
+// agent's own.
+func (a *Agent) eventAll(ctx context.Context, kind, reason, format string, args ...any) {
+	a.event(kind, reason, format, args...)
+	pods, err := a.Pods.ListPods(ctx, a.cfg.Node)
+	if err != nil {
+		return
+	}
+	for i := range pods {
+		if p := &pods[i]; p.Namespace != a.cfg.Self.Namespace || p.Name != a.cfg.Self.Name {
+			a.podEvent(p, kind, reason, format, args...)
+		}
+	}
+}
+
+// EvictionRefused records a Warning Event EvictionRefused on pod and on the
+// node, the first time in a drain that the pod's eviction is refused: a
+// PodDisruptionBudget allows no disruption (the drain retries until the
+// cut-off), or the apiserver refuses it for good. Pass it as
+// drainer.Options.Refused; it is safe for concurrent use and never blocks.
+func (a *Agent) EvictionRefused(pod *corev1.Pod, err error) {
+	a.podEvent(pod, corev1.EventTypeWarning, "EvictionRefused", "eviction refused: %v", err)
+	a.event(corev1.EventTypeWarning, "EvictionRefused", "eviction of pod %s/%s refused: %v", pod.Namespace, pod.Name, err)
+}
+
+// podsLeft records a Warning Event on each pod an incomplete drain acted
+// on that is still on the node: its eviction failed, a budget blocked it,
+// or it had not stopped by the end of the drain.
+func (a *Agent) podsLeft(ctx context.Context, n watcher.Notice, rep drainer.Report) {
+	pods, err := a.Pods.ListPods(ctx, a.cfg.Node)
+	if err != nil {
+		return
+	}
+	results := make(map[types.UID]drainer.PodResult, len(rep.Pods))
+	for _, r := range rep.Pods {
+		results[r.UID] = r
+	}
+	for i := range pods {
+		p := &pods[i]
+		r, ok := results[p.UID]
+		if !ok {
+			continue
+		}
+		switch r.Outcome {
+		case drainer.Failed:
+			a.podEvent(p, corev1.EventTypeWarning, "EvictionFailed", "%s notice %s: eviction failed after %d attempts: %v; the node goes away at %s",
+				n.Kind, n.ID, r.Attempts, r.Err, n.Deadline.UTC().Format(time.RFC3339))
+		case drainer.Blocked:
+			a.podEvent(p, corev1.EventTypeWarning, "EvictionBlocked", "%s notice %s: a PodDisruptionBudget refused the eviction until the cut-off (%v); left on a node that goes away at %s",
+				n.Kind, n.ID, r.Err, n.Deadline.UTC().Format(time.RFC3339))
+		default:
+			a.podEvent(p, corev1.EventTypeWarning, "DrainIncomplete", "%s notice %s: %s, but the pod had not stopped when the drain ended; the node goes away at %s",
+				n.Kind, n.ID, r.Outcome, n.Deadline.UTC().Format(time.RFC3339))
+		}
+	}
+}
+
+// EventReason is the reason of the Event recorded when a notice of kind
+// arrives: SpotInterruption, Preemption, Rebalance, Maintenance or
+// Termination.
+func EventReason(k watcher.Kind) string {
+	switch k {
+	case watcher.KindRebalance:
+		return "Rebalance"
+	default:
+		return conditionReason(k)
+	}
 }
 
 // String describes the agent in logs.

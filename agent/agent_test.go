@@ -2,12 +2,16 @@ package agent
 
 import (
 	"context"
+	"errors"
+	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/tools/record"
 
@@ -33,6 +37,8 @@ type recDrainer struct {
 	mu    sync.Mutex
 	calls []call
 	block bool // Drain waits for ctx
+	// failCordon makes Cordon fail.
+	failCordon bool
 }
 
 func (r *recDrainer) record(op string, d time.Time) {
@@ -51,8 +57,16 @@ func (r *recDrainer) ops() []string {
 	return out
 }
 
-func (r *recDrainer) Cordon(context.Context, string, string) (bool, error) {
+func (r *recDrainer) Cordon(context.Context, string, string, string) (bool, error) {
 	r.record("cordon", time.Time{})
+	if r.failCordon {
+		return false, errors.New("nodes is forbidden")
+	}
+	return true, nil
+}
+
+func (r *recDrainer) OutOfService(context.Context, string) (bool, error) {
+	r.record("out-of-service", time.Time{})
 	return true, nil
 }
 
@@ -239,6 +253,78 @@ func TestAcknowledgeAfterDrain(t *testing.T) {
 		run(t, a, notice("aws-1", watcher.KindSpotInterruption, watcher.StateActive, 2*time.Minute), azure)
 		if !slices.Equal(ack.ids, []string{"evt-1"}) {
 			t.Errorf("acknowledged %v, want only the Azure event once its drain ended", ack.ids)
+		}
+	})
+}
+
+// TestDeadlineGauge: the gauge holds each kind's earliest active deadline
+// and drops a kind once its last notice is canceled.
+func TestDeadlineGauge(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		reg := prometheus.NewRegistry()
+		client := fake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}})
+		a, err := New(Config{Node: "n1"}, Deps{Client: client, Drainer: &recDrainer{}, Pods: NewNodePods(client, "n1"),
+			Events: record.NewFakeRecorder(100), Metrics: NewMetrics(reg)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		gauge := func() map[string]float64 {
+			out := map[string]float64{}
+			mfs, _ := reg.Gather()
+			for _, mf := range mfs {
+				if mf.GetName() == "lastcall_notice_deadline_timestamp_seconds" {
+					for _, m := range mf.GetMetric() {
+						out[m.GetLabel()[0].GetValue()] = m.GetGauge().GetValue()
+					}
+				}
+			}
+			return out
+		}
+		spot := notice("s1", watcher.KindSpotInterruption, watcher.StateActive, 2*time.Minute)
+		later := notice("s2", watcher.KindSpotInterruption, watcher.StateActive, 5*time.Minute)
+		maint := notice("m1", watcher.KindMaintenance, watcher.StateActive, time.Hour)
+		run(t, a, spot, later, maint)
+		want := map[string]float64{
+			"spot-interruption": float64(spot.Deadline.UnixNano()) / 1e9,
+			"maintenance":       float64(maint.Deadline.UnixNano()) / 1e9,
+		}
+		if got := gauge(); !maps.Equal(got, want) {
+			t.Errorf("gauge %v, want %v", got, want)
+		}
+		canceled := maint
+		canceled.State = watcher.StateCanceled
+		run(t, a, canceled)
+		delete(want, "maintenance")
+		if got := gauge(); !maps.Equal(got, want) {
+			t.Errorf("after the cancel: gauge %v, want %v", got, want)
+		}
+	})
+}
+
+// TestEventReasons: the notice's Event names its kind, a refused cordon is
+// a Warning CordonFailed (once per run of failures), an ignored notice a
+// Warning NoticeIgnored.
+func TestEventReasons(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		d := &recDrainer{failCordon: true}
+		client := fake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}})
+		events := record.NewFakeRecorder(100)
+		a, err := New(Config{Node: "n1", Policies: Policies{watcher.KindRebalance: ActionNone}},
+			Deps{Client: client, Drainer: d, Pods: NewNodePods(client, "n1"), Events: events})
+		if err != nil {
+			t.Fatal(err)
+		}
+		run(t, a, notice("r1", watcher.KindRebalance, watcher.StateActive, 0),
+			notice("s1", watcher.KindSpotInterruption, watcher.StateActive, time.Minute))
+		close(events.Events)
+		var got []string
+		for e := range events.Events {
+			got = append(got, strings.Join(strings.Fields(e)[:2], " "))
+		}
+		// The drain goes ahead without the cordon, and empties the node.
+		want := []string{"Warning NoticeIgnored", "Warning SpotInterruption", "Warning CordonFailed", "Normal Drained"}
+		if !slices.Equal(got, want) {
+			t.Errorf("events %q, want %q", got, want)
 		}
 	})
 }

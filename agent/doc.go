@@ -64,6 +64,21 @@
 //   - a done report belongs to the pod's UID and is dropped when the pod
 //     goes; an Azure event is acknowledged only after a complete drain.
 //
+// Beside Decide's node updates, reconcile adds the out-of-service taint
+// (Config.OutOfService) once the drain towards Desired.Drain has ended, and
+// checks the pods on the node for a sidecar they asked for and lack
+// (reconcilePods, which reads the pod cache once per reconcile).
+//
+// What an operator sees, as Events (recorded from the notice loop, never
+// blocking it) and metrics: the notice's arrival as a Warning whose reason
+// names its kind (EventReason); a notice ignored by policy as a Warning
+// NoticeIgnored on the node and every pod on it; a refused cordon as
+// CordonFailed; a refused eviction, at once, as EvictionRefused on the pod
+// and the node (Agent.EvictionRefused, the drainer's Refused hook); a drain that ended with pods left as a Warning Drained and,
+// on each such pod, EvictionFailed, EvictionBlocked or DrainIncomplete; a
+// pod labelled for the sidecar without one as SidecarNotInjected. Metrics
+// holds the deadline of each kind's earliest active notice.
+//
 // Reconcile starts work and never waits for it: node updates run one at a
 // time and are retried with backoff while they are still wanted; a drain is
 // restarted when its target changes (an earlier deadline arrives, or the

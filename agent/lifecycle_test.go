@@ -51,14 +51,18 @@ type modelRun struct {
 
 var errRefused = errors.New("apiserver refused")
 
-func (m *modelDrainer) Cordon(ctx context.Context, node, source string) (bool, error) {
+func (m *modelDrainer) Cordon(ctx context.Context, node, source, kind string) (bool, error) {
 	m.mu.Lock()
 	fail := m.failCordon
 	m.mu.Unlock()
 	if fail {
 		return false, errRefused
 	}
-	return m.real.Cordon(ctx, node, source)
+	return m.real.Cordon(ctx, node, source, kind)
+}
+
+func (m *modelDrainer) OutOfService(ctx context.Context, node string) (bool, error) {
+	return m.real.OutOfService(ctx, node)
 }
 
 func (m *modelDrainer) Uncordon(ctx context.Context, node string) (bool, error) {

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"runtime"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -20,7 +21,19 @@ type Metrics struct {
 	drains        *prometheus.CounterVec
 	errors        *prometheus.CounterVec
 	webhookStatus *prometheus.CounterVec
+	deadline      *prometheus.GaugeVec
+	buildInfo     *prometheus.GaugeVec
+	uninjected    prometheus.Counter
 }
+
+// Operations counted by lastcall_agent_errors_total; each is initialised
+// at 0.
+var errorOps = []string{"read_node", "cordon", "uncordon", "condition", "out_of_service", "drain", "notify_sidecars", "acknowledge"}
+
+// Results counted by lastcall_webhook_requests_total: sent (a 2xx),
+// refused (another status, after the retries), error (no answer, after the
+// retries), retried (an attempt that will be tried again).
+var webhookResults = []string{"sent", "refused", "error", "retried"}
 
 // latencyBuckets spans a cordon in milliseconds to a two-minute AWS window.
 var latencyBuckets = []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 15, 20, 30, 60, 120}
@@ -51,11 +64,79 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "lastcall_agent_errors_total", Help: "Errors the agent handled, by operation.",
 		}, []string{"op"}),
 		webhookStatus: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "lastcall_webhook_requests_total", Help: "Webhook notifications sent, by result.",
+			Name: "lastcall_webhook_requests_total", Help: "Webhook notifications, by result: sent, refused, error (after the retries) and retried.",
 		}, []string{"result"}),
+		deadline: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "lastcall_notice_deadline_timestamp_seconds",
+			Help: "Deadline (unix seconds) of the earliest active notice of each kind; no series when none is active.",
+		}, []string{"kind"}),
+		buildInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "lastcall_build_info", Help: "Always 1; the labels say the binary's version and Go version.",
+		}, []string{"version", "goversion"}),
+		uninjected: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "lastcall_pods_without_sidecar_total",
+			Help: "Pods that asked for the sidecar (label lastcall.dev/inject=enabled) and landed on the node without it: the injector missed them.",
+		}),
 	}
-	reg.MustRegister(m.notices, m.toCordon, m.toSidecars, m.toDrained, m.deadlineLeft, m.drains, m.errors, m.webhookStatus)
+	for _, r := range []string{"drained", "incomplete"} {
+		m.drains.WithLabelValues(r)
+	}
+	for _, op := range errorOps {
+		m.errors.WithLabelValues(op)
+	}
+	for _, r := range webhookResults {
+		m.webhookStatus.WithLabelValues(r)
+	}
+	reg.MustRegister(m.notices, m.toCordon, m.toSidecars, m.toDrained, m.deadlineLeft, m.drains, m.errors, m.webhookStatus,
+		m.deadline, m.buildInfo, m.uninjected)
 	return m
+}
+
+// SetBuildInfo sets lastcall_build_info for version.
+func (m *Metrics) SetBuildInfo(version string) {
+	if m != nil {
+		m.buildInfo.WithLabelValues(version, runtime.Version()).Set(1)
+	}
+}
+
+// Watching initialises the notice counter at 0 for every kind of source
+// with the action policies give it, so that the first notice of a kind is
+// an increase that rate() sees.
+func (m *Metrics) Watching(source watcher.Source, p Policies) {
+	if m == nil {
+		return
+	}
+	for kind := range DefaultPolicies() {
+		m.notices.WithLabelValues(string(source), string(kind), string(watcher.StateActive), string(p.For(kind)))
+	}
+}
+
+// deadlines sets the deadline gauge from the active notices: one series per
+// kind, the earliest deadline, and none for kinds without an active notice.
+func (m *Metrics) deadlines(notices map[string]Tracked) {
+	if m == nil {
+		return
+	}
+	earliest := map[watcher.Kind]time.Time{}
+	for _, t := range notices {
+		if d, ok := earliest[t.Notice.Kind]; !ok || t.Notice.Deadline.Before(d) {
+			earliest[t.Notice.Kind] = t.Notice.Deadline
+		}
+	}
+	for kind := range DefaultPolicies() {
+		if _, ok := earliest[kind]; !ok {
+			m.deadline.DeleteLabelValues(string(kind))
+		}
+	}
+	for kind, d := range earliest {
+		m.deadline.WithLabelValues(string(kind)).Set(float64(d.UnixNano()) / 1e9)
+	}
+}
+
+func (m *Metrics) podWithoutSidecar() {
+	if m != nil {
+		m.uninjected.Inc()
+	}
 }
 
 func (m *Metrics) notice(n watcher.Notice, a Action) {

@@ -352,7 +352,7 @@ func TestNodeRestriction(t *testing.T) {
 			t.Fatal(err)
 		}
 		d := drainer.New(agentClient, drainer.Options{})
-		if _, err := d.Cordon(t.Context(), nodeA, "gce"); err != nil {
+		if _, err := d.Cordon(t.Context(), nodeA, "gce", "preemption"); err != nil {
 			t.Fatalf("cordon of its own node refused: %v", err)
 		}
 		got, err := e.Client.CoreV1().Nodes().Get(t.Context(), nodeA, metav1.GetOptions{})

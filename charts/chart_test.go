@@ -1,7 +1,10 @@
 package charts
 
 import (
+	"maps"
 	"os"
+	"path/filepath"
+	"reflect"
 	"regexp"
 	"slices"
 	"sort"
@@ -34,6 +37,7 @@ var variants = []struct {
 	{"policy-warn", []string{"testdata/policy-warn.yaml"}, checkPolicyWarn},
 	{"injector", []string{"testdata/injector.yaml"}, checkInjector},
 	{"metadata", []string{"testdata/metadata.yaml"}, checkMetadata},
+	{"nth-migration", []string{"testdata/nth-migration.yaml"}, checkMigration},
 }
 
 func TestLint(t *testing.T) {
@@ -140,8 +144,8 @@ func checkDefault(t *testing.T, objs []*unstructured.Unstructured) {
 	if got := nodeTerms(ds); !slices.Equal(got, wantTerms) {
 		t.Errorf("node selector terms (ORed) = %q, want %q", got, wantTerms)
 	}
-	if len(spec.NodeSelector) != 0 {
-		t.Errorf("nodeSelector = %v, want none", spec.NodeSelector)
+	if want := map[string]string{"kubernetes.io/os": "linux"}; !maps.Equal(spec.NodeSelector, want) {
+		t.Errorf("nodeSelector = %v, want %v: the binaries are Linux ones", spec.NodeSelector, want)
 	}
 	if want := []corev1.Toleration{{Operator: corev1.TolerationOpExists}}; !slices.Equal(spec.Tolerations, want) {
 		t.Errorf("tolerations = %+v, want %+v", spec.Tolerations, want)
@@ -177,6 +181,7 @@ func checkDefault(t *testing.T, objs []*unstructured.Unstructured) {
 		"--on-preemption=drain", "--on-spot-interruption=drain", "--on-termination=drain",
 		"--on-maintenance=drain", "--on-rebalance=cordon",
 		"--on-blocked=delete", "--listen=:10573", "--sidecar-listen=:10574", "--log-format=json", "--log-level=info",
+		"--taint-effect=NoSchedule",
 	}
 	if !slices.Equal(c.Args, wantArgs) {
 		t.Errorf("args = %q, want %q", c.Args, wantArgs)
@@ -224,19 +229,27 @@ func checkDefault(t *testing.T, objs []*unstructured.Unstructured) {
 }
 
 func checkDryRunSlack(t *testing.T, objs []*unstructured.Unstructured) {
-	_, c := daemonSet(t, objs)
-	for _, arg := range []string{"--dry-run", "--webhook-url=$(LASTCALL_WEBHOOK_URL)", "--webhook-format=slack"} {
+	ds, c := daemonSet(t, objs)
+	for _, arg := range []string{"--dry-run", "--webhook-url-file=/etc/lastcall/webhook/url", "--webhook-format=slack",
+		"--webhook-timeout=5s", "--webhook-attempts=5"} {
 		if !slices.Contains(c.Args, arg) {
 			t.Errorf("args %q lack %q", c.Args, arg)
 		}
 	}
-	i := slices.IndexFunc(c.Env, func(e corev1.EnvVar) bool { return e.Name == "LASTCALL_WEBHOOK_URL" })
-	if i < 0 {
-		t.Fatalf("no env LASTCALL_WEBHOOK_URL in %+v", c.Env)
+	// The URL is a credential: not in the command line, not in the
+	// environment (both readable in /proc), but in a mounted file.
+	for _, e := range c.Env {
+		if e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil {
+			t.Errorf("env %s from a Secret: the URL would be in the process environment", e.Name)
+		}
 	}
-	ref := c.Env[i].ValueFrom
-	if ref == nil || ref.SecretKeyRef == nil || ref.SecretKeyRef.Name != "lastcall-slack" || ref.SecretKeyRef.Key != "url" {
-		t.Errorf("LASTCALL_WEBHOOK_URL from %+v, want secret lastcall-slack key url", ref)
+	vols := ds.Spec.Template.Spec.Volumes
+	if len(vols) != 1 || vols[0].Secret == nil || vols[0].Secret.SecretName != "lastcall-slack" ||
+		len(vols[0].Secret.Items) != 1 || vols[0].Secret.Items[0].Key != "url" {
+		t.Fatalf("volumes %+v, want the Secret lastcall-slack's key url", vols)
+	}
+	if m := c.VolumeMounts; len(m) != 1 || m[0].Name != vols[0].Name || m[0].MountPath != "/etc/lastcall/webhook" || !m[0].ReadOnly {
+		t.Errorf("volume mounts %+v", m)
 	}
 }
 
@@ -328,6 +341,9 @@ func TestSchemaRejects(t *testing.T) {
 		{"testdata/invalid-port-wellknown.yaml", "/metrics/port"},
 		{"testdata/invalid-port-nodeport.yaml", "/agent/sidecarPort"},
 		{"testdata/invalid-metadata.yaml", "gceHost"},
+		{"testdata/invalid-taint-effect.yaml", "effect"},
+		{"testdata/invalid-webhook-template.yaml", "template"},
+		{"testdata/invalid-duration.yaml", "reserve"},
 	} {
 		t.Run(strings.TrimSuffix(strings.TrimPrefix(tc.file, "testdata/invalid-"), ".yaml"), func(t *testing.T) {
 			for _, cmd := range [][]string{
@@ -468,4 +484,131 @@ func hasPath(m map[string]any, path string) bool {
 	}
 	sub, ok := v.(map[string]any)
 	return ok && hasPath(sub, rest)
+}
+
+// checkMigration checks the values a team moving from
+// aws-node-termination-handler writes: each reaches the agent or the
+// injector as its own flag or field, none through extraArgs.
+func checkMigration(t *testing.T, objs []*unstructured.Unstructured) {
+	ds, c := daemonSet(t, objs)
+	for _, arg := range []string{"--cloud=aws", "--aws-poll-interval=2s", "--reserve=3s", "--blocked-cutoff=8s",
+		"--critical-window=15s", "--gce-maintenance-notice=1h", "--azure-acknowledge", "--taint-effect=NoExecute",
+		"--out-of-service", "--webhook-url-file=/etc/lastcall/webhook/url", "--webhook-format=template",
+		"--webhook-template-file=/etc/lastcall/webhook-template/body.tmpl", "--webhook-header=X-Team: platform",
+		"--webhook-timeout=3s", "--webhook-attempts=4"} {
+		if !slices.Contains(c.Args, arg) {
+			t.Errorf("agent args %q lack %q", c.Args, arg)
+		}
+	}
+	const digest = "@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+	if !strings.HasSuffix(c.Image, digest) {
+		t.Errorf("agent image %q, want pinned by digest", c.Image)
+	}
+	spec := ds.Spec.Template.Spec
+	if ps := spec.SecurityContext; ps == nil || ps.RunAsUser != nil || ps.RunAsGroup != nil || ps.RunAsNonRoot == nil || !*ps.RunAsNonRoot {
+		t.Errorf("pod securityContext %+v: want runAsNonRoot and no UID or GID (the platform assigns them)", ps)
+	}
+	if cs := c.SecurityContext; cs == nil || cs.RunAsUser != nil || cs.RunAsGroup != nil || cs.ReadOnlyRootFilesystem == nil {
+		t.Errorf("container securityContext %+v: want no UID or GID, the rest kept", cs)
+	}
+	if dc := spec.DNSConfig; dc == nil || len(dc.Options) != 1 || dc.Options[0].Name != "ndots" {
+		t.Errorf("dnsConfig %+v", dc)
+	}
+	for _, o := range objs {
+		if o.GetLabels()["team"] != "platform" {
+			t.Errorf("%s %s lacks the common label team=platform", o.GetKind(), o.GetName())
+		}
+	}
+	if ds.Spec.Template.Labels["team"] != "platform" {
+		t.Errorf("agent pod labels %v lack the common labels", ds.Spec.Template.Labels)
+	}
+	cm := into[corev1.ConfigMap](t, find(t, objs, "ConfigMap"))
+	tmpl := cm.Data["body.tmpl"]
+	if _, err := agent.ParseWebhookTemplate(tmpl); err != nil {
+		t.Errorf("the chart's webhook template does not parse as the agent will: %v", err)
+	}
+	if ds.Spec.Template.Annotations["lastcall.dev/webhook-template"] == "" {
+		t.Error("no template checksum on the pods: a new template would not restart the agents")
+	}
+
+	dep := into[appsv1.Deployment](t, find(t, injectorObjects(objs), "Deployment"))
+	ispec := dep.Spec.Template.Spec
+	if ispec.PriorityClassName != "system-cluster-critical" || len(ispec.TopologySpreadConstraints) != 1 ||
+		len(ispec.Tolerations) != 1 || ispec.NodeSelector["node-role"] != "system" || ispec.NodeSelector["kubernetes.io/os"] != "linux" {
+		t.Errorf("injector pod spec: priority %q, spread %v, tolerations %v, nodeSelector %v",
+			ispec.PriorityClassName, ispec.TopologySpreadConstraints, ispec.Tolerations, ispec.NodeSelector)
+	}
+	ic := ispec.Containers[0]
+	if !slices.Contains(ic.Args, "--log-level=debug") || !slices.Contains(ic.Args, "--image-pull-secrets=regcred") ||
+		!slices.Contains(ic.Args, "--sidecar-user=0") || ic.Resources.Requests.Cpu().String() != "20m" {
+		t.Errorf("injector args %q, resources %v", ic.Args, ic.Resources)
+	}
+	if !strings.HasSuffix(ic.Image, digest) {
+		t.Errorf("injector image %q, want pinned by digest", ic.Image)
+	}
+}
+
+// TestChartBumpKeepsPods renders the chart and a copy whose version alone
+// differs: the pod templates must be equal, or a chart-only upgrade would
+// restart every agent.
+func TestChartBumpKeepsPods(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "lastcall")
+	if err := os.CopyFS(dir, os.DirFS(chartDir)); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(filepath.Join(dir, "Chart.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bumped := regexp.MustCompile(`(?m)^version: .*$`).ReplaceAll(raw, []byte("version: 99.0.0"))
+	if err := os.WriteFile(filepath.Join(dir, "Chart.yaml"), bumped, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	set := []string{"injector.enabled=true"}
+	before := render(t, "lastcall", "lastcall-system", nil, set)
+	out, stderr, err := runHelm(t, "template", "lastcall", dir, "--namespace", "lastcall-system", "--kube-version", kubeVersion, "--set", set[0])
+	if err != nil {
+		t.Fatalf("helm template of the bumped chart: %v\n%s", err, stderr)
+	}
+	after, err := decodeObjects(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, kind := range []string{"DaemonSet", "Deployment"} {
+		b, _, _ := unstructured.NestedMap(find(t, before, kind).Object, "spec", "template")
+		a, _, _ := unstructured.NestedMap(find(t, after, kind).Object, "spec", "template")
+		if !reflect.DeepEqual(a, b) {
+			t.Errorf("%s pod template changes with the chart version:\nbefore %v\nafter  %v", kind, b, a)
+		}
+		if got := find(t, after, kind).GetLabels()["helm.sh/chart"]; got != "lastcall-99.0.0" {
+			t.Errorf("%s label helm.sh/chart = %q: the copy was not bumped", kind, got)
+		}
+	}
+}
+
+// TestWebhookURLNotInCommandLine: a URL given as agent.webhook.url reaches
+// the agent as a file of a Secret the chart renders, never as an argument
+// or variable (both readable in /proc).
+func TestWebhookURLNotInCommandLine(t *testing.T) {
+	const url = "https://hooks.example/services/T0/B0/secret-token"
+	objs := render(t, "lastcall", "lastcall-system", nil, []string{"agent.webhook.url=" + url})
+	ds, c := daemonSet(t, objs)
+	for _, a := range c.Args {
+		if strings.Contains(a, "secret-token") {
+			t.Errorf("argument %q carries the URL", a)
+		}
+	}
+	for _, e := range c.Env {
+		if strings.Contains(e.Value, "secret-token") {
+			t.Errorf("env %s carries the URL", e.Name)
+		}
+	}
+	if !slices.Contains(c.Args, "--webhook-url-file=/etc/lastcall/webhook/url") {
+		t.Errorf("args %q: want the URL file", c.Args)
+	}
+	secret := into[corev1.Secret](t, find(t, objs, "Secret"))
+	vols := ds.Spec.Template.Spec.Volumes
+	if secret.StringData["url"] != url || len(vols) != 1 || vols[0].Secret == nil || vols[0].Secret.SecretName != secret.Name {
+		t.Errorf("Secret %s (url %q), volumes %+v: want the URL in the Secret the agent mounts", secret.Name, secret.StringData["url"], vols)
+	}
 }

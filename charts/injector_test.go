@@ -16,6 +16,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
@@ -64,20 +65,24 @@ func checkInjector(t *testing.T, objs []*unstructured.Unstructured) {
 		t.Error("the Deployment's selector is the DaemonSet's")
 	}
 	aff := spec.Affinity
-	if aff == nil || aff.NodeAffinity == nil || aff.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution == nil {
-		t.Fatalf("affinity %+v: want a required node affinity off spot nodes", aff)
+	if aff == nil || aff.NodeAffinity == nil || aff.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution != nil ||
+		len(aff.NodeAffinity.PreferredDuringSchedulingIgnoredDuringExecution) != 1 {
+		t.Fatalf("affinity %+v: want a preferred (not required: all-spot clusters) node affinity off spot nodes", aff)
 	}
-	terms := aff.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution.NodeSelectorTerms
-	if len(terms) != 1 || len(terms[0].MatchExpressions) != 6 {
-		t.Fatalf("node selector terms %+v: want one term with a NotIn per spot label", terms)
+	pref := aff.NodeAffinity.PreferredDuringSchedulingIgnoredDuringExecution[0].Preference
+	if len(pref.MatchExpressions) != 6 {
+		t.Fatalf("preference %+v: want a NotIn per spot label", pref)
 	}
-	for _, e := range terms[0].MatchExpressions {
+	if spec.NodeSelector["kubernetes.io/os"] != "linux" {
+		t.Errorf("nodeSelector %v: want kubernetes.io/os=linux", spec.NodeSelector)
+	}
+	for _, e := range pref.MatchExpressions {
 		if e.Operator != corev1.NodeSelectorOpNotIn || len(e.Values) == 0 {
 			t.Errorf("expression %+v: want NotIn", e)
 		}
 	}
 	c := spec.Containers[0]
-	for _, arg := range []string{"--native-sidecar=true", "--agent-port=10574", "--exclude-namespaces=kube-system,monitoring",
+	for _, arg := range []string{"--native-sidecar=true", "--agent-port=10574", "--sidecar-user=65532", "--exclude-namespaces=kube-system,monitoring",
 		"--secret=" + dep.Name + "-tls", "--webhook-config=" + dep.Name, "--service=" + dep.Name,
 		"--sidecar-cpu-request=5m", "--sidecar-memory-request=16Mi", "--sidecar-memory-limit=32Mi",
 		"--image=ghcr.io/lastcall-dev/sidecar:" + chartAppVersion(t)} {
@@ -114,10 +119,17 @@ func checkInjector(t *testing.T, objs []*unstructured.Unstructured) {
 	}
 
 	whc := into[admissionregistrationv1.MutatingWebhookConfiguration](t, find(t, inj, "MutatingWebhookConfiguration"))
-	if len(whc.Webhooks) != 2 {
-		t.Fatalf("%d webhooks, want the injection and the eviction guard", len(whc.Webhooks))
+	if len(whc.Webhooks) != 3 {
+		t.Fatalf("%d webhooks, want 3 (labelled pods, labelled namespaces, the eviction guard)", len(whc.Webhooks))
 	}
-	guard := whc.Webhooks[1]
+	nsw := whc.Webhooks[1]
+	if nsw.ClientConfig.Service == nil || *nsw.ClientConfig.Service.Path != "/mutate-namespace" ||
+		nsw.NamespaceSelector == nil || len(nsw.NamespaceSelector.MatchExpressions) != 2 ||
+		nsw.NamespaceSelector.MatchExpressions[0].Key != "lastcall.dev/inject" ||
+		nsw.ObjectSelector == nil || !slices.Equal(nsw.ObjectSelector.MatchExpressions[0].Values, []string{"enabled", "disabled"}) {
+		t.Errorf("namespace webhook %+v", nsw)
+	}
+	guard := whc.Webhooks[2]
 	if guard.Name != "eviction-guard.lastcall.dev" || *guard.ClientConfig.Service.Path != "/evict" ||
 		len(guard.MatchConditions) != 1 || !strings.Contains(guard.MatchConditions[0].Expression, "system:serviceaccount:lastcall-system:") ||
 		len(guard.Rules) != 1 || !slices.Equal(guard.Rules[0].Resources, []string{"pods/eviction"}) {
@@ -219,16 +231,7 @@ func TestInjectorCertManager(t *testing.T) {
 // into the real apiserver and checks what NOTES.txt tells the user.
 func TestHelmInstallInjector(t *testing.T) {
 	e := kubetest.Need(t, env)
-	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
-	if _, err := e.WriteKubeconfig(kubeconfig); err != nil {
-		t.Fatal(err)
-	}
-	ns, release := e.UniqueName("helm-injector"), e.UniqueName("lc-injector")
-	out, stderr, err := runHelm(t, "install", release, chartDir, "--kubeconfig", kubeconfig,
-		"--namespace", ns, "--create-namespace", "--values", "testdata/injector.yaml")
-	if err != nil {
-		t.Fatalf("helm install: %v\n%s%s", err, out, stderr)
-	}
+	ns, release, _, out := helmInstall(t, e, "injector", "testdata/injector.yaml")
 	for _, want := range []string{
 		"STATUS: deployed",
 		"The sidecar injector " + release + "-lastcall-injector adds the sidecar",
@@ -344,4 +347,58 @@ func TestInjectorRBAC(t *testing.T) {
 			t.Errorf("%s: %v, want forbidden", name, err)
 		}
 	}
+}
+
+// TestHelmUninstallRemovesInjectorSecret installs the injector variant,
+// lets the injector's certificate code do what the running injector does
+// (create the Secret with its CA, own it by the webhook configuration,
+// write the caBundle), then uninstalls: Kubernetes' garbage collector
+// deletes the Secret with the webhook configuration helm deletes.
+func TestHelmUninstallRemovesInjectorSecret(t *testing.T) {
+	e := kubetest.Need(t, env)
+	startControllers(t, e, "garbage-collector-controller")
+	ns, release, kubeconfig, _ := helmInstall(t, e, "uninstall", "testdata/injector.yaml")
+	name := release + "-lastcall-injector"
+	r := &injector.Rotator{Client: e.Client, Namespace: ns, Secret: name + "-tls", WebhookConfig: name,
+		Hosts: []string{name + "." + ns + ".svc"}}
+	if err := r.Load(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Check(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	secrets := e.Client.CoreV1().Secrets(ns)
+	if _, err := secrets.Get(t.Context(), name+"-tls", metav1.GetOptions{}); err != nil {
+		t.Fatalf("the injector's Secret: %v", err)
+	}
+	if out, stderr, err := runHelm(t, "uninstall", release, "--kubeconfig", kubeconfig, "--namespace", ns, "--wait"); err != nil {
+		t.Fatalf("helm uninstall: %v\n%s%s", err, out, stderr)
+	}
+	start := time.Now()
+	err := wait.PollUntilContextTimeout(t.Context(), 200*time.Millisecond, 60*time.Second, true, func(ctx context.Context) (bool, error) {
+		_, err := secrets.Get(ctx, name+"-tls", metav1.GetOptions{})
+		return apierrors.IsNotFound(err), nil
+	})
+	if err != nil {
+		t.Fatalf("the injector's Secret outlived helm uninstall: %v", err)
+	}
+	t.Logf("Secret deleted %v after helm uninstall", time.Since(start).Round(time.Millisecond))
+}
+
+// helmInstall installs the chart with values into a new namespace of the
+// real apiserver and returns the namespace, the release, the kubeconfig
+// used and helm's output.
+func helmInstall(t *testing.T, e *kubetest.Env, name, values string) (ns, release, kubeconfig, out string) {
+	t.Helper()
+	kubeconfig = filepath.Join(t.TempDir(), "kubeconfig")
+	if _, err := e.WriteKubeconfig(kubeconfig); err != nil {
+		t.Fatal(err)
+	}
+	ns, release = e.UniqueName("helm-"+name), e.UniqueName("lc-"+name)
+	out, stderr, err := runHelm(t, "install", release, chartDir, "--kubeconfig", kubeconfig,
+		"--namespace", ns, "--create-namespace", "--values", values)
+	if err != nil {
+		t.Fatalf("helm install: %v\n%s%s", err, out, stderr)
+	}
+	return ns, release, kubeconfig, out
 }

@@ -2,6 +2,7 @@ package charts
 
 import (
 	"context"
+	"maps"
 	"slices"
 	"testing"
 	"time"
@@ -15,8 +16,9 @@ import (
 )
 
 // TestPlacement runs Kubernetes' own DaemonSet controller on the chart's
-// DaemonSet: it must create an agent pod for every node that carries any one
-// of the default spot labels, tainted or cordoned or not, and on no other;
+// DaemonSet: it must create an agent pod for every Linux node that carries
+// any one of the default spot labels, tainted or cordoned or not, and on no
+// other (a Windows spot node included, whose taint the agent tolerates);
 // the apiserver must admit those pods (system-node-critical outside
 // kube-system, hostNetwork, the security contexts).
 func TestPlacement(t *testing.T) {
@@ -61,12 +63,24 @@ func TestPlacement(t *testing.T) {
 		"on-demand":     {labels: map[string]string{"cloud.google.com/gke-nodepool": "default"}},
 		"eks-on-demand": {labels: map[string]string{"eks.amazonaws.com/capacityType": "ON_DEMAND"}},
 		"not-spot":      {labels: map[string]string{"cloud.google.com/gke-spot": "false"}},
+		// An AKS Windows spot pool: spot label, spot taint (tolerated), but
+		// the agent is a Linux binary.
+		"aks-windows-spot": {
+			labels: map[string]string{"kubernetes.azure.com/scalesetpriority": "spot", "kubernetes.io/os": "windows"},
+			taints: []corev1.Taint{
+				{Key: "kubernetes.azure.com/scalesetpriority", Value: "spot", Effect: corev1.TaintEffectNoSchedule},
+				{Key: "os", Value: "windows", Effect: corev1.TaintEffectNoSchedule},
+			},
+		},
 	}
 	names := map[string]string{} // node name -> case
 	for name, n := range nodes {
 		nodeName := e.UniqueName("place-" + name)
 		names[nodeName] = name
-		created, err := e.CreateNode(ctx, nodeName, n.labels)
+		// The kubelet labels every node with its OS.
+		nodeLabels := map[string]string{"kubernetes.io/os": "linux"}
+		maps.Copy(nodeLabels, n.labels)
+		created, err := e.CreateNode(ctx, nodeName, nodeLabels)
 		if err != nil {
 			t.Fatal(err)
 		}

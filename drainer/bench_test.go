@@ -44,7 +44,7 @@ func BenchmarkDrain110(b *testing.B) {
 		b.StartTimer()
 
 		start := time.Now()
-		if _, err := d.Cordon(ctx, node, "gce"); err != nil {
+		if _, err := d.Cordon(ctx, node, "gce", ""); err != nil {
 			b.Fatal(err)
 		}
 		cordoned = append(cordoned, time.Since(start))

@@ -12,9 +12,14 @@ import (
 )
 
 const (
-	// TaintKey is the NoSchedule taint lastcall puts on a node it drains; its
-	// value is the notice source (gce, aws, azure, sim).
+	// TaintKey is the taint lastcall puts on a node it drains (effect
+	// Options.TaintEffect, NoSchedule by default); its value is the notice
+	// source and kind, e.g. aws.spot-interruption (TaintValue).
 	TaintKey = "lastcall.dev/draining"
+	// OutOfServiceKey is Kubernetes' out-of-service taint: with it on a
+	// node that is shut down, the volumes of its pods detach at once
+	// instead of after six minutes.
+	OutOfServiceKey = "node.kubernetes.io/out-of-service"
 	// ExcludeLBLabel takes the node out of external load balancers.
 	ExcludeLBLabel = "node.kubernetes.io/exclude-from-external-load-balancers"
 	// RecordAnnotation holds, as JSON, which changes lastcall made to the
@@ -31,6 +36,8 @@ type Record struct {
 	Taint bool `json:"taint,omitempty"`
 	// Label is true when lastcall added ExcludeLBLabel.
 	Label bool `json:"label,omitempty"`
+	// OutOfService is true when lastcall added the OutOfServiceKey taint.
+	OutOfService bool `json:"outOfService,omitempty"`
 	// Source is the notice source that caused the cordon.
 	Source string `json:"source"`
 	// Time is when lastcall first cordoned the node.
@@ -51,14 +58,23 @@ func RecordOf(node *corev1.Node) (Record, bool) {
 	return r, true
 }
 
-// Cordon marks node unschedulable, adds the TaintKey taint (value source)
-// and ExcludeLBLabel, and records which of them lastcall added; what was
-// already there is left alone and not recorded. It is safe to call again:
-// a second call re-applies anything removed since and keeps the first
-// record. It retries conflicts and transient apiserver errors until ctx is
-// done. changed reports whether the node was updated.
-func (d *Drainer) Cordon(ctx context.Context, node, source string) (changed bool, err error) {
-	changed, err = d.updateNode(ctx, node, func(n *corev1.Node) bool { return d.cordon(n, source) })
+// TaintValue is the TaintKey taint's value for a notice of kind from
+// source: "source.kind", or source alone when kind is empty.
+func TaintValue(source, kind string) string {
+	if kind == "" {
+		return source
+	}
+	return source + "." + kind
+}
+
+// Cordon marks node unschedulable, adds the TaintKey taint (value
+// TaintValue(source, kind)) and ExcludeLBLabel, and records which of them
+// lastcall added; what was already there is left alone and not recorded.
+// It is safe to call again: a second call re-applies anything removed since
+// and keeps the first record. It retries conflicts and transient apiserver
+// errors until ctx is done. changed reports whether the node was updated.
+func (d *Drainer) Cordon(ctx context.Context, node, source, kind string) (changed bool, err error) {
+	changed, err = d.updateNode(ctx, node, func(n *corev1.Node) bool { return d.cordon(n, source, kind) })
 	if err != nil {
 		return false, fmt.Errorf("cordon node %s: %w", node, err)
 	}
@@ -66,7 +82,7 @@ func (d *Drainer) Cordon(ctx context.Context, node, source string) (changed bool
 }
 
 // cordon applies a cordon to n and reports whether it changed anything.
-func (d *Drainer) cordon(n *corev1.Node, source string) bool {
+func (d *Drainer) cordon(n *corev1.Node, source, kind string) bool {
 	rec, _ := RecordOf(n)
 	if rec.Source == "" {
 		rec.Source = source
@@ -78,8 +94,8 @@ func (d *Drainer) cordon(n *corev1.Node, source string) bool {
 		rec.Unschedulable = true
 		mutated = true
 	}
-	if !hasTaint(n) {
-		n.Spec.Taints = append(n.Spec.Taints, corev1.Taint{Key: TaintKey, Value: source, Effect: corev1.TaintEffectNoSchedule})
+	if !hasTaint(n, TaintKey, d.effect) {
+		n.Spec.Taints = append(n.Spec.Taints, corev1.Taint{Key: TaintKey, Value: TaintValue(source, kind), Effect: d.effect})
 		rec.Taint = true
 		mutated = true
 	}
@@ -107,14 +123,14 @@ func (d *Drainer) cordon(n *corev1.Node, source string) bool {
 // webhooks that would refuse the cordon refuse it now, before a notice
 // does. A node that is cordoned already is sent unchanged, and admitted the
 // same way.
-func (d *Drainer) CheckCordon(ctx context.Context, node, source string) error {
+func (d *Drainer) CheckCordon(ctx context.Context, node, source, kind string) error {
 	cctx, cancel := d.callContext(ctx)
 	defer cancel()
 	n, err := d.client.CoreV1().Nodes().Get(cctx, node, metav1.GetOptions{})
 	if err != nil {
 		return fmt.Errorf("check cordon of node %s: %w", node, err)
 	}
-	d.cordon(n, source)
+	d.cordon(n, source, kind)
 	if _, err := d.client.CoreV1().Nodes().Update(cctx, n, metav1.UpdateOptions{DryRun: []string{metav1.DryRunAll}}); err != nil {
 		return fmt.Errorf("check cordon of node %s (dry run): %w", node, err)
 	}
@@ -133,10 +149,10 @@ func (d *Drainer) Uncordon(ctx context.Context, node string) (changed bool, err 
 		if rec.Unschedulable {
 			n.Spec.Unschedulable = false
 		}
-		if rec.Taint {
+		if rec.Taint || rec.OutOfService {
 			kept := n.Spec.Taints[:0]
 			for _, t := range n.Spec.Taints {
-				if t.Key != TaintKey {
+				if !(rec.Taint && t.Key == TaintKey) && !(rec.OutOfService && t.Key == OutOfServiceKey) {
 					kept = append(kept, t)
 				}
 			}
@@ -154,9 +170,32 @@ func (d *Drainer) Uncordon(ctx context.Context, node string) (changed bool, err 
 	return changed, nil
 }
 
-func hasTaint(n *corev1.Node) bool {
+// OutOfService adds the OutOfServiceKey taint (NoExecute, value
+// nodeshutdown) to node, which lastcall has cordoned, and records it so that
+// Uncordon removes it. A node without lastcall's record is left alone:
+// the taint is only for a node lastcall drained. changed reports whether
+// the node was updated.
+func (d *Drainer) OutOfService(ctx context.Context, node string) (changed bool, err error) {
+	changed, err = d.updateNode(ctx, node, func(n *corev1.Node) bool {
+		rec, ok := RecordOf(n)
+		if !ok || hasTaint(n, OutOfServiceKey, corev1.TaintEffectNoExecute) {
+			return false
+		}
+		n.Spec.Taints = append(n.Spec.Taints, corev1.Taint{Key: OutOfServiceKey, Value: "nodeshutdown", Effect: corev1.TaintEffectNoExecute})
+		rec.OutOfService = true
+		raw, _ := json.Marshal(rec)
+		n.Annotations[RecordAnnotation] = string(raw)
+		return true
+	})
+	if err != nil {
+		return false, fmt.Errorf("taint node %s out of service: %w", node, err)
+	}
+	return changed, nil
+}
+
+func hasTaint(n *corev1.Node, key string, effect corev1.TaintEffect) bool {
 	for _, t := range n.Spec.Taints {
-		if t.Key == TaintKey && t.Effect == corev1.TaintEffectNoSchedule {
+		if t.Key == key && t.Effect == effect {
 			return true
 		}
 	}

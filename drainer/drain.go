@@ -270,6 +270,7 @@ func (d *Drainer) evict(ctx context.Context, log *slog.Logger, plan Plan, pod co
 	}
 	backoff := newBackoff()
 	refused := false // the last answer was a budget's refusal
+	told := false    // Refused was called for this pod
 	for {
 		now := d.now()
 		grace := plan.Grace(&pod, now)
@@ -324,11 +325,17 @@ func (d *Drainer) evict(ctx context.Context, log *slog.Logger, plan Plan, pod co
 			// disruption now; retry until the cut-off. 500: the pod has more
 			// than one budget, which eviction does not support; only the
 			// policy can get it off the node.
-			refused = true
+			if !told && d.refuse != nil {
+				d.refuse(&pod, err)
+			}
+			refused, told = true, true
 		case permanent(err):
 			// 401/403/400/422: retrying will not change the answer.
 			res.Outcome, res.At, res.Err = Failed, d.now(), err
 			log.Error("eviction refused", "err", err)
+			if d.refuse != nil {
+				d.refuse(&pod, err)
+			}
 			return res
 		default:
 			// Anything else (apiserver down, timeout, flow-control 429, 5xx)

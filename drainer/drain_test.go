@@ -121,7 +121,7 @@ func TestCordonAndUncordon(t *testing.T) {
 			t.Fatal(err)
 		}
 
-		changed, err := d.Cordon(ctx, name, "gce")
+		changed, err := d.Cordon(ctx, name, "gce", "")
 		if err != nil || !changed {
 			t.Fatalf("Cordon = %v, %v; want true, nil", changed, err)
 		}
@@ -142,7 +142,7 @@ func TestCordonAndUncordon(t *testing.T) {
 			t.Errorf("record = %+v, %v", rec, ok)
 		}
 
-		if changed, err := d.Cordon(ctx, name, "aws"); err != nil || changed {
+		if changed, err := d.Cordon(ctx, name, "aws", ""); err != nil || changed {
 			t.Errorf("second Cordon = %v, %v; want false, nil", changed, err)
 		}
 
@@ -174,7 +174,7 @@ func TestCordonAndUncordon(t *testing.T) {
 		if _, err := e.Client.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := d.Cordon(ctx, name, "aws"); err != nil {
+		if _, err := d.Cordon(ctx, name, "aws", ""); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := d.Uncordon(ctx, name); err != nil {
@@ -216,13 +216,52 @@ func TestCordonAndUncordon(t *testing.T) {
 		}
 		expired, cancel := context.WithDeadline(ctx, time.Now().Add(-time.Second))
 		defer cancel()
-		if changed, err := d.Cordon(expired, name, "gce"); err == nil || changed {
+		if changed, err := d.Cordon(expired, name, "gce", ""); err == nil || changed {
 			t.Fatalf("Cordon(expired ctx) = %v, %v; want an error", changed, err)
 		}
 	})
 
+	t.Run("kind in the value, NoExecute, out of service", func(t *testing.T) {
+		name := e.UniqueName("node")
+		if _, err := e.CreateNode(ctx, name, nil); err != nil {
+			t.Fatal(err)
+		}
+		dx := drainer.New(e.Client, drainer.Options{Logger: testLogger(t), TaintEffect: corev1.TaintEffectNoExecute})
+		if changed, err := dx.OutOfService(ctx, name); err != nil || changed {
+			t.Fatalf("OutOfService before any cordon = %v, %v; want false, nil", changed, err)
+		}
+		if _, err := dx.Cordon(ctx, name, "aws", "spot-interruption"); err != nil {
+			t.Fatal(err)
+		}
+		if changed, err := dx.OutOfService(ctx, name); err != nil || !changed {
+			t.Fatalf("OutOfService = %v, %v; want true, nil", changed, err)
+		}
+		n, _ := e.Client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+		want := []corev1.Taint{
+			{Key: drainer.TaintKey, Value: "aws.spot-interruption", Effect: corev1.TaintEffectNoExecute},
+			{Key: drainer.OutOfServiceKey, Value: "nodeshutdown", Effect: corev1.TaintEffectNoExecute},
+		}
+		var got []corev1.Taint
+		for _, tt := range n.Spec.Taints {
+			got = append(got, corev1.Taint{Key: tt.Key, Value: tt.Value, Effect: tt.Effect})
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("taints = %v, want %v", got, want)
+		}
+		if rec, _ := drainer.RecordOf(n); !rec.Taint || !rec.OutOfService {
+			t.Errorf("record = %+v, want taint and out-of-service recorded", rec)
+		}
+		if _, err := dx.Uncordon(ctx, name); err != nil {
+			t.Fatal(err)
+		}
+		n, _ = e.Client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+		if len(n.Spec.Taints) != 0 || n.Spec.Unschedulable {
+			t.Errorf("after Uncordon: taints %v, unschedulable %v; want neither", n.Spec.Taints, n.Spec.Unschedulable)
+		}
+	})
+
 	t.Run("missing node is a clear error", func(t *testing.T) {
-		_, err := d.Cordon(ctx, "no-such-node", "gce")
+		_, err := d.Cordon(ctx, "no-such-node", "gce", "")
 		if !apierrors.IsNotFound(err) {
 			t.Fatalf("Cordon(missing) = %v, want a NotFound error", err)
 		}
@@ -538,7 +577,7 @@ func TestDrainSurvivesAPIServerOutage(t *testing.T) {
 		}
 	})
 	start := time.Now()
-	if _, err := d.Cordon(t.Context(), f.node, "aws"); err != nil {
+	if _, err := d.Cordon(t.Context(), f.node, "aws", ""); err != nil {
 		t.Fatalf("cordon through an outage: %v", err)
 	}
 	rep, err := d.Drain(t.Context(), f.node, start.Add(20*time.Second), drainer.Policy{})

@@ -46,6 +46,14 @@ type Options struct {
 	// PollInterval is how often a drain checks which pods are gone.
 	// Default 250ms.
 	PollInterval time.Duration
+	// TaintEffect is the effect of the TaintKey taint Cordon adds:
+	// NoSchedule (the default) or NoExecute.
+	TaintEffect corev1.TaintEffect
+	// Refused, if set, is told the first time in a drain that a pod's
+	// eviction is refused: by a PodDisruptionBudget (retried until the
+	// cut-off) or for good (RBAC, admission). It is called from the drain's
+	// goroutines and must not block.
+	Refused func(pod *corev1.Pod, err error)
 }
 
 // HoldFunc tells the drain which pods to hold back. For a pod whose workers
@@ -67,13 +75,19 @@ type Drainer struct {
 	now    func() time.Time
 	call   time.Duration
 	poll   time.Duration
+	effect corev1.TaintEffect
+	refuse func(pod *corev1.Pod, err error)
 }
 
 // New returns a Drainer that talks to the apiserver through client.
 func New(client kubernetes.Interface, opts Options) *Drainer {
 	d := &Drainer{
 		client: client, log: opts.Logger, self: opts.Self, pods: opts.Pods, m: opts.Metrics, hold: opts.Hold,
-		now: opts.Now, call: opts.CallTimeout, poll: opts.PollInterval,
+		now: opts.Now, call: opts.CallTimeout, poll: opts.PollInterval, effect: opts.TaintEffect,
+		refuse: opts.Refused,
+	}
+	if d.effect == "" {
+		d.effect = corev1.TaintEffectNoSchedule
 	}
 	if d.log == nil {
 		d.log = slog.New(slog.DiscardHandler)

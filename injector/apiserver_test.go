@@ -49,6 +49,9 @@ func startWebhookServer(t *testing.T, e *kubetest.Env, ownNS string, cfg Config)
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/mutate", NewHandler(cfg, slog.New(slog.NewTextHandler(io.Discard, nil))))
+	nsCfg := cfg
+	nsCfg.NamespaceOptIn = true
+	mux.Handle("/mutate-namespace", NewHandler(nsCfg, slog.New(slog.NewTextHandler(io.Discard, nil))))
 	s := &webhookServer{
 		url:   "https://" + ln.Addr().String() + "/mutate",
 		certs: certs,
@@ -73,14 +76,41 @@ func (s *webhookServer) stop() {
 }
 
 // webhookConfig returns the MutatingWebhookConfiguration the chart installs,
-// pointing at url instead of a Service.
+// pointing at url (and url-namespace) instead of a Service: pods labelled
+// for the sidecar, and pods of namespaces labelled for it.
 func webhookConfig(name, url, ownNS string) *admissionregistrationv1.MutatingWebhookConfiguration {
 	ignore := admissionregistrationv1.Ignore
 	none := admissionregistrationv1.SideEffectClassNone
 	never := admissionregistrationv1.NeverReinvocationPolicy
+	nsURL := url + "-namespace"
+	excluded := metav1.LabelSelectorRequirement{
+		Key: "kubernetes.io/metadata.name", Operator: metav1.LabelSelectorOpNotIn, Values: []string{"kube-system", ownNS},
+	}
+	rules := []admissionregistrationv1.RuleWithOperations{{
+		Operations: []admissionregistrationv1.OperationType{admissionregistrationv1.Create},
+		Rule: admissionregistrationv1.Rule{
+			APIGroups: []string{""}, APIVersions: []string{"v1"}, Resources: []string{"pods"},
+			Scope: ptrTo(admissionregistrationv1.NamespacedScope),
+		},
+	}}
 	return &admissionregistrationv1.MutatingWebhookConfiguration{
 		ObjectMeta: metav1.ObjectMeta{Name: name},
 		Webhooks: []admissionregistrationv1.MutatingWebhook{{
+			Name:                    "inject-namespace.lastcall.dev",
+			ClientConfig:            admissionregistrationv1.WebhookClientConfig{URL: &nsURL},
+			AdmissionReviewVersions: []string{"v1"},
+			FailurePolicy:           &ignore,
+			SideEffects:             &none,
+			ReinvocationPolicy:      &never,
+			TimeoutSeconds:          ptrTo(int32(2)),
+			ObjectSelector: &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{
+				Key: InjectLabel, Operator: metav1.LabelSelectorOpNotIn, Values: []string{InjectEnabled, InjectDisabled},
+			}}},
+			NamespaceSelector: &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{
+				Key: InjectLabel, Operator: metav1.LabelSelectorOpIn, Values: []string{InjectEnabled},
+			}, excluded}},
+			Rules: rules,
+		}, {
 			Name:                    "inject.lastcall.dev",
 			ClientConfig:            admissionregistrationv1.WebhookClientConfig{URL: &url},
 			AdmissionReviewVersions: []string{"v1"},
@@ -89,16 +119,8 @@ func webhookConfig(name, url, ownNS string) *admissionregistrationv1.MutatingWeb
 			ReinvocationPolicy:      &never,
 			TimeoutSeconds:          ptrTo(int32(2)),
 			ObjectSelector:          &metav1.LabelSelector{MatchLabels: map[string]string{InjectLabel: InjectEnabled}},
-			NamespaceSelector: &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{
-				Key: "kubernetes.io/metadata.name", Operator: metav1.LabelSelectorOpNotIn, Values: []string{"kube-system", ownNS},
-			}}},
-			Rules: []admissionregistrationv1.RuleWithOperations{{
-				Operations: []admissionregistrationv1.OperationType{admissionregistrationv1.Create},
-				Rule: admissionregistrationv1.Rule{
-					APIGroups: []string{""}, APIVersions: []string{"v1"}, Resources: []string{"pods"},
-					Scope: ptrTo(admissionregistrationv1.NamespacedScope),
-				},
-			}},
+			NamespaceSelector:       &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{excluded}},
+			Rules:                   rules,
 		}},
 	}
 }
@@ -264,6 +286,28 @@ func TestWebhook(t *testing.T) {
 			}
 		})
 	}
+	t.Run("namespace opt-in", func(t *testing.T) {
+		optNS := e.UniqueName("opted-in")
+		_, err := e.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{
+			Name: optNS, Labels: map[string]string{InjectLabel: InjectEnabled},
+		}}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		plain := create(t, optNS, "plain")
+		optedOut := create(t, optNS, "opted-out", kubetest.WithLabels(map[string]string{"app": "w", InjectLabel: InjectDisabled}))
+		both := create(t, optNS, "labelled-too", labelled)
+		if !hasSidecar(plain) || hasSidecar(optedOut) || !hasSidecar(both) {
+			t.Errorf("in a namespace labelled %s=%s: plain %v, opted out %v, labelled %v; want true, false, true",
+				InjectLabel, InjectEnabled, hasSidecar(plain), hasSidecar(optedOut), hasSidecar(both))
+		}
+		if n := len(both.Spec.InitContainers); n != 1 {
+			t.Errorf("a labelled pod in an opted-in namespace has %d init containers: injected twice?", n)
+		}
+		if p := create(t, ns, "plain-elsewhere"); hasSidecar(p) {
+			t.Error("an unlabelled pod in a namespace that did not opt in got the sidecar")
+		}
+	})
 	t.Run("webhook down: pods still created", func(t *testing.T) {
 		srv.stop()
 		p := create(t, ns, "while-down", labelled)

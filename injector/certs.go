@@ -16,11 +16,12 @@ import (
 	"time"
 )
 
-// Lifetimes of the certificates: long, since nothing renews them but a
-// restart of the injector, which replaces them when renewBefore is reached.
+// Lifetimes of the certificates. A running injector renews them
+// renewBefore their end (Rotator); a new CA is trusted next to the old one
+// until the old one expires.
 const (
 	caLifetime    = 10 * 365 * 24 * time.Hour
-	leafLifetime  = 5 * 365 * 24 * time.Hour
+	leafLifetime  = 365 * 24 * time.Hour
 	renewBefore   = 30 * 24 * time.Hour
 	clockSkewSlop = 5 * time.Minute
 )
@@ -29,6 +30,19 @@ const (
 type Certs struct {
 	CACert, CAKey       []byte
 	ServeCert, ServeKey []byte
+	// PreviousCA is the CA that CACert replaced, trusted too (in the
+	// caBundle) until it expires, so that serving certificates it signed
+	// still verify while replicas switch.
+	PreviousCA []byte
+}
+
+// Bundle returns the caBundle for the webhook configuration: the CA, and
+// the previous one while it is still valid at now.
+func (c *Certs) Bundle(now time.Time) []byte {
+	if prev, err := parseCert(c.PreviousCA); err == nil && now.Before(prev.NotAfter) {
+		return append(append([]byte{}, c.CACert...), c.PreviousCA...)
+	}
+	return c.CACert
 }
 
 // TLSCertificate returns the serving certificate for a tls.Config.
@@ -154,9 +168,12 @@ func (c *Certs) Renew(hosts []string, now time.Time) (*Certs, bool, error) {
 	ca, caKey, err := c.parseCA()
 	if err != nil || now.Add(renewBefore).After(ca.NotAfter) || now.Before(ca.NotBefore) {
 		fresh, err := NewCerts(hosts, now)
+		if err == nil && ca != nil && now.Before(ca.NotAfter) {
+			fresh.PreviousCA = c.CACert
+		}
 		return fresh, true, err
 	}
-	out := &Certs{CACert: c.CACert, CAKey: c.CAKey}
+	out := &Certs{CACert: c.CACert, CAKey: c.CAKey, PreviousCA: c.PreviousCA}
 	if err := out.issue(ca, caKey, hosts, now); err != nil {
 		return nil, false, err
 	}

@@ -12,8 +12,12 @@ const (
 	// InjectLabel selects the pods that get the sidecar, with the value
 	// InjectEnabled.
 	InjectLabel = "lastcall.dev/inject"
-	// InjectEnabled is InjectLabel's value that asks for the sidecar.
+	// InjectEnabled is InjectLabel's value that asks for the sidecar, on a
+	// pod or on its namespace.
 	InjectEnabled = "enabled"
+	// InjectDisabled is InjectLabel's value by which a pod in a namespace
+	// labelled InjectEnabled declines the sidecar.
+	InjectDisabled = "disabled"
 	// InjectedAnnotation marks a pod that has the sidecar; a pod that carries
 	// it is left as it is.
 	InjectedAnnotation = "lastcall.dev/injected"
@@ -25,6 +29,12 @@ const (
 	SignalProcessAnnotation = "lastcall.dev/signal-process"
 	// PortAnnotation is the loopback port of the workers' API (default 9104).
 	PortAnnotation = "lastcall.dev/port"
+	// The sidecar's resources for one pod, overriding Config.Resources:
+	// quantities such as "20m" or "48Mi".
+	CPURequestAnnotation    = "lastcall.dev/sidecar-cpu-request"
+	MemoryRequestAnnotation = "lastcall.dev/sidecar-memory-request"
+	CPULimitAnnotation      = "lastcall.dev/sidecar-cpu-limit"
+	MemoryLimitAnnotation   = "lastcall.dev/sidecar-memory-limit"
 )
 
 // Names of what the injector adds to a pod.
@@ -65,6 +75,14 @@ type Config struct {
 	// ExcludedNamespaces are never injected, whatever the webhook
 	// configuration sends: kube-system and the injector's own namespace.
 	ExcludedNamespaces []string
+	// ImagePullSecrets are added to an injected pod's imagePullSecrets (if
+	// it lacks them), for a sidecar image in a private registry; each must
+	// exist in the pod's namespace.
+	ImagePullSecrets []string
+	// NamespaceOptIn says the pod's namespace asked for the sidecar (label
+	// InjectLabel=InjectEnabled): the pod gets it unless its own label is
+	// InjectDisabled. False: only pods labelled InjectEnabled get it.
+	NamespaceOptIn bool
 }
 
 // DefaultConfig returns the configuration of the chart's defaults for the

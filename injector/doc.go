@@ -3,10 +3,13 @@
 // admission webhook that applies it (Handler, admission.k8s.io/v1 with a
 // JSONPatch answer), and the webhook's TLS: a self-generated CA kept in a
 // Secret (EnsureCerts) and written into the MutatingWebhookConfiguration's
-// caBundle (PatchCABundle).
+// caBundle (PatchCABundle), renewed while the injector runs (Rotator).
+// InjectManifests does the same mutation on manifests, for GitOps.
 //
-// A pod asks for the sidecar with the label lastcall.dev/inject=enabled; the
-// webhook configuration's objectSelector sends only such pods. The injected
+// A pod asks for the sidecar with the label lastcall.dev/inject=enabled, or
+// its namespace does with the same label (Config.NamespaceOptIn; a pod
+// labelled lastcall.dev/inject=disabled declines); the webhook
+// configuration's selectors send only such pods. The injected
 // pod carries a native sidecar (an init container with restartPolicy
 // Always) or, for clusters older than 1.29, a plain container; a shared
 // emptyDir at /lastcall; the downward API's POD_NAME, POD_NAMESPACE, POD_IP

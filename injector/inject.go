@@ -19,13 +19,15 @@ var ErrExcluded = errors.New("namespace excluded from injection")
 const signalNames = "HUP INT QUIT USR1 USR2 TERM TSTP CONT WINCH"
 
 // Inject returns a copy of pod with the sidecar added and changed true, or
-// pod itself and changed false when it has nothing to do: the pod lacks the
-// label InjectLabel=InjectEnabled, or already carries InjectedAnnotation.
+// pod itself and changed false when it has nothing to do: the pod did not
+// ask for it (label InjectLabel=InjectEnabled, or, with
+// Config.NamespaceOptIn, any value but InjectDisabled), or already carries
+// InjectedAnnotation.
 // It never modifies pod. A pod in an excluded namespace gives ErrExcluded;
 // invalid annotations, or a container or volume already named "lastcall",
 // give another error. pod.Namespace must be set.
 func Inject(pod *corev1.Pod, cfg Config) (*corev1.Pod, bool, error) {
-	if pod.Labels[InjectLabel] != InjectEnabled {
+	if !cfg.wanted(pod) {
 		return pod, false, nil
 	}
 	if _, done := pod.Annotations[InjectedAnnotation]; done {
@@ -50,6 +52,11 @@ func Inject(pod *corev1.Pod, cfg Config) (*corev1.Pod, bool, error) {
 			return pod, false, fmt.Errorf("pod %s/%s: annotation %s: %w", pod.Namespace, pod.Name, SignalAnnotation, err)
 		}
 	}
+	res, err := podResources(cfg.Resources, pod.Annotations)
+	if err != nil {
+		return pod, false, fmt.Errorf("pod %s/%s: %w", pod.Namespace, pod.Name, err)
+	}
+	cfg.Resources = res
 
 	out := pod.DeepCopy()
 	spec := &out.Spec
@@ -85,7 +92,12 @@ func Inject(pod *corev1.Pod, cfg Config) (*corev1.Pod, bool, error) {
 	if g := pod.Spec.TerminationGracePeriodSeconds; g != nil {
 		args = append(args, "--prestop-timeout="+prestopTimeout(*g))
 	}
-	sc := cfg.container(args, uid)
+	for _, name := range cfg.ImagePullSecrets {
+		if !slices.ContainsFunc(spec.ImagePullSecrets, func(r corev1.LocalObjectReference) bool { return r.Name == name }) {
+			spec.ImagePullSecrets = append(spec.ImagePullSecrets, corev1.LocalObjectReference{Name: name})
+		}
+	}
+	sc := cfg.container(args, listen, uid)
 	if cfg.NativeSidecar {
 		sc.RestartPolicy = ptrTo(corev1.ContainerRestartPolicyAlways)
 		// First, so that it runs before the other init containers and
@@ -198,8 +210,53 @@ func mounts(c *corev1.Container, path string) bool {
 	})
 }
 
-// container returns the sidecar container with args.
-func (cfg Config) container(args []string, uid int64) corev1.Container {
+// wanted reports whether pod asked for the sidecar.
+func (cfg Config) wanted(pod *corev1.Pod) bool {
+	v, ok := pod.Labels[InjectLabel]
+	if cfg.NamespaceOptIn {
+		return !ok || v != InjectDisabled
+	}
+	return v == InjectEnabled
+}
+
+// podResources returns base with the pod's resource annotations applied.
+func podResources(base corev1.ResourceRequirements, ann map[string]string) (corev1.ResourceRequirements, error) {
+	out := *base.DeepCopy()
+	for _, a := range []struct {
+		key  string
+		list *corev1.ResourceList
+		name corev1.ResourceName
+	}{
+		{CPURequestAnnotation, &out.Requests, corev1.ResourceCPU},
+		{MemoryRequestAnnotation, &out.Requests, corev1.ResourceMemory},
+		{CPULimitAnnotation, &out.Limits, corev1.ResourceCPU},
+		{MemoryLimitAnnotation, &out.Limits, corev1.ResourceMemory},
+	} {
+		v, ok := ann[a.key]
+		if !ok {
+			continue
+		}
+		q, err := resource.ParseQuantity(v)
+		if err != nil || q.Sign() <= 0 {
+			return out, fmt.Errorf("annotation %s=%q: want a positive quantity such as 20m or 48Mi", a.key, v)
+		}
+		if *a.list == nil {
+			*a.list = corev1.ResourceList{}
+		}
+		(*a.list)[a.name] = q
+	}
+	for name, req := range out.Requests {
+		if lim, ok := out.Limits[name]; ok && req.Cmp(lim) > 0 {
+			return out, fmt.Errorf("sidecar %s request %s is above its limit %s", name, req.String(), lim.String())
+		}
+	}
+	return out, nil
+}
+
+// container returns the sidecar container with args, running as uid (0:
+// the configured user); listen is the workers' API address when the pod
+// moves it.
+func (cfg Config) container(args []string, listen string, uid int64) corev1.Container {
 	env := []corev1.EnvVar{
 		fieldEnv("POD_NAME", "metadata.name"),
 		fieldEnv("POD_NAMESPACE", "metadata.namespace"),
@@ -219,6 +276,7 @@ func (cfg Config) container(args []string, uid int64) corev1.Container {
 		Env:             env,
 		VolumeMounts:    []corev1.VolumeMount{{Name: VolumeName, MountPath: MountPath}},
 		Resources:       *cfg.Resources.DeepCopy(),
+		StartupProbe:    cfg.startupProbe(listen),
 		SecurityContext: &corev1.SecurityContext{
 			RunAsNonRoot:             ptrTo(true),
 			RunAsUser:                runAsUser(uid),
@@ -227,6 +285,25 @@ func (cfg Config) container(args []string, uid int64) corev1.Container {
 			Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
 			SeccompProfile:           &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
 		},
+	}
+}
+
+// startupProbe returns the native sidecar's startup probe: "sidecar probe"
+// asks its workers' API for /healthz. The kubelet starts the pod's next
+// containers, the workers, only once a native sidecar's startup probe has
+// passed: workers find the API up from their first line. None for a plain
+// container (no order to keep) or without a known sidecar command.
+func (cfg Config) startupProbe(listen string) *corev1.Probe {
+	if !cfg.NativeSidecar || len(cfg.Command) == 0 {
+		return nil
+	}
+	cmd := []string{cfg.Command[0], "probe"}
+	if listen != "" {
+		cmd = append(cmd, "--addr="+listen)
+	}
+	return &corev1.Probe{
+		ProbeHandler:  corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: cmd}},
+		PeriodSeconds: 1, TimeoutSeconds: 1, FailureThreshold: 60,
 	}
 }
 

@@ -329,3 +329,106 @@ func names(cs []corev1.Container) []string {
 	}
 	return out
 }
+
+// TestInjectUX covers what teams coming from Istio or Linkerd expect: a
+// namespace-wide opt-in with a per-pod opt-out, per-pod sidecar resources,
+// image pull secrets carried to the pod, and a startup probe that holds the
+// workers until the sidecar answers.
+func TestInjectUX(t *testing.T) {
+	nsCfg := testConfig()
+	nsCfg.NamespaceOptIn = true
+	unlabelled := workerPod(func(p *corev1.Pod) { delete(p.Labels, InjectLabel) })
+	optedOut := workerPod(func(p *corev1.Pod) { p.Labels[InjectLabel] = InjectDisabled })
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+		pod  *corev1.Pod
+		want bool
+	}{
+		{"namespace opt-in, pod unlabelled", nsCfg, unlabelled, true},
+		{"namespace opt-in, pod labelled", nsCfg, workerPod(), true},
+		{"namespace opt-in, pod opted out", nsCfg, optedOut, false},
+		{"no namespace opt-in, pod unlabelled", testConfig(), unlabelled, false},
+		{"no namespace opt-in, pod opted out", testConfig(), optedOut, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, changed, err := Inject(tc.pod, tc.cfg)
+			if err != nil || changed != tc.want {
+				t.Errorf("Inject = %v, %v; want %v", changed, err, tc.want)
+			}
+		})
+	}
+
+	t.Run("resources by annotation", func(t *testing.T) {
+		out, _, err := Inject(workerPod(annotate(CPURequestAnnotation, "50m", MemoryLimitAnnotation, "64Mi")), testConfig())
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, _ := sidecar(t, out)
+		if c.Resources.Requests.Cpu().String() != "50m" || c.Resources.Limits.Memory().String() != "64Mi" ||
+			c.Resources.Requests.Memory().String() != "16Mi" {
+			t.Errorf("resources %v: want cpu request 50m and memory limit 64Mi from the annotations, the rest default", c.Resources)
+		}
+		for _, bad := range []struct{ key, value, want string }{
+			{CPURequestAnnotation, "lots", CPURequestAnnotation},
+			{MemoryLimitAnnotation, "-1Mi", MemoryLimitAnnotation},
+			{MemoryRequestAnnotation, "128Mi", "memory request 128Mi is above its limit 32Mi"},
+		} {
+			if _, _, err := Inject(workerPod(annotate(bad.key, bad.value)), testConfig()); err == nil || !strings.Contains(err.Error(), bad.want) {
+				t.Errorf("annotation %s=%s: err %v, want a refusal saying %q", bad.key, bad.value, err, bad.want)
+			}
+		}
+	})
+
+	t.Run("image pull secrets", func(t *testing.T) {
+		cfg := testConfig()
+		cfg.ImagePullSecrets = []string{"lastcall-registry", "shared"}
+		out, _, err := Inject(workerPod(func(p *corev1.Pod) {
+			p.Spec.ImagePullSecrets = []corev1.LocalObjectReference{{Name: "shared"}}
+		}), cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := []string{}
+		for _, r := range out.Spec.ImagePullSecrets {
+			got = append(got, r.Name)
+		}
+		if !slices.Equal(got, []string{"shared", "lastcall-registry"}) {
+			t.Errorf("imagePullSecrets %v, want the pod's own, then the missing one", got)
+		}
+	})
+
+	t.Run("startup probe", func(t *testing.T) {
+		out, _, err := Inject(workerPod(annotate(PortAnnotation, "9200")), testConfig())
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, native := sidecar(t, out)
+		p := c.StartupProbe
+		if !native || p == nil || p.Exec == nil ||
+			!slices.Equal(p.Exec.Command, []string{"/usr/local/bin/sidecar", "probe", "--addr=127.0.0.1:9200"}) {
+			t.Errorf("native sidecar's startup probe %+v: want sidecar probe on the moved API", p)
+		}
+		plain := testConfig()
+		plain.NativeSidecar = false
+		out, _, _ = Inject(workerPod(), plain)
+		if c, _ := sidecar(t, out); c.StartupProbe != nil {
+			t.Error("a plain sidecar container got a startup probe: it orders nothing")
+		}
+	})
+}
+
+// TestInjectPlatformUser: with no user configured (OpenShift assigns one
+// per namespace) the sidecar sets none, and still refuses to run as root.
+func TestInjectPlatformUser(t *testing.T) {
+	cfg := testConfig()
+	cfg.RunAsUser = 0
+	out, _, err := Inject(workerPod(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := sidecar(t, out)
+	if sc := c.SecurityContext; sc.RunAsUser != nil || sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot {
+		t.Errorf("securityContext %+v: want no user and runAsNonRoot", sc)
+	}
+}

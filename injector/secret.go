@@ -20,6 +20,7 @@ const (
 	keyCAKey     = "ca.key"
 	keyServeCert = "tls.crt"
 	keyServeKey  = "tls.key"
+	keyPrevCA    = "ca-previous.crt"
 )
 
 // ensureAttempts bounds the create/update races between replicas starting
@@ -84,11 +85,16 @@ func EnsureCerts(ctx context.Context, client kubernetes.Interface, namespace, na
 }
 
 func (c *Certs) data() map[string][]byte {
-	return map[string][]byte{keyCACert: c.CACert, keyCAKey: c.CAKey, keyServeCert: c.ServeCert, keyServeKey: c.ServeKey}
+	d := map[string][]byte{keyCACert: c.CACert, keyCAKey: c.CAKey, keyServeCert: c.ServeCert, keyServeKey: c.ServeKey}
+	if len(c.PreviousCA) > 0 {
+		d[keyPrevCA] = c.PreviousCA
+	}
+	return d
 }
 
 func certsFrom(data map[string][]byte) *Certs {
-	return &Certs{CACert: data[keyCACert], CAKey: data[keyCAKey], ServeCert: data[keyServeCert], ServeKey: data[keyServeKey]}
+	return &Certs{CACert: data[keyCACert], CAKey: data[keyCAKey], ServeCert: data[keyServeCert], ServeKey: data[keyServeKey],
+		PreviousCA: data[keyPrevCA]}
 }
 
 // PatchCABundle writes caPEM into the clientConfig.caBundle of every

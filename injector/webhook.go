@@ -23,6 +23,9 @@ const maxReviewBytes = 8 << 20
 // adds the sidecar. It allows every pod it does not change, and refuses
 // only a pod that asks for the sidecar with invalid annotations.
 type Handler struct {
+	// Metrics counts what the handler does; nil counts nothing.
+	Metrics *Metrics
+
 	cfg Config
 	log *slog.Logger
 }
@@ -72,11 +75,13 @@ func (h *Handler) review(req *admissionv1.AdmissionRequest) *admissionv1.Admissi
 	allow := &admissionv1.AdmissionResponse{Allowed: true}
 	if req.Kind.Group != "" || req.Kind.Kind != "Pod" || req.SubResource != "" || req.Operation != admissionv1.Create {
 		log.Debug("not a pod create", "kind", req.Kind.Kind, "operation", req.Operation)
+		h.Metrics.skip(SkipNotPodCreate)
 		return allow
 	}
 	var pod corev1.Pod
 	if err := json.Unmarshal(req.Object.Raw, &pod); err != nil {
 		log.Error("decode pod", "err", err)
+		h.Metrics.fail(ErrDecode)
 		return deny(http.StatusBadRequest, fmt.Sprintf("lastcall injector: decode pod: %v", err))
 	}
 	if pod.Namespace == "" {
@@ -86,20 +91,29 @@ func (h *Handler) review(req *admissionv1.AdmissionRequest) *admissionv1.Admissi
 	switch {
 	case errors.Is(err, ErrExcluded):
 		log.Info("namespace excluded, pod left alone")
+		h.Metrics.skip(SkipExcluded)
 		return allow
 	case err != nil:
 		log.Warn("pod refused", "err", err)
+		h.Metrics.fail(ErrRefused)
 		return deny(http.StatusUnprocessableEntity, "lastcall injector: "+err.Error())
 	case len(patch) == 0:
 		log.Debug("nothing to inject")
+		if _, done := pod.Annotations[InjectedAnnotation]; done {
+			h.Metrics.skip(SkipAlreadyInjected)
+		} else {
+			h.Metrics.skip(SkipNotLabelled)
+		}
 		return allow
 	}
 	raw, err := json.Marshal(patch)
 	if err != nil {
 		log.Error("encode patch", "err", err)
+		h.Metrics.fail(ErrEncode)
 		return deny(http.StatusInternalServerError, fmt.Sprintf("lastcall injector: encode patch: %v", err))
 	}
 	log.Info("sidecar injected", "generate_name", pod.GenerateName)
+	h.Metrics.inject()
 	pt := admissionv1.PatchTypeJSONPatch
 	allow.Patch, allow.PatchType = raw, &pt
 	return allow

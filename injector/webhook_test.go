@@ -8,9 +8,11 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"reflect"
+	goruntime "runtime"
 	"testing"
 
 	jsonpatch "github.com/evanphx/json-patch/v5"
+	"github.com/prometheus/client_golang/prometheus"
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -135,5 +137,51 @@ func checkPatch(t *testing.T, h http.Handler, pod *corev1.Pod) {
 	want.Namespace = ""
 	if !reflect.DeepEqual(&got, want) {
 		t.Errorf("patched pod\n%+v\nwant\n%+v", got, want)
+	}
+}
+
+// TestHandlerMetrics counts one request of each kind: injected, skipped
+// (for each reason) and refused.
+func TestHandlerMetrics(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	h := NewHandler(testConfig(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	h.Metrics = NewMetrics(reg, "v-test")
+	unlabelled := workerPod(func(p *corev1.Pod) { delete(p.Labels, InjectLabel) })
+	post(t, h, admissionv1.Create, "jobs", workerPod())
+	post(t, h, admissionv1.Create, "jobs", workerPod())
+	post(t, h, admissionv1.Create, "jobs", unlabelled)
+	post(t, h, admissionv1.Create, "jobs", workerPod(annotate(InjectedAnnotation, "true")))
+	post(t, h, admissionv1.Create, "kube-system", workerPod(func(p *corev1.Pod) { p.Namespace = "" }))
+	post(t, h, admissionv1.Update, "jobs", workerPod())
+	post(t, h, admissionv1.Create, "jobs", workerPod(annotate(SignalAnnotation, "KILL")))
+	got := map[string]float64{}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			key := mf.GetName()
+			for _, l := range m.GetLabel() {
+				key += "{" + l.GetValue() + "}"
+			}
+			got[key] = m.GetCounter().GetValue() + m.GetGauge().GetValue()
+		}
+	}
+	want := map[string]float64{
+		"lastcall_injector_injected_total":                         2,
+		"lastcall_injector_skipped_total{already_injected}":        1,
+		"lastcall_injector_skipped_total{excluded_namespace}":      1,
+		"lastcall_injector_skipped_total{not_labelled}":            1,
+		"lastcall_injector_skipped_total{not_pod_create}":          1,
+		"lastcall_injector_errors_total{refused}":                  1,
+		"lastcall_injector_errors_total{decode}":                   0,
+		"lastcall_injector_errors_total{encode}":                   0,
+		"lastcall_build_info{" + goruntime.Version() + "}{v-test}": 1,
+	}
+	for k, v := range want {
+		if g, ok := got[k]; !ok || g != v {
+			t.Errorf("%s = %v (present %v), want %v", k, g, ok, v)
+		}
 	}
 }

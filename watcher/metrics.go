@@ -3,6 +3,7 @@ package watcher
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -44,8 +45,9 @@ func ReasonForStatus(code int) string {
 // Metrics counts what the watchers see. A nil *Metrics is valid and counts
 // nothing, so tests and callers that do not export metrics can leave it out.
 type Metrics struct {
-	errors  *prometheus.CounterVec
-	notices *prometheus.CounterVec
+	errors      *prometheus.CounterVec
+	notices     *prometheus.CounterVec
+	lastSuccess *prometheus.GaugeVec
 }
 
 // NewMetrics creates the watcher metrics and registers them on reg. Calling it
@@ -63,6 +65,12 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		Name:      "notices_total",
 		Help:      "Notices sent, by source, kind and state.",
 	}, []string{"source", "kind", "state"})
+	lastSuccess := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: "lastcall",
+		Subsystem: "watcher",
+		Name:      "last_success_timestamp_seconds",
+		Help:      "When the source's metadata was last read successfully (unix seconds). A watcher that stops reading is blind: alert on its age.",
+	}, []string{"source"})
 	var err error
 	if errs, err = register(reg, errs); err != nil {
 		return nil, fmt.Errorf("register errors_total: %w", err)
@@ -70,21 +78,45 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	if notices, err = register(reg, notices); err != nil {
 		return nil, fmt.Errorf("register notices_total: %w", err)
 	}
-	return &Metrics{errors: errs, notices: notices}, nil
+	if lastSuccess, err = register(reg, lastSuccess); err != nil {
+		return nil, fmt.Errorf("register last_success_timestamp_seconds: %w", err)
+	}
+	return &Metrics{errors: errs, notices: notices, lastSuccess: lastSuccess}, nil
 }
 
-func register(reg prometheus.Registerer, c *prometheus.CounterVec) (*prometheus.CounterVec, error) {
+func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
 	err := reg.Register(c)
 	if err == nil {
 		return c, nil
 	}
 	var are prometheus.AlreadyRegisteredError
 	if errors.As(err, &are) {
-		if existing, ok := are.ExistingCollector.(*prometheus.CounterVec); ok {
+		if existing, ok := are.ExistingCollector.(C); ok {
 			return existing, nil
 		}
 	}
-	return nil, err
+	return c, err
+}
+
+// Watching pre-initialises source's error counters at 0 for every reason,
+// so that rate() and increase() see the first error; the agent calls it
+// once the source is known.
+func (m *Metrics) Watching(source Source) {
+	if m == nil {
+		return
+	}
+	for _, r := range []string{ReasonNetwork, ReasonTimeout, ReasonMalformed, ReasonEmpty, ReasonHTTP401, ReasonHTTP403,
+		ReasonHTTP404, ReasonHTTP429, ReasonHTTP5xx, ReasonHTTPOther, ReasonToken} {
+		m.errors.WithLabelValues(string(source), r)
+	}
+}
+
+// Success records a successful read of source's metadata at t.
+func (m *Metrics) Success(source Source, t time.Time) {
+	if m == nil {
+		return
+	}
+	m.lastSuccess.WithLabelValues(string(source)).Set(float64(t.UnixNano()) / 1e9)
 }
 
 // Error counts one error from source for reason.

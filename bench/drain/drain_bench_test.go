@@ -122,7 +122,7 @@ func BenchmarkDrain110(b *testing.B) {
 			d := drainer.New(e.Client, drainer.Options{Logger: slog.New(slog.DiscardHandler)})
 			b.StartTimer()
 			start := time.Now()
-			if _, err := d.Cordon(b.Context(), node, "gce"); err != nil {
+			if _, err := d.Cordon(b.Context(), node, "gce", ""); err != nil {
 				b.Fatal(err)
 			}
 			cordon = time.Since(start)

@@ -17,12 +17,13 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"sync/atomic"
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
@@ -36,11 +37,14 @@ import (
 var version = "dev"
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "inject" {
+		os.Exit(injectMain(os.Args[2:], os.Stdin, os.Stdout, os.Stderr))
+	}
 	os.Exit(Main(os.Args[1:], os.Getenv, os.Stderr))
 }
 
 // Main runs the injector with args until SIGTERM or interrupt and returns
-// the exit code.
+// the exit code. "injector inject" is injectMain.
 func Main(args []string, getenv func(string) string, stderr io.Writer) int {
 	o, err := parseFlags(args, getenv, stderr)
 	if errors.Is(err, flag.ErrHelp) {
@@ -74,8 +78,9 @@ func Main(args []string, getenv func(string) string, stderr io.Writer) int {
 	return 0
 }
 
-// caRecheck is how often the injector checks that the webhook
-// configuration still carries its CA (a reinstall resets it).
+// caRecheck is how often the injector checks its certificates (renewed 30
+// days before they end) and that the webhook configuration still carries
+// its CA (a reinstall resets it).
 const caRecheck = time.Minute
 
 // run serves the webhook on ln until ctx ends.
@@ -91,34 +96,47 @@ func run(ctx context.Context, o *options, ln net.Listener, logger *slog.Logger) 
 		return fmt.Errorf("apiserver client: %w", err)
 	}
 
-	var ready atomic.Bool
+	ready := func() bool { return true }
 	tlsConfig := &tls.Config{MinVersion: tls.VersionTLS12}
-	var certs *injector.Certs
+	var rotator *injector.Rotator
 	if o.certDir != "" {
 		files := newCertFiles(o.certDir)
 		if _, err := files.get(nil); err != nil {
 			return err
 		}
 		tlsConfig.GetCertificate = files.get
-		ready.Store(true)
 	} else {
-		certs, err = injector.EnsureCerts(ctx, client, o.namespace, o.secret, o.hosts(), time.Now())
-		if err != nil {
+		// Renewed while running, before they expire; the caBundle is
+		// rewritten within caRecheck if something resets it.
+		rotator = &injector.Rotator{
+			Client: client, Namespace: o.namespace, Secret: o.secret, WebhookConfig: o.webhookConfig,
+			Hosts: o.hosts(), Interval: caRecheck, Logger: logger.With("component", "certs"),
+		}
+		if err := rotator.Load(ctx); err != nil {
 			return err
 		}
-		cert, err := certs.TLSCertificate()
-		if err != nil {
-			return err
-		}
-		tlsConfig.Certificates = []tls.Certificate{cert}
+		tlsConfig.GetCertificate = rotator.GetCertificate
+		ready = rotator.Ready
 	}
 
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := injector.NewMetrics(reg, version)
+	handler := injector.NewHandler(o.inject, logger.With("component", "webhook"))
+	handler.Metrics = metrics
+	// Pods of namespaces labelled lastcall.dev/inject=enabled come through
+	// a webhook of their own, to this path.
+	nsCfg := o.inject
+	nsCfg.NamespaceOptIn = true
+	nsHandler := injector.NewHandler(nsCfg, logger.With("component", "webhook", "opt_in", "namespace"))
+	nsHandler.Metrics = metrics
 	mux := http.NewServeMux()
-	mux.Handle("POST /mutate", injector.NewHandler(o.inject, logger.With("component", "webhook")))
+	mux.Handle("POST /mutate", handler)
 	mux.Handle("POST /evict", injector.NewEvictionGuard(client, logger.With("component", "eviction-guard")))
+	mux.Handle("POST /mutate-namespace", nsHandler)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !ready.Load() {
+		if !ready() {
 			http.Error(w, "caBundle not written yet", http.StatusServiceUnavailable)
 			return
 		}
@@ -129,10 +147,31 @@ func run(ctx context.Context, o *options, ln net.Listener, logger *slog.Logger) 
 	srv := httpguard.Server(mux, serverLimits(), logger)
 	srv.TLSConfig = tlsConfig
 
+	var mln net.Listener
+	if o.metricsListen != "" {
+		if mln, err = net.Listen("tcp", o.metricsListen); err != nil {
+			return fmt.Errorf("--metrics-listen: %w", err)
+		}
+	}
 	g, ctx := errgroup.WithContext(ctx)
+	logger.Info("serving", "addr", ln.Addr().String())
+	serve(ctx, g, srv, func() error { return srv.ServeTLS(ln, "", "") })
+	if rotator != nil {
+		g.Go(func() error { return rotator.Run(ctx) })
+	}
+	if mln != nil {
+		msrv := &http.Server{Handler: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), ReadHeaderTimeout: 5 * time.Second}
+		logger.Info("serving metrics", "addr", mln.Addr().String())
+		serve(ctx, g, msrv, func() error { return msrv.Serve(mln) })
+	}
+	return g.Wait()
+}
+
+// serve runs srv (started by start) in g until ctx ends, then shuts it
+// down, giving open requests 5 s.
+func serve(ctx context.Context, g *errgroup.Group, srv *http.Server, start func() error) {
 	g.Go(func() error {
-		logger.Info("serving", "addr", ln.Addr().String())
-		if err := srv.ServeTLS(ln, "", ""); !errors.Is(err, http.ErrServerClosed) {
+		if err := start(); !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("serve: %w", err)
 		}
 		return nil
@@ -143,45 +182,9 @@ func run(ctx context.Context, o *options, ln net.Listener, logger *slog.Logger) 
 		defer cancel()
 		return srv.Shutdown(shutdown)
 	})
-	if certs != nil {
-		g.Go(func() error { return keepCABundle(ctx, client, o.webhookConfig, certs.CACert, &ready, logger) })
-	}
-	return g.Wait()
 }
 
 // serverLimits bound what a client can make the injector hold.
 func serverLimits() httpguard.Limits {
 	return httpguard.Limits{MaxBodyBytes: 8 << 20, MaxConns: 256, MaxConnsPerAddr: 64}
-}
-
-// keepCABundle writes the CA into the webhook configuration, retrying with
-// backoff until it exists, then checks it every caRecheck until ctx ends.
-func keepCABundle(ctx context.Context, client kubernetes.Interface, name string, ca []byte, ready *atomic.Bool, logger *slog.Logger) error {
-	logger = logger.With("mutatingwebhookconfiguration", name)
-	newBackoff := func() wait.Backoff {
-		return wait.Backoff{Duration: 500 * time.Millisecond, Factor: 2, Jitter: 0.2, Steps: 8, Cap: 30 * time.Second}
-	}
-	backoff := newBackoff()
-	delay := time.Duration(0)
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(delay):
-		}
-		changed, err := injector.PatchCABundle(ctx, client, name, ca)
-		switch {
-		case err != nil && ctx.Err() != nil:
-			return nil
-		case err != nil:
-			logger.Warn("write caBundle", "err", err)
-			delay = backoff.Step()
-			continue
-		case changed:
-			logger.Info("caBundle written")
-		}
-		ready.Store(true)
-		backoff = newBackoff()
-		delay = caRecheck
-	}
 }

@@ -60,7 +60,7 @@ func TestParseFlags(t *testing.T) {
 		{[]string{}, "--image"},
 		{[]string{"--image=i", "--namespace="}, "namespace"},
 		{[]string{"--image=i", "--image-pull-policy=Sometimes"}, "image-pull-policy"},
-		{[]string{"--image=i", "--sidecar-user=0"}, "root"},
+		{[]string{"--image=i", "--sidecar-user=-1"}, "sidecar-user"},
 		{[]string{"--image=i", "--sidecar-memory-limit=lots"}, "memory"},
 		{[]string{"--image=i", "--agent-port=0"}, "agent-port"},
 	} {
@@ -163,5 +163,36 @@ func TestRun(t *testing.T) {
 	body, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), `"patchType":"JSONPatch"`) {
 		t.Errorf("/mutate: %d %s", resp.StatusCode, body)
+	}
+}
+
+// TestInjectSubcommand runs "injector inject" on a Deployment: the output
+// carries the sidecar and the pull secret; a bad flag is a usage error.
+func TestInjectSubcommand(t *testing.T) {
+	in := `apiVersion: apps/v1
+kind: Deployment
+metadata: {name: workers}
+spec:
+  selector: {matchLabels: {app: w}}
+  template:
+    metadata: {labels: {app: w}}
+    spec:
+      containers: [{name: w, image: w:1}]
+`
+	var out, errb strings.Builder
+	code := injectMain([]string{"--image=registry.example/lastcall:v1", "--image-pull-secrets=regcred"}, strings.NewReader(in), &out, &errb)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+	for _, want := range []string{"image: registry.example/lastcall:v1", "lastcall.dev/injected: \"true\"", "name: regcred", "- probe"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, out.String())
+		}
+	}
+	if !strings.Contains(errb.String(), "1 pods injected") {
+		t.Errorf("stderr %q", errb.String())
+	}
+	if code := injectMain([]string{"-f", "-"}, strings.NewReader(in), io.Discard, io.Discard); code != 2 {
+		t.Errorf("without --image: exit %d, want 2", code)
 	}
 }

@@ -30,6 +30,7 @@ import (
 	"github.com/lastcall-dev/lastcall/drainer"
 	"github.com/lastcall-dev/lastcall/internal/ec2mock"
 	"github.com/lastcall-dev/lastcall/internal/kubetest"
+	"github.com/lastcall-dev/lastcall/watcher"
 )
 
 // These tests run the built node-agent binary against a real control plane
@@ -377,6 +378,17 @@ func (c *cluster) events(t testing.TB, reason string) []corev1.Event {
 	return list.Items
 }
 
+// noticeEvents counts the Events on the node that a notice's arrival
+// records, whose reason names its kind.
+func (c *cluster) noticeEvents(t testing.TB) int {
+	t.Helper()
+	n := 0
+	for _, k := range []watcher.Kind{watcher.KindPreemption, watcher.KindSpotInterruption, watcher.KindRebalance, watcher.KindMaintenance, watcher.KindTermination} {
+		n += len(c.events(t, agent.EventReason(k)))
+	}
+	return n
+}
+
 func (c *cluster) condition(t testing.TB) (corev1.NodeCondition, bool) {
 	for _, cond := range c.node_(t).Status.Conditions {
 		if cond.Type == agent.ConditionType {
@@ -396,7 +408,7 @@ func (c *cluster) assertDrained(t testing.TB, p *agentProc, deadline time.Time) 
 	if cond, ok := c.condition(t); !ok || cond.Status != corev1.ConditionTrue {
 		t.Errorf("condition %s = %+v, %v; want True", agent.ConditionType, cond, ok)
 	}
-	eventually(t, 10*time.Second, "PreemptionImminent event", func() bool { return len(c.events(t, "PreemptionImminent")) >= 1 })
+	eventually(t, 10*time.Second, "notice Event", func() bool { return c.noticeEvents(t) >= 1 })
 	if _, err := c.env.Client.CoreV1().Pods(c.ns).Get(t.Context(), "lastcall-agent", metav1.GetOptions{}); err != nil {
 		t.Errorf("the agent's own DaemonSet pod was touched: %v", err)
 	}
@@ -521,7 +533,7 @@ func TestAWSScheduledEventCanceledUndoesCordon(t *testing.T) {
 		cond, ok := c.condition(t)
 		return ok && cond.Status == corev1.ConditionFalse
 	})
-	eventually(t, 10*time.Second, "PreemptionCanceled event", func() bool { return len(c.events(t, "PreemptionCanceled")) == 1 })
+	eventually(t, 10*time.Second, "MaintenanceCanceled event", func() bool { return len(c.events(t, "MaintenanceCanceled")) == 1 })
 }
 
 func TestDryRunChangesNothing(t *testing.T) {
@@ -544,7 +556,7 @@ func TestDryRunChangesNothing(t *testing.T) {
 		t.Errorf("dry run changed the cluster: unschedulable=%v taints=%v workers=%d",
 			before.Spec.Unschedulable, before.Spec.Taints, c.workersLeft(t))
 	}
-	if _, ok := c.condition(t); ok || len(c.events(t, "PreemptionImminent")) != 0 {
+	if _, ok := c.condition(t); ok || c.noticeEvents(t) != 0 {
 		t.Error("dry run set the condition or recorded an Event")
 	}
 }

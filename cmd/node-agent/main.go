@@ -83,6 +83,12 @@ type options struct {
 	dryRun                                  bool
 	listen, sidecarListen                   string
 	webhookURL, webhookFormat               string
+	webhookURLFile, webhookTemplateFile     string
+	webhookHeaders                          headerFlag
+	webhookTimeout                          time.Duration
+	webhookAttempts                         int
+	taintEffect                             string
+	outOfService                            bool
 	logFormat, logLevel                     string
 	checkAccess                             bool
 	showVersion                             bool
@@ -135,8 +141,15 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	fs.BoolVar(&o.dryRun, "dry-run", false, "log what would be done; change nothing")
 	fs.StringVar(&o.listen, "listen", ":10573", "address for /metrics, /healthz and /readyz")
 	fs.StringVar(&o.sidecarListen, "sidecar-listen", ":10574", "address the worker pods' sidecars subscribe to (the node's IP with hostNetwork); empty: no sidecars")
-	fs.StringVar(&o.webhookURL, "webhook-url", "", "POST each notice here as it arrives")
-	fs.StringVar(&o.webhookFormat, "webhook-format", string(agent.WebhookJSON), "webhook body: json or slack")
+	fs.StringVar(&o.webhookURL, "webhook-url", "", "POST each notice here as it arrives (prefer --webhook-url-file: a URL on the command line is visible in /proc)")
+	fs.StringVar(&o.webhookURLFile, "webhook-url-file", "", "read the webhook URL from this file (a mounted Secret) at every notice")
+	fs.StringVar(&o.webhookFormat, "webhook-format", string(agent.WebhookJSON), "webhook body: json, slack, teams or template")
+	fs.StringVar(&o.webhookTemplateFile, "webhook-template-file", "", "with --webhook-format=template: a Go text/template file that renders the body")
+	fs.Var(&o.webhookHeaders, "webhook-header", "an extra webhook request header, \"Name: value\"; repeatable")
+	fs.DurationVar(&o.webhookTimeout, "webhook-timeout", 5*time.Second, "timeout of one webhook request")
+	fs.IntVar(&o.webhookAttempts, "webhook-attempts", 5, "webhook requests at most, retried with backoff while the notice's deadline is ahead")
+	fs.StringVar(&o.taintEffect, "taint-effect", string(corev1.TaintEffectNoSchedule), "effect of the lastcall.dev/draining taint: NoSchedule or NoExecute")
+	fs.BoolVar(&o.outOfService, "out-of-service", false, "after a drain, taint the node node.kubernetes.io/out-of-service:NoExecute so that volumes detach as soon as it stops")
 	fs.StringVar(&o.logFormat, "log-format", "json", "log format: json or text")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.BoolVar(&o.checkAccess, "check-access", true, "check at start that RBAC allows what the agent does")
@@ -194,9 +207,13 @@ func run(ctx context.Context, o *options, logger *slog.Logger) error {
 	if onBlocked != drainer.Delete && onBlocked != drainer.Leave {
 		return fmt.Errorf("--on-blocked %q: want delete or leave", o.onBlocked)
 	}
-	format := agent.WebhookFormat(o.webhookFormat)
-	if format != agent.WebhookJSON && format != agent.WebhookSlack {
-		return fmt.Errorf("--webhook-format %q: want json or slack", o.webhookFormat)
+	webhook, err := webhookConfig(o)
+	if err != nil {
+		return err
+	}
+	effect := corev1.TaintEffect(o.taintEffect)
+	if effect != corev1.TaintEffectNoSchedule && effect != corev1.TaintEffectNoExecute {
+		return fmt.Errorf("--taint-effect %q: want NoSchedule or NoExecute", o.taintEffect)
 	}
 	klog.SetSlogLogger(logger)
 	logger = logger.With("node", o.node)
@@ -221,6 +238,8 @@ func run(ctx context.Context, o *options, logger *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	am := agent.NewMetrics(reg)
+	am.SetBuildInfo(version)
 	// Health and metrics first: while the cloud is not known yet the agent
 	// is alive and not ready, rather than crash-looping.
 	ctx, cancel := context.WithCancel(ctx)
@@ -278,11 +297,17 @@ func run(ctx context.Context, o *options, logger *slog.Logger) error {
 		return stopped(fmt.Errorf("notice source: %w", err))
 	}
 	logger.Info("watching notices", "source", source)
+	wm.Watching(source)
+	am.Watching(source, policies)
 
 	pods := agent.NewNodePods(client, o.node)
 	self := types.NamespacedName{Namespace: o.podNamespace, Name: o.podName}
+	// The agent records refused evictions as Events; it is built after
+	// the drainer, and before any drain.
+	var a *agent.Agent
 	dopts := drainer.Options{
 		Logger: logger.With("component", "drainer"), Self: self, Pods: pods, Metrics: drainer.NewMetrics(reg),
+		TaintEffect: effect, Refused: func(p *corev1.Pod, err error) { a.EvictionRefused(p, err) },
 	}
 	// The sidecars: told of every notice; pods whose sidecar is connected
 	// are held until their workers report done.
@@ -322,13 +347,13 @@ func run(ctx context.Context, o *options, logger *slog.Logger) error {
 	if az, ok := w.(*azure.Watcher); ok && o.azureAck {
 		ack = azureAcknowledger{az}
 	}
-	a, err := agent.New(agent.Config{
+	a, err = agent.New(agent.Config{
 		Node: o.node, Self: self, Policies: policies, DryRun: o.dryRun,
 		Drain:   drainer.Policy{OnBlocked: onBlocked, Reserve: o.reserve, BlockedCutoff: o.cutoff, CriticalWindow: o.criticalWindow},
-		Webhook: agent.Webhook{URL: o.webhookURL, Format: format},
+		Webhook: webhook, OutOfService: o.outOfService,
 	}, agent.Deps{
 		Client: client, Drainer: d, Pods: pods, Events: recorder, Notifier: notifier, Holds: holds,
-		Metrics: agent.NewMetrics(reg), Logger: logger.With("component", "agent"), Acknowledger: ack,
+		Metrics: am, Logger: logger.With("component", "agent"), Acknowledger: ack,
 	})
 	if err != nil {
 		return stopped(err)
@@ -373,7 +398,7 @@ func run(ctx context.Context, o *options, logger *slog.Logger) error {
 			// webhook that would refuse them shows now, not in a preemption.
 			err := agent.CheckAccess(cctx, client, o.node)
 			if err == nil {
-				err = d.CheckCordon(cctx, o.node, string(source))
+				err = d.CheckCordon(cctx, o.node, string(source), "")
 			}
 			if err == nil {
 				err = agent.CheckCondition(cctx, client, o.node)
@@ -408,4 +433,58 @@ func detectCloud(ctx context.Context, logger *slog.Logger, cfg detect.Config) (w
 		}
 		backoff = min(2*backoff, time.Minute)
 	}
+}
+
+// headerFlag collects repeated "Name: value" flags into an http.Header.
+type headerFlag struct{ h http.Header }
+
+func (f *headerFlag) String() string {
+	if f == nil || f.h == nil {
+		return ""
+	}
+	return fmt.Sprint(len(f.h), " headers")
+}
+
+func (f *headerFlag) Set(v string) error {
+	name, value, ok := strings.Cut(v, ":")
+	name, value = strings.TrimSpace(name), strings.TrimSpace(value)
+	if !ok || name == "" || strings.ContainsAny(name, " \t") {
+		return fmt.Errorf("want \"Name: value\", got %q", v)
+	}
+	if f.h == nil {
+		f.h = http.Header{}
+	}
+	f.h.Add(name, value)
+	return nil
+}
+
+// webhookConfig checks the webhook flags and returns the agent's Webhook.
+func webhookConfig(o *options) (agent.Webhook, error) {
+	format, err := agent.ParseWebhookFormat(o.webhookFormat)
+	if err != nil {
+		return agent.Webhook{}, fmt.Errorf("--webhook-format: %w", err)
+	}
+	w := agent.Webhook{
+		URL: o.webhookURL, URLFile: o.webhookURLFile, Format: format, Header: o.webhookHeaders.h,
+		Timeout: o.webhookTimeout, Attempts: o.webhookAttempts,
+	}
+	if w.URL != "" && w.URLFile != "" {
+		return w, errors.New("--webhook-url and --webhook-url-file exclude each other")
+	}
+	if o.webhookAttempts < 1 || o.webhookTimeout <= 0 {
+		return w, errors.New("--webhook-attempts and --webhook-timeout must be positive")
+	}
+	if (format == agent.WebhookTemplate) != (o.webhookTemplateFile != "") {
+		return w, errors.New("--webhook-format=template and --webhook-template-file go together")
+	}
+	if o.webhookTemplateFile != "" {
+		raw, err := os.ReadFile(o.webhookTemplateFile)
+		if err != nil {
+			return w, fmt.Errorf("--webhook-template-file: %w", err)
+		}
+		if w.Template, err = agent.ParseWebhookTemplate(string(raw)); err != nil {
+			return w, fmt.Errorf("--webhook-template-file %s: %w", o.webhookTemplateFile, err)
+		}
+	}
+	return w, nil
 }

@@ -42,6 +42,8 @@ Usage:
   sidecar [flags]            run the sidecar (a native sidecar container)
   sidecar prestop [flags]    the workers' preStop hook: drain, wait until the
                              workers are done or the timeout, then return
+  sidecar probe [--addr A]   the sidecar's startup probe: exit 0 once the
+                             workers' API answers /healthz
 
 Flags default to the downward API's environment variables named in brackets.
 
@@ -120,6 +122,9 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 func Main(args []string, getenv func(string) string, stderr io.Writer) int {
 	if len(args) > 0 && args[0] == "prestop" {
 		return prestopMain(args[1:], getenv, stderr)
+	}
+	if len(args) > 0 && args[0] == "probe" {
+		return probeMain(args[1:], getenv, stderr)
 	}
 	o, err := parseFlags(args, getenv, stderr)
 	if errors.Is(err, flag.ErrHelp) {

@@ -2,7 +2,10 @@ package main
 
 import (
 	"io"
+	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -84,5 +87,40 @@ func TestMainUsage(t *testing.T) {
 	}
 	if code := Main([]string{"prestop", "--addr", "127.0.0.1:1", "--timeout", "1s"}, func(string) string { return "" }, io.Discard); code != 1 {
 		t.Errorf("prestop without a sidecar: exit %d, want 1", code)
+	}
+}
+
+// TestProbe: the startup probe passes once the workers' API answers
+// /healthz, and fails while nothing listens or it answers an error.
+func TestProbe(t *testing.T) {
+	var code atomic.Int32
+	code.Store(http.StatusServiceUnavailable)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/healthz" {
+			http.NotFound(w, r)
+			return
+		}
+		w.WriteHeader(int(code.Load()))
+	}))
+	defer srv.Close()
+	addr := strings.TrimPrefix(srv.URL, "http://")
+	env := func(string) string { return "" }
+	if got := Main([]string{"probe", "--addr", "127.0.0.1:1"}, env, io.Discard); got != 1 {
+		t.Errorf("nothing listening: exit %d, want 1", got)
+	}
+	if got := Main([]string{"probe", "--addr", addr}, env, io.Discard); got != 1 {
+		t.Errorf("503: exit %d, want 1", got)
+	}
+	code.Store(http.StatusOK)
+	if got := Main([]string{"probe", "--addr", addr}, env, io.Discard); got != 0 {
+		t.Errorf("200: exit %d, want 0", got)
+	}
+	if got := Main([]string{"probe"}, func(k string) string {
+		if k == "LASTCALL_LISTEN" {
+			return addr
+		}
+		return ""
+	}, io.Discard); got != 0 {
+		t.Errorf("address from LASTCALL_LISTEN: exit %d, want 0", got)
 	}
 }

@@ -38,6 +38,41 @@ helm.sh/chart: {{ include "lastcall.chart" . }}
 app.kubernetes.io/version: {{ include "lastcall.imageTag" . | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: lastcall
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Labels of the agent's pod template: no chart version, so a chart-only
+upgrade restarts no agent.
+*/}}
+{{- define "lastcall.podLabels" -}}
+{{ include "lastcall.selectorLabels" . }}
+app.kubernetes.io/part-of: lastcall
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+The image reference: repository:tag, with @digest when image.digest is set.
+*/}}
+{{- define "lastcall.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s:%s@%s" .Values.image.repository (include "lastcall.imageTag" .) .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (include "lastcall.imageTag" .) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The node selector of the agent and the injector: nodeSelector, on Linux
+nodes only (the binaries are Linux ones; tolerate-all would otherwise place
+the agent on Windows spot pools).
+*/}}
+{{- define "lastcall.nodeSelector" -}}
+{{- toYaml (merge (deepCopy .) (dict "kubernetes.io/os" "linux")) }}
 {{- end }}
 
 {{/*
@@ -125,6 +160,20 @@ helm.sh/chart: {{ include "lastcall.chart" . }}
 app.kubernetes.io/version: {{ include "lastcall.imageTag" . | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: lastcall
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Labels of the injector's pod template, without the chart version.
+*/}}
+{{- define "lastcall.injectorPodLabels" -}}
+{{ include "lastcall.injectorSelectorLabels" . }}
+app.kubernetes.io/part-of: lastcall
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 
 {{/*

@@ -86,6 +86,7 @@ func (e *Errors) Fail(ctx context.Context, path, reason string, err error) {
 // OK records a successful read of path and logs the recovery if it ends a
 // run of failures.
 func (e *Errors) OK(ctx context.Context, path string) {
+	e.Metrics.Success(e.Source, time.Now())
 	e.mu.Lock()
 	n := e.failing[path]
 	delete(e.failing, path)

@@ -14,8 +14,8 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
+	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -168,7 +168,7 @@ func process(ctx context.Context, msg jetstream.Msg, cost time.Duration) error {
 		case <-time.After(min(100*time.Millisecond, time.Until(end))):
 			_ = msg.InProgress()
 		case <-ctx.Done():
-			return errors.Join(errors.New("work interrupted"), context.Cause(ctx))
+			return fmt.Errorf("work interrupted: %w", context.Cause(ctx))
 		}
 	}
 	return nil

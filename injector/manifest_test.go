@@ -24,6 +24,7 @@ spec:
       labels: {app: workers}
       annotations: {lastcall.dev/signal: TSTP}
     spec:
+      securityContext: {runAsUser: 1000}
       containers:
         - name: worker
           image: worker:1

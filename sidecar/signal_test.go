@@ -61,7 +61,10 @@ func TestSignalNeedsTheWorkersUser(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			w := exec.Command(filepath.Join(dir, proc), "300")
-			w.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 1000, Gid: 1000}}
+			// Its own process group: a stop signal to a process of an
+			// orphaned group (as this test's may be, run without a
+			// terminal) is discarded by the kernel.
+			w.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 1000, Gid: 1000}, Setpgid: true}
 			if err := w.Start(); err != nil {
 				t.Fatal(err)
 			}

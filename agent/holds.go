@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"sync"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -38,6 +39,7 @@ type PodUIDs interface {
 type Holds struct {
 	sidecars Sidecars
 	pods     PodUIDs
+	until    time.Time // sidecars of injected pods are waited for until then
 
 	mu   sync.Mutex // guards done
 	done map[types.UID]chan struct{}
@@ -48,13 +50,44 @@ var _ drainer.HoldFunc = (*Holds)(nil).Hold
 
 // NewHolds returns Holds over sidecars; pods names the pods that report.
 func NewHolds(sidecars Sidecars, pods PodUIDs) *Holds {
-	return &Holds{sidecars: sidecars, pods: pods, done: map[types.UID]chan struct{}{}}
+	return &Holds{sidecars: sidecars, pods: pods, until: time.Now().Add(Reconnect), done: map[types.UID]chan struct{}{}}
+}
+
+// Reconnect is how long after the agent starts the sidecars of injected
+// pods are waited for before their pods count as having none: sidecars
+// retry at most a second apart.
+const Reconnect = 10 * time.Second
+
+// awaitSidecar waits, for an injected pod while the agent is young, until
+// its sidecar connects; it reports whether it did.
+func (h *Holds) awaitSidecar(ctx context.Context, pod *corev1.Pod) bool {
+	if pod.Annotations[injectedAnnotation] != "true" || !time.Now().Before(h.until) {
+		return false
+	}
+	ctx, cancel := context.WithDeadline(ctx, h.until)
+	defer cancel()
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if h.sidecars.Subscribed(pod.Namespace, pod.Name) {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+		}
+	}
 }
 
 // Hold returns a channel closed when pod's workers report done, or nil when
-// the pod has no connected sidecar (it is evicted at once).
-func (h *Holds) Hold(pod *corev1.Pod) <-chan struct{} {
-	if !h.sidecars.Subscribed(pod.Namespace, pod.Name) {
+// the pod has no connected sidecar (it is evicted at once). A pod that got
+// the sidecar injected but whose sidecar is not connected yet, while the
+// agent is young (Reconnect after NewHolds), is waited for until it connects
+// or that window ends, or ctx is done: after an agent restart, sidecars
+// reconnect within seconds, and their workers deserve the hold too.
+func (h *Holds) Hold(ctx context.Context, pod *corev1.Pod) <-chan struct{} {
+	if !h.sidecars.Subscribed(pod.Namespace, pod.Name) && !h.awaitSidecar(ctx, pod) {
 		return nil
 	}
 	h.mu.Lock()

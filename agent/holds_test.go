@@ -2,7 +2,10 @@ package agent
 
 import (
 	"context"
+	"sync"
 	"testing"
+	"testing/synctest"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -12,6 +15,7 @@ import (
 )
 
 type fakeSidecars struct {
+	mu         sync.Mutex
 	subscribed map[string]bool
 	told       []wire.NodeState
 }
@@ -51,27 +55,27 @@ func TestHolds(t *testing.T) {
 	worker := pod("ns", "worker", "u1")
 	plain := pod("ns", "plain", "u2")
 
-	if h.Hold(plain) != nil {
+	if h.Hold(t.Context(), plain) != nil {
 		t.Error("a pod without a sidecar is held")
 	}
-	ch := h.Hold(worker)
+	ch := h.Hold(t.Context(), worker)
 	if ch == nil || closed(ch) {
 		t.Fatal("a pod with a sidecar is not held")
 	}
 	h.Done("ns", "worker")
 	h.Done("ns", "worker") // twice is fine
-	if !closed(ch) || !closed(h.Hold(worker)) {
+	if !closed(ch) || !closed(h.Hold(t.Context(), worker)) {
 		t.Error("done did not release the pod")
 	}
 	h.Tell(wire.NodeState{Phase: wire.PhaseDraining})
-	if !closed(h.Hold(worker)) {
+	if !closed(h.Hold(t.Context(), worker)) {
 		t.Error("a draining word forgot the done report")
 	}
 	h.Tell(wire.NodeState{Phase: wire.PhaseRunning})
 	if len(sc.told) != 2 {
 		t.Fatalf("told %d states, want 2 forwarded", len(sc.told))
 	}
-	if closed(h.Hold(worker)) {
+	if closed(h.Hold(t.Context(), worker)) {
 		t.Error("a done report survived the resume")
 	}
 }
@@ -84,11 +88,11 @@ func TestHoldsByUID(t *testing.T) {
 	uids := fakeUIDs{"ns/web-0": "old"}
 	h := NewHolds(sc, uids)
 	h.Done("ns", "web-0")
-	if !closed(h.Hold(pod("ns", "web-0", "old"))) {
+	if !closed(h.Hold(t.Context(), pod("ns", "web-0", "old"))) {
 		t.Fatal("the reporting pod is not released")
 	}
 	uids["ns/web-0"] = "new" // replaced
-	if closed(h.Hold(pod("ns", "web-0", "new"))) {
+	if closed(h.Hold(t.Context(), pod("ns", "web-0", "new"))) {
 		t.Error("the replacement pod was released by its predecessor's report")
 	}
 	h.Forget(map[types.UID]bool{"new": true})
@@ -101,4 +105,40 @@ func TestHoldsByUID(t *testing.T) {
 	if h.Len() != 0 {
 		t.Errorf("%d entries kept for pods that left", h.Len())
 	}
+}
+
+// After an agent restart, an injected pod whose sidecar has not reconnected
+// yet is waited for (until it connects, within Reconnect), not evicted at
+// once as if it had no sidecar; once the agent is older, such a pod is not
+// waited for.
+func TestHoldsWaitForReconnectingSidecars(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		sc := &fakeSidecars{subscribed: map[string]bool{}}
+		h := NewHolds(sc, fakeUIDs{})
+		injected := pod("ns", "w", "u1")
+		injected.Annotations = map[string]string{injectedAnnotation: "true"}
+		go func() {
+			time.Sleep(3 * time.Second)
+			sc.mu.Lock()
+			sc.subscribed["ns/w"] = true
+			sc.mu.Unlock()
+		}()
+		start := time.Now()
+		if h.Hold(t.Context(), injected) == nil {
+			t.Fatal("an injected pod whose sidecar reconnects within the window was not held")
+		}
+		if waited := time.Since(start); waited < 3*time.Second || waited >= Reconnect {
+			t.Errorf("held after %v: want once the sidecar connected (3 s), within the window", waited)
+		}
+		if h.Hold(t.Context(), pod("ns", "plain", "u2")) != nil {
+			t.Error("a pod without the sidecar is held")
+		}
+		time.Sleep(Reconnect)
+		late := pod("ns", "late", "u3")
+		late.Annotations = map[string]string{injectedAnnotation: "true"}
+		start = time.Now()
+		if h.Hold(t.Context(), late) != nil || time.Since(start) != 0 {
+			t.Error("after the window, an injected pod without a sidecar was waited for")
+		}
+	})
 }

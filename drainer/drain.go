@@ -261,7 +261,7 @@ func (d *Drainer) evict(ctx context.Context, log *slog.Logger, plan Plan, pod co
 	res := PodResult{Pod: pod.Namespace + "/" + pod.Name, UID: pod.UID, Tier: TierOf(&pod)}
 	log = log.With("pod", res.Pod)
 	if d.hold != nil {
-		if done := d.hold(&pod); done != nil {
+		if done := d.hold(ctx, &pod); done != nil {
 			start := d.now()
 			res.Released = d.waitHeld(ctx, plan, &pod, done)
 			res.Held = d.now().Sub(start)

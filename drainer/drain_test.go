@@ -601,7 +601,7 @@ func TestDrainHoldsCooperativePods(t *testing.T) {
 
 	quickDone := make(chan struct{})
 	never := make(chan struct{})
-	hold := func(p *corev1.Pod) <-chan struct{} {
+	hold := func(_ context.Context, p *corev1.Pod) <-chan struct{} {
 		switch p.Name {
 		case "quick-0":
 			return quickDone

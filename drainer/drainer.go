@@ -62,7 +62,7 @@ type Options struct {
 // is evicted when its channel closes, or at the latest moment that still
 // leaves it its grace period before the deadline, whichever comes first:
 // its workers finish their task without a SIGTERM in the middle of it.
-type HoldFunc func(pod *corev1.Pod) <-chan struct{}
+type HoldFunc func(ctx context.Context, pod *corev1.Pod) <-chan struct{}
 
 // Drainer cordons and drains nodes. It is safe for concurrent use.
 type Drainer struct {

@@ -164,7 +164,7 @@ func TestEvictHeldPod(t *testing.T) {
 				if tc.release > 0 {
 					time.AfterFunc(tc.release, func() { close(done) })
 				}
-				d := New(client, Options{Hold: func(*corev1.Pod) <-chan struct{} { return done }})
+				d := New(client, Options{Hold: func(context.Context, *corev1.Pod) <-chan struct{} { return done }})
 				start := time.Now()
 				p := pod("p", grace(10))
 				plan := NewPlan([]corev1.Pod{p}, types.NamespacedName{}, start.Add(30*time.Second), Policy{})

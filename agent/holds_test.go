@@ -25,7 +25,11 @@ func (f *fakeSidecars) Tell(st wire.NodeState) uint64 {
 	return uint64(len(f.told))
 }
 func (f *fakeSidecars) Told(context.Context, uint64) (int, error) { return 0, nil }
-func (f *fakeSidecars) Subscribed(ns, name string) bool           { return f.subscribed[ns+"/"+name] }
+func (f *fakeSidecars) Subscribed(ns, name string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.subscribed[ns+"/"+name]
+}
 
 // fakeUIDs maps namespace/name to the UID of the pod now on the node.
 type fakeUIDs map[string]types.UID

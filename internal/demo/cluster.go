@@ -12,9 +12,11 @@ import (
 	"net/netip"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -50,6 +52,11 @@ type Options struct {
 	// Margin is kept back from the deadline when a draining worker decides
 	// whether the rest of its task still fits (default 500ms).
 	Margin time.Duration
+	// AckWait is how long the server waits for the acknowledgement of a
+	// delivered message before it redelivers it (default 5s; JetStream's
+	// own default is 30s). Workers report progress on long messages every
+	// 500ms, so only a dead worker's messages wait it out.
+	AckWait time.Duration
 	// OnEvent, when set, is called with every Event as it happens, from
 	// several goroutines.
 	OnEvent func(Event)
@@ -109,10 +116,16 @@ type Node struct {
 	Started time.Time
 
 	agent       *proc
+	pgid        int // the process group of the agent and the sidecars
 	pods        []*Pod
 	stopKubelet func()
 	ctx         context.Context // ends when the node dies
 	die         context.CancelFunc
+
+	// life is held shared by a worker's step that must happen entirely
+	// before the node dies or not at all, and exclusively by the kill.
+	life sync.RWMutex
+	dead bool // guarded by life
 
 	mu       sync.Mutex // guards the fields below
 	notice   time.Time
@@ -128,7 +141,57 @@ type Pod struct {
 	// API is the sidecar's workers' API address.
 	API     string
 	sidecar *proc
-	busy    sync.Map // message id → cost, while a worker holds it
+	nc      *nats.Conn // the workers' own connection, closed when the node dies
+	cons    jetstream.Consumer
+	busy    sync.Map // message id → *held, while a worker holds it
+}
+
+// Phase is how far a worker has got with a message it holds.
+type Phase string
+
+// The phases of a held message.
+const (
+	// PhaseWorking is before its result is saved.
+	PhaseWorking Phase = "working"
+	// PhaseCommitted is after its result is saved and before its
+	// acknowledgement is sent.
+	PhaseCommitted Phase = "committed"
+	// PhaseAcking is once its acknowledgement is being sent, until the
+	// server's confirmation is back: the server may or may not have it.
+	PhaseAcking Phase = "acking"
+)
+
+// held is a message a worker holds.
+type held struct {
+	id    string
+	cost  time.Duration
+	phase atomic.Value // Phase
+}
+
+// Held is a message a worker held when its node died.
+type Held struct {
+	// ID is the message's id.
+	ID string
+	// Node and Pod are the worker's.
+	Node, Pod string
+	// Phase is how far the worker had got.
+	Phase Phase
+}
+
+// Job is the work a message asks for.
+type Job struct {
+	// Cost is the work before the result is saved.
+	Cost time.Duration
+	// Tail is the work after the result is saved and before the message
+	// is acknowledged (say, cleaning up).
+	Tail time.Duration
+}
+
+func jobOf(msg jetstream.Msg) Job {
+	var j Job
+	j.Cost, _ = time.ParseDuration(msg.Headers().Get("Cost"))
+	j.Tail, _ = time.ParseDuration(msg.Headers().Get("Tail"))
+	return j
 }
 
 // proc is one child process.
@@ -155,9 +218,12 @@ func (b *buffer) String() string {
 	return b.b.String()
 }
 
-func startProc(name string, args ...string) (*proc, error) {
+// startProc starts a process in process group pgid, or in a new group of
+// its own if pgid is 0.
+func startProc(pgid int, name string, args ...string) (*proc, error) {
 	p := &proc{cmd: exec.Command(name, args...), out: &buffer{}, done: make(chan struct{})}
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pgid: pgid}
 	if err := p.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", filepath.Base(name), err)
 	}
@@ -218,6 +284,9 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	if opts.Margin <= 0 {
 		opts.Margin = 500 * time.Millisecond
 	}
+	if opts.AckWait <= 0 {
+		opts.AckWait = 5 * time.Second
+	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -273,7 +342,7 @@ func (c *Cluster) startStream(ctx context.Context) error {
 		return fmt.Errorf("create stream: %w", err)
 	}
 	c.cons, err = stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
-		Durable: "workers", AckPolicy: jetstream.AckExplicitPolicy, AckWait: 5 * time.Second,
+		Durable: "workers", AckPolicy: jetstream.AckExplicitPolicy, AckWait: c.opts.AckWait,
 	})
 	if err != nil {
 		return fmt.Errorf("create consumer: %w", err)
@@ -323,13 +392,14 @@ func (c *Cluster) startNode(ctx context.Context, i int, dsName string, dsUID typ
 	if n.Hub, err = freeAddr("127.0.0.1"); err != nil {
 		return nil, err
 	}
-	n.agent, err = startProc(c.opts.AgentBin,
+	n.agent, err = startProc(0, c.opts.AgentBin,
 		"--node-name="+n.Name, "--pod-name=lastcall-"+n.Name, "--pod-namespace="+c.ns,
 		"--kubeconfig="+kubeconfig, "--cloud=sim", "--sim-listen="+n.Trigger,
 		"--listen="+n.Metrics, "--sidecar-listen="+n.Hub, "--log-format=text", "--reserve=500ms")
 	if err != nil {
 		return nil, err
 	}
+	n.pgid = n.agent.cmd.Process.Pid
 	if err := waitFor(ctx, 30*time.Second, func() bool {
 		code, _ := get("http://" + n.Metrics + "/readyz")
 		return code == http.StatusOK
@@ -342,7 +412,7 @@ func (c *Cluster) startNode(ctx context.Context, i int, dsName string, dsUID typ
 		if p.API, err = freeAddr(p.IP); err != nil {
 			return nil, err
 		}
-		p.sidecar, err = startProc(c.opts.SidecarBin, "--pod-name="+p.Name, "--pod-namespace="+c.ns, "--pod-ip="+p.IP,
+		p.sidecar, err = startProc(n.pgid, c.opts.SidecarBin, "--pod-name="+p.Name, "--pod-namespace="+c.ns, "--pod-ip="+p.IP,
 			"--agent=http://"+n.Hub, "--listen="+p.API, "--dir="+filepath.Join(c.opts.Dir, p.Name),
 			"--poll-wait=5s", "--log-format=text")
 		if err != nil {
@@ -357,6 +427,16 @@ func (c *Cluster) startNode(ctx context.Context, i int, dsName string, dsUID typ
 		sc, err := newSidecarClient(p.API)
 		if err != nil {
 			return nil, err
+		}
+		if p.nc, err = nats.Connect(c.nats.ClientURL(), nats.Name(p.Name), nats.NoReconnect()); err != nil {
+			return nil, fmt.Errorf("nats connect %s: %w", p.Name, err)
+		}
+		js, err := jetstream.New(p.nc)
+		if err != nil {
+			return nil, fmt.Errorf("jetstream %s: %w", p.Name, err)
+		}
+		if p.cons, err = js.Consumer(ctx, "JOBS", "workers"); err != nil {
+			return nil, fmt.Errorf("consumer %s: %w", p.Name, err)
 		}
 		c.wg.Go(func() { c.runPod(n, p, sc) })
 	}
@@ -426,17 +506,30 @@ func (c *Cluster) Nodes() []*Node { return c.nodes }
 // Namespace is where the cluster's pods live.
 func (c *Cluster) Namespace() string { return c.ns }
 
+// Messages returns the ids of the messages published so far, in order.
+func (c *Cluster) Messages() []string { return slices.Clone(c.ids) }
+
 // Ledger says what the workers did.
 func (c *Cluster) Ledger() *Ledger { return c.ledger }
 
 // Publish puts count messages on the stream; cost gives each message's
 // work time (by index). It returns when the server has stored them all.
 func (c *Cluster) Publish(ctx context.Context, count int, cost func(i int) time.Duration) error {
+	return c.PublishJobs(ctx, count, func(i int) Job { return Job{Cost: cost(i)} })
+}
+
+// PublishJobs puts count messages on the stream; job gives each message's
+// work (by index). It returns when the server has stored them all.
+func (c *Cluster) PublishJobs(ctx context.Context, count int, job func(i int) Job) error {
 	for i := range count {
 		id := strconv.Itoa(len(c.ids))
+		j := job(i)
 		m := nats.NewMsg("jobs.work")
 		m.Data = []byte(id)
-		m.Header.Set("Cost", cost(i).String())
+		m.Header.Set("Cost", j.Cost.String())
+		if j.Tail > 0 {
+			m.Header.Set("Tail", j.Tail.String())
+		}
 		if _, err := c.js.PublishMsg(ctx, m); err != nil {
 			return fmt.Errorf("publish %s: %w", id, err)
 		}
@@ -445,11 +538,23 @@ func (c *Cluster) Publish(ctx context.Context, count int, cost func(i int) time.
 	return nil
 }
 
-// WaitProcessed blocks until every published message is acknowledged, or
-// ctx ends.
+// WaitProcessed blocks until every published message is acknowledged, as
+// far as the workers know (a confirmed acknowledgement, or one sent by a
+// worker that died before the confirmation), and the server has none left
+// to deliver or awaiting acknowledgement; or until ctx ends.
 func (c *Cluster) WaitProcessed(ctx context.Context) error {
-	if err := c.ledger.WaitCommitted(ctx, len(c.ids)); err != nil {
+	if err := c.ledger.waitSettled(ctx, c.ids); err != nil {
 		return fmt.Errorf("%d of %d messages acknowledged: %w", c.ledger.Committed(), len(c.ids), err)
+	}
+	var pending uint64
+	var ackPending int
+	err := waitFor(ctx, time.Hour, func() bool {
+		var err error
+		pending, ackPending, err = c.Pending(ctx)
+		return err == nil && pending == 0 && ackPending == 0
+	})
+	if err != nil {
+		return fmt.Errorf("consumer: %d pending, %d awaiting ack: %w", pending, ackPending, err)
 	}
 	return nil
 }
@@ -478,7 +583,7 @@ func (n *Node) Busy(min time.Duration) bool {
 	for _, p := range n.pods {
 		found := false
 		p.busy.Range(func(_, v any) bool {
-			found = v.(time.Duration) >= min
+			found = v.(*held).cost >= min
 			return !found
 		})
 		if found {
@@ -486,6 +591,32 @@ func (n *Node) Busy(min time.Duration) bool {
 		}
 	}
 	return false
+}
+
+// Held returns the messages the node's workers hold now, as they change.
+func (n *Node) Held() []Held {
+	var hs []Held
+	for _, p := range n.pods {
+		p.busy.Range(func(_, v any) bool {
+			h := v.(*held)
+			hs = append(hs, Held{ID: h.id, Node: n.Name, Pod: p.Name, Phase: h.phase.Load().(Phase)})
+			return true
+		})
+	}
+	return hs
+}
+
+// alive runs f, a step of one of the node's workers, unless the node is
+// dead, and says whether it ran. The step happens entirely before the
+// node dies or not at all, as the writes of a killed process do.
+func (n *Node) alive(f func()) bool {
+	n.life.RLock()
+	defer n.life.RUnlock()
+	if n.dead {
+		return false
+	}
+	f()
+	return true
 }
 
 // Notice returns when the node got its notice and its deadline; zero if
@@ -525,7 +656,7 @@ func (c *Cluster) Preempt(ctx context.Context, n *Node, source, kind string, lef
 		defer t.Stop()
 		select {
 		case <-t.C:
-			n.kill()
+			c.kill(n)
 			c.emit(Event{Time: time.Now(), Node: n.Name, What: "died", Detail: "deadline"})
 		case <-c.ctx.Done():
 		}
@@ -533,13 +664,57 @@ func (c *Cluster) Preempt(ctx context.Context, n *Node, source, kind string, lef
 	return nil
 }
 
-// kill ends the node: workers drop what they hold, processes die.
-func (n *Node) kill() {
+// Kill ends the nodes at once, with no notice, like machines switched
+// off: on each, the agent and the sidecars are killed together (SIGKILL to
+// their process group), and the workers stop where they are, their
+// connection to the server closed, so nothing more of theirs reaches it or
+// the ledger. It returns what the workers held at that moment: the server
+// redelivers those messages once their AckWait has passed, unless an
+// acknowledgement already sent (PhaseAcking) reached it.
+func (c *Cluster) Kill(nodes ...*Node) []Held {
+	var all []Held
+	for _, n := range nodes {
+		all = append(all, c.kill(n)...)
+	}
+	now := time.Now()
+	for _, n := range nodes {
+		c.emit(Event{Time: now, Node: n.Name, What: "died", Detail: "killed without notice"})
+	}
+	return all
+}
+
+// kill ends the node, if alive, and returns what its workers held: each
+// is dropped in the ledger.
+func (c *Cluster) kill(n *Node) []Held {
+	n.life.Lock()
+	if n.dead {
+		n.life.Unlock()
+		return nil
+	}
+	n.dead = true
+	if n.pgid != 0 {
+		_ = syscall.Kill(-n.pgid, syscall.SIGKILL)
+	}
 	n.die()
+	var hs []Held
+	for _, p := range n.pods {
+		if p.nc != nil {
+			p.nc.Close()
+		}
+		p.busy.Range(func(_, v any) bool {
+			h := v.(*held)
+			phase := h.phase.Load().(Phase)
+			hs = append(hs, Held{ID: h.id, Node: n.Name, Pod: p.Name, Phase: phase})
+			c.ledger.drop(h.id, phase == PhaseAcking)
+			return true
+		})
+	}
+	n.life.Unlock()
 	n.agent.kill()
 	for _, p := range n.pods {
 		p.sidecar.kill()
 	}
+	return hs
 }
 
 // AgentLog returns the output of the node's agent so far.
@@ -556,7 +731,7 @@ func (c *Cluster) emit(e Event) {
 func (c *Cluster) Close() {
 	c.cancel()
 	for _, n := range c.nodes {
-		n.kill()
+		c.kill(n)
 	}
 	c.wg.Wait()
 	for _, n := range c.nodes {

@@ -60,71 +60,115 @@ func (c *Cluster) runPod(n *Node, p *Pod, sc *sidecar.Client) {
 // done and works on it in 10ms steps. Once draining, it finishes a message
 // only if the rest of the work fits before the deadline less the margin,
 // and hands it back (Nak) otherwise. When ctx ends (the node died) it
-// drops what it holds.
+// stops where it is: the kill has accounted for what it held.
 func (c *Cluster) work(ctx, drain context.Context, n *Node, p *Pod) {
 	for drain.Err() == nil && ctx.Err() == nil {
 		// A short pull that the drain does not cancel: a pull cancelled
 		// while the server sends a message strands that message until its
 		// ack wait runs out. What arrives after the drain started goes
 		// straight back (Nak).
-		msg, err := c.cons.Next(jetstream.FetchMaxWait(time.Second))
+		msg, err := p.cons.Next(jetstream.FetchMaxWait(time.Second))
 		if err != nil {
 			if ctx.Err() == nil && drain.Err() == nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, jetstream.ErrNoMessages) {
 				time.Sleep(50 * time.Millisecond) // the server is restarting or gone: do not spin
 			}
 			continue
 		}
+		id := string(msg.Data())
+		job := jobOf(msg)
+		d := Delivery{Pod: p.Name, Node: n.Name, At: time.Now()}
+		if md, err := msg.Metadata(); err == nil {
+			d.N = md.NumDelivered
+		}
+		h := &held{id: id, cost: job.Cost}
+		h.phase.Store(PhaseWorking)
+		if !n.alive(func() { c.ledger.deliver(id, d); p.busy.Store(id, h) }) {
+			return // the node died as the message arrived: the server redelivers it
+		}
 		if drain.Err() != nil {
-			id := string(msg.Data())
-			c.ledger.start(id)
-			if err := msg.Nak(); err != nil {
-				c.ledger.drop(id)
-			} else {
-				c.ledger.handBack(id)
-			}
+			err := msg.Nak()
+			n.alive(func() { c.handedBack(p, id, err) })
 			return
 		}
-		id := string(msg.Data())
-		cost, _ := time.ParseDuration(msg.Headers().Get("Cost"))
-		c.ledger.start(id)
-		p.busy.Store(id, cost)
-		c.handle(ctx, drain, n, p, msg, id, cost)
-		p.busy.Delete(id)
+		c.handle(ctx, drain, n, p, msg, h, job)
 	}
 }
 
-func (c *Cluster) handle(ctx, drain context.Context, n *Node, p *Pod, msg jetstream.Msg, id string, cost time.Duration) {
+// handedBack records the end of a hand-back (Nak) that err says succeeded
+// or not.
+func (c *Cluster) handedBack(p *Pod, id string, err error) {
+	if err != nil {
+		c.ledger.drop(id, false)
+	} else {
+		c.ledger.handBack(id)
+	}
+	p.busy.Delete(id)
+}
+
+// handle works on the message: job.Cost of work, then its result saved to
+// the results store (idempotent: keyed by message id), then job.Tail of
+// work that follows the commit, then the acknowledgement. A worker that
+// dies after the save leaves the message to be redelivered and done again;
+// the store ignores the repeated result, and the message is acknowledged
+// once, by the worker that got the redelivery.
+func (c *Cluster) handle(ctx, drain context.Context, n *Node, p *Pod, msg jetstream.Msg, h *held, job Job) {
 	const step = 10 * time.Millisecond
+	id := h.id
 	lastProgress := time.Now()
-	for left := cost; left > 0; left -= step {
-		if ctx.Err() != nil {
-			c.ledger.drop(id)
-			return
-		}
-		if st, ok := sidecar.DrainingState(drain); ok && time.Until(st.Deadline)-c.opts.Margin < left {
-			if err := msg.Nak(); err != nil {
-				c.ledger.drop(id)
-				return
-			}
-			c.ledger.handBack(id)
-			c.emit(Event{Time: time.Now(), Node: n.Name, Pod: p.Name, What: "handed back", Detail: fmt.Sprintf("message %s (%v of work left)", id, left.Round(time.Millisecond))})
-			return
-		}
-		time.Sleep(min(left, step))
+	progress := func() {
 		if time.Since(lastProgress) > 500*time.Millisecond {
 			_ = msg.InProgress() // long work: keep the message from being redelivered
 			lastProgress = time.Now()
 		}
 	}
-	actx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	if err := msg.DoubleAck(actx); err != nil {
-		c.ledger.drop(id)
+	for left := job.Cost; left > 0; left -= step {
+		if ctx.Err() != nil {
+			return
+		}
+		if st, ok := sidecar.DrainingState(drain); ok && time.Until(st.Deadline)-c.opts.Margin < left+job.Tail {
+			err := msg.Nak()
+			if !n.alive(func() { c.handedBack(p, id, err) }) || err != nil {
+				return
+			}
+			c.emit(Event{Time: time.Now(), Node: n.Name, Pod: p.Name, What: "handed back", Detail: fmt.Sprintf("message %s (%v of work left)", id, (left + job.Tail).Round(time.Millisecond))})
+			return
+		}
+		time.Sleep(min(left, step))
+		progress()
+	}
+	if !n.alive(func() {
+		c.ledger.saveResult(id, Result{Pod: p.Name, Node: n.Name, At: time.Now()})
+		h.phase.Store(PhaseCommitted)
+	}) {
 		return
 	}
-	c.ledger.commit(id, Commit{Pod: p.Name, Node: n.Name, At: time.Now()})
+	// What follows the commit is finished even when draining: handing the
+	// message back now would only have the work done again.
+	for left := job.Tail; left > 0; left -= step {
+		if ctx.Err() != nil {
+			return
+		}
+		time.Sleep(min(left, step))
+		progress()
+	}
+	if !n.alive(func() { h.phase.Store(PhaseAcking) }) {
+		return
+	}
+	actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	err := msg.DoubleAck(actx)
+	if !n.alive(func() {
+		if err != nil {
+			c.ledger.drop(id, true)
+		} else {
+			c.ledger.commit(id, Commit{Pod: p.Name, Node: n.Name, At: time.Now()})
+		}
+		p.busy.Delete(id)
+	}) || err != nil {
+		return
+	}
 	if drain.Err() != nil {
-		c.emit(Event{Time: time.Now(), Node: n.Name, Pod: p.Name, What: "finished", Detail: fmt.Sprintf("message %s (%v of work)", id, cost.Round(time.Millisecond))})
+		c.emit(Event{Time: time.Now(), Node: n.Name, Pod: p.Name, What: "finished", Detail: fmt.Sprintf("message %s (%v of work)", id, (job.Cost + job.Tail).Round(time.Millisecond))})
 	}
 }
 

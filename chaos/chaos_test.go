@@ -19,6 +19,8 @@ var (
 	scaleFlag    = flag.Float64("chaos.scale", 0.1, "notice windows as a fraction of the real ones (GCE 30 s, AWS 2 min)")
 	messagesFlag = flag.Int("chaos.messages", 400, "short messages on the stream")
 	fractionFlag = flag.Float64("chaos.preempt", 0.3, "fraction of the nodes preempted at once (rounded up)")
+	killFlag     = flag.Int("chaos.kill", 1, "nodes killed at once without notice (TestAbruptKill)")
+	ackWaitFlag  = flag.Duration("chaos.ackwait", 5*time.Second, "the consumer's AckWait: how long the server waits for an acknowledgement before it redelivers")
 )
 
 var (
@@ -70,7 +72,7 @@ func TestPreemptManyAtOnce(t *testing.T) {
 	var events []demo.Event
 	c, err := demo.Start(ctx, demo.Options{
 		Env: e, AgentBin: agentBin, SidecarBin: sidecarBin, Dir: t.TempDir(),
-		Nodes: n, PodsPerNode: podsPerNode, WorkersPerPod: 2, IPBase: 60, Margin: 300 * time.Millisecond,
+		Nodes: n, PodsPerNode: podsPerNode, WorkersPerPod: 2, IPBase: 60, Margin: 300 * time.Millisecond, AckWait: *ackWaitFlag,
 		OnEvent: func(ev demo.Event) { evMu.Lock(); events = append(events, ev); evMu.Unlock() },
 	})
 	if err != nil {

@@ -9,6 +9,9 @@ LDFLAGS   := -s -w -X main.version=$(VERSION)
 STATICCHECK_VERSION := v0.8.2
 EC2_METADATA_MOCK_VERSION := v1.13.0
 HELM_VERSION := v3.22.0
+KWOK_VERSION := v0.8.0
+# The size of `make fleet`.
+FLEET_NODES ?= 1000
 
 export KUBEBUILDER_ASSETS := $(TESTBIN)
 export LASTCALL_TESTBIN := $(TESTBIN)
@@ -17,6 +20,7 @@ export LASTCALL_HELM := $(TOOLS)/helm
 SQS_EMULATOR := $(TOOLS)/fauxqs/serve.mjs
 export LASTCALL_SQS_EMULATOR := $(SQS_EMULATOR)
 export LASTCALL_RULECHECK := $(TOOLS)/rulecheck
+export LASTCALL_KWOK := $(TOOLS)/kwok
 
 # Images: `make image` writes docker-archive tarballs into bin/images/
 # without a container engine or registry (`docker load -i` or `ctr images
@@ -28,7 +32,7 @@ IMAGES     := $(BIN)/images
 # (Debian: ca-certificates).
 CA_BUNDLE  ?= /etc/ssl/certs/ca-certificates.crt
 
-.PHONY: help build test unit lint chart-lint testbin nodebin bench demo image image-docker e2e-images cluster-up cluster-down e2e clean
+.PHONY: help build test unit lint chart-lint testbin nodebin bench fleet demo image image-docker e2e-images cluster-up cluster-down e2e clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -88,11 +92,19 @@ bench: testbin ## run the benchmarks (real control plane, real binaries) and wri
 	$(GO) test -run '^$$' -bench . ./watcher/gce 2>&1 | tee -a $(BIN)/bench.txt
 	$(GO) test -run '^$$' -bench . -benchtime 20x ./watcher/ec2 2>&1 | tee -a $(BIN)/bench.txt
 	$(GO) test -run '^$$' -bench . -benchtime 5x ./drainer/ 2>&1 | tee -a $(BIN)/bench.txt
-	$(GO) test -run '^$$' -bench . -benchtime 1x ./cmd/node-agent/ 2>&1 | tee -a $(BIN)/bench.txt
+	$(GO) test -run '^$$' -bench NodeAgent -benchtime 1x ./cmd/node-agent/ 2>&1 | tee -a $(BIN)/bench.txt
 	$(GO) test -run '^$$' -bench Notify110 -benchtime 3x ./sidecar/ 2>&1 | tee -a $(BIN)/bench.txt
 	$(GO) test -run '^$$' -bench . -benchtime 1x ./bench/drain/ 2>&1 | tee -a $(BIN)/bench.txt
 	$(GO) run ./bench/report -o bench/README.md < $(BIN)/bench.txt
 	@echo "wrote bench/README.md"
+
+$(TOOLS)/kwok:
+	GOBIN=$(TOOLS) $(GO) install sigs.k8s.io/kwok/cmd/kwok@$(KWOK_VERSION)
+
+fleet: nodebin $(TOOLS)/helm $(TOOLS)/kwok ## FLEET_NODES (1000) KWOK nodes, one agent each, 30 % preempted at once; writes bench/fleet.md; about 15 min, 8 GB
+	@mkdir -p $(BIN)/fleet
+	$(GO) test -run '^$$' -bench '^BenchmarkFleet$$' -benchtime 1x -timeout 60m ./cmd/node-agent \
+		-fleet.nodes=$(FLEET_NODES) -fleet.report=$(CURDIR)/bench/fleet.md -fleet.dir=$(CURDIR)/$(BIN)/fleet
 
 demo: ## a whole preemption on this machine (control plane, NATS JetStream, 3 nodes): prints a timeline; about a minute
 	@test -x $(TESTBIN)/kube-apiserver || echo "building the control-plane binaries first (make testbin: etcd, kube-apiserver, kube-controller-manager; about 9 min on 2 cores, once)"

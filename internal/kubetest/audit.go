@@ -43,7 +43,13 @@ type AuditEvent struct {
 // AuditEvents returns the requests of user received at or after since, one
 // per request (a watch counts once).
 func (e *Env) AuditEvents(user string, since time.Time) ([]AuditEvent, error) {
-	f, err := os.Open(filepath.Join(e.Dir, "audit.log"))
+	return ReadAuditLog(filepath.Join(e.Dir, "audit.log"), user, since)
+}
+
+// ReadAuditLog returns the requests of user received at or after since
+// from the JSON audit log at path, one per request (a watch counts once).
+func ReadAuditLog(path, user string, since time.Time) ([]AuditEvent, error) {
+	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("open audit log: %w", err)
 	}

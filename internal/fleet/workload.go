@@ -117,7 +117,7 @@ func (w Workload) Create(ctx context.Context, client kubernetes.Interface) error
 		if _, err := client.AppsV1().DaemonSets(ds.Namespace).Create(ctx, &appsv1.DaemonSet{
 			ObjectMeta: metav1.ObjectMeta{Name: ds.Name},
 			Spec: appsv1.DaemonSetSpec{
-				Selector: &metav1.LabelSelector{MatchLabels: labels},
+				Selector:       &metav1.LabelSelector{MatchLabels: labels},
 				UpdateStrategy: appsv1.DaemonSetUpdateStrategy{Type: appsv1.RollingUpdateDaemonSetStrategyType},
 				Template: corev1.PodTemplateSpec{
 					ObjectMeta: metav1.ObjectMeta{Labels: labels},

@@ -3,7 +3,9 @@ package agent
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"strings"
+	"time"
 
 	authv1 "k8s.io/api/authorization/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -70,4 +72,36 @@ func CheckAccess(ctx context.Context, client kubernetes.Interface, node string) 
 		return fmt.Errorf("RBAC: the agent may not %s", strings.Join(missing, "; "))
 	}
 	return nil
+}
+
+// CheckUntilOK runs check until it passes or ctx ends, and reports each
+// result (nil once it passes). The first run waits a random time below
+// spread, so that a fleet of agents starting together (a new install, a
+// rollout, a control-plane restart) does not ask the apiserver all at once;
+// a failed run, whether refused or timed out in a busy apiserver, is run
+// again with jittered backoff from one second up to max: an RBAC fix or an
+// apiserver that recovers makes the agent ready without a restart.
+func CheckUntilOK(ctx context.Context, spread, max time.Duration, check func(context.Context) error, report func(error)) {
+	wait := time.Duration(0)
+	if spread > 0 {
+		wait = rand.N(spread)
+	}
+	backoff := time.Second
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		err := check(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		report(err)
+		if err == nil {
+			return
+		}
+		wait = backoff/2 + rand.N(backoff/2+1)
+		backoff = min(2*backoff, max)
+	}
 }

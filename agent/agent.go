@@ -421,17 +421,24 @@ func (a *Agent) reconcileNode(ctx context.Context, d Desired) {
 			}
 		})
 	case d.Uncordon && (a.cordoned || !a.obs.RecordKnown || a.obs.Record != nil):
+		changed := false // set by the operation, read once it is done
 		a.nodeOp(ctx, "uncordon", func(ctx context.Context) error {
-			changed, err := a.Drainer.Uncordon(ctx, a.cfg.Node)
+			var err error
+			changed, err = a.Drainer.Uncordon(ctx, a.cfg.Node)
 			if err == nil && changed {
 				a.event(corev1.EventTypeNormal, "Uncordoned", "no notice is active: lastcall's cordon undone")
 			}
 			return err
 		}, func(err error) {
-			if err == nil {
-				a.cordoned, a.cordonTry, a.outOfSvc = false, false, false
-				a.obs.RecordKnown, a.obs.Record = true, nil
+			if err != nil {
+				return
+			}
+			a.cordoned, a.cordonTry, a.outOfSvc = false, false, false
+			a.obs.RecordKnown, a.obs.Record = true, nil
+			if changed {
 				a.Logger.Info("no notice is active: lastcall's cordon undone")
+			} else {
+				a.Logger.Debug("no notice is active and the node carries no cordon of lastcall's")
 			}
 		})
 	case d.Uncordon && a.conditionOn:

@@ -662,4 +662,16 @@ func TestMissingRBACIsReported(t *testing.T) {
 	if code, _ := p.get("/healthz"); code != http.StatusOK {
 		t.Errorf("healthz = %d: a missing permission must not make the agent unhealthy (restarts fix nothing)", code)
 	}
+	// Fixed RBAC makes the same agent ready: it checks again.
+	role.Rules = append(role.Rules, rbacv1.PolicyRule{APIGroups: []string{""}, Resources: []string{"pods", "pods/eviction"}, Verbs: []string{"create", "delete"}})
+	if _, err := c.env.Client.RbacV1().ClusterRoles().Update(ctx, role, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 2*time.Minute, "ready once the role is fixed, without a restart", func() bool {
+		code, _ := p.get("/readyz")
+		return code == http.StatusOK
+	})
+	if !strings.Contains(p.out.String(), "access check passed") {
+		t.Error("the recovery was not logged")
+	}
 }

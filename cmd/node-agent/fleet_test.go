@@ -255,10 +255,16 @@ func runFleet(b *testing.B) {
 			b.Error(err)
 		}
 	}
+	// lastcall's two promises per node: cordoned, and empty by the
+	// deadline. The report above says by how much a run missed them.
 	notEmpty := 0
 	for _, rec := range r.Records {
+		if rec.Cordoned.IsZero() {
+			b.Errorf("%s (%s) never seen cordoned", rec.Node, rec.Cloud)
+		}
 		if len(rec.LeftAtDeadline) > 0 {
 			notEmpty++
+			b.Errorf("%s (%s) not empty at its deadline: %v", rec.Node, rec.Cloud, rec.LeftAtDeadline)
 		}
 	}
 	b.ReportMetric(float64(notEmpty), "nodes-not-empty")

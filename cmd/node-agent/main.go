@@ -61,6 +61,10 @@ func limits() (metrics, hub httpguard.Limits) {
 	return metrics, hub
 }
 
+// checkSpread is the longest the access check waits after start: a random
+// share of it spreads the checks of a fleet's agents that start together.
+const checkSpread = 10 * time.Second
+
 func main() {
 	os.Exit(Main(os.Args[1:], os.Getenv, os.Stderr))
 }
@@ -391,22 +395,30 @@ func run(ctx context.Context, o *options, logger *slog.Logger) error {
 	}
 	if o.checkAccess {
 		g.Go(func() error {
-			cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-			defer cancel()
 			// RBAC first (it names what is missing), then the writes a
 			// notice needs as server-side dry runs: an admission policy or
 			// webhook that would refuse them shows now, not in a preemption.
-			err := agent.CheckAccess(cctx, client, o.node)
-			if err == nil {
-				err = d.CheckCordon(cctx, o.node, string(source), "")
-			}
-			if err == nil {
-				err = agent.CheckCondition(cctx, client, o.node)
-			}
-			if err != nil {
-				logger.Error("access check failed: the agent will not be ready", "err", err)
-				accessErr.Store(&err)
-			}
+			agent.CheckUntilOK(ctx, checkSpread, 5*time.Minute, func(ctx context.Context) error {
+				cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+				defer cancel()
+				err := agent.CheckAccess(cctx, client, o.node)
+				if err == nil {
+					err = d.CheckCordon(cctx, o.node, string(source), "")
+				}
+				if err == nil {
+					err = agent.CheckCondition(cctx, client, o.node)
+				}
+				return err
+			}, func(err error) {
+				if err != nil {
+					logger.Error("access check failed: the agent is not ready; checking again", "err", err)
+					accessErr.Store(&err)
+					return
+				}
+				if accessErr.Swap(nil) != nil {
+					logger.Info("access check passed: the agent is ready")
+				}
+			})
 			return nil
 		})
 	}

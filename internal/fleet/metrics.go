@@ -5,7 +5,9 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
+	"slices"
 
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
@@ -92,4 +94,59 @@ func ScrapeAgent(ctx context.Context, addr string) (Metrics, error) {
 		return nil, fmt.Errorf("agent metrics %s: %s", addr, resp.Status)
 	}
 	return parseMetrics(raw)
+}
+
+// histogram returns the cumulative bucket counts (upper bound → count) and
+// the total count of name's series whose labels match match.
+func (m Metrics) histogram(name string, match map[string]string) (map[float64]float64, float64) {
+	buckets := map[float64]float64{}
+	var count float64
+	f := m[name]
+	if f == nil {
+		return buckets, 0
+	}
+	for _, s := range f.Metric {
+		if s.Histogram == nil {
+			continue
+		}
+		ok := true
+		for k, v := range match {
+			found := false
+			for _, l := range s.Label {
+				found = found || (l.GetName() == k && l.GetValue() == v)
+			}
+			ok = ok && found
+		}
+		if !ok {
+			continue
+		}
+		for _, b := range s.Histogram.Bucket {
+			buckets[b.GetUpperBound()] += float64(b.GetCumulativeCount())
+		}
+		count += float64(s.Histogram.GetSampleCount())
+	}
+	return buckets, count
+}
+
+// Quantile estimates the q-quantile of histogram name's observations
+// between the scrapes before and m (the upper bound of the bucket it falls
+// in), and returns how many there were.
+func (m Metrics) Quantile(before Metrics, name string, match map[string]string, q float64) (float64, float64) {
+	after, n := m.histogram(name, match)
+	prior, n0 := before.histogram(name, match)
+	total := n - n0
+	if total <= 0 {
+		return 0, 0
+	}
+	bounds := make([]float64, 0, len(after))
+	for b := range after {
+		bounds = append(bounds, b)
+	}
+	slices.Sort(bounds)
+	for _, b := range bounds {
+		if after[b]-prior[b] >= q*total {
+			return b, total
+		}
+	}
+	return math.Inf(1), total
 }

@@ -213,6 +213,16 @@ func (r *Report) Markdown() string {
 	if !any429 {
 		p("none")
 	}
+	p(".\n- Time requests waited in API Priority and Fairness queues, p99 (bucket bound) over the requests of the window: ")
+	for i, level := range []string{"workload-low", "workload-high", "system", "global-default"} {
+		q, n := r.After.Quantile(r.Before, "apiserver_flowcontrol_request_wait_duration_seconds", map[string]string{"priority_level": level}, 0.99)
+		if i > 0 {
+			p("; ")
+		}
+		p("%s %g s (%.0f requests)", level, q, n)
+	}
+	q, n := r.After.Quantile(r.Before, "apiserver_request_duration_seconds", map[string]string{"verb": "POST", "subresource": "eviction"}, 0.99)
+	p(".\n- Eviction request duration in the apiserver, p99 (bucket bound): %g s over %.0f requests", q, n)
 	p(".\n- All responses 429 (budgets included): %.0f; to the agents: %d.\n",
 		r.After.Total("apiserver_request_total", map[string]string{"code": "429"})-r.Before.Total("apiserver_request_total", map[string]string{"code": "429"}), agents429)
 

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"golang.org/x/sync/errgroup"
+	flowcontrolv1 "k8s.io/api/flowcontrol/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
@@ -36,6 +37,7 @@ var (
 	fleetReport  = flag.String("fleet.report", "", "write the markdown report to this file")
 	fleetDir     = flag.String("fleet.dir", "", "keep the control plane's and the agents' logs here (default: a temporary directory)")
 	fleetQPS     = flag.Int("fleet.controller-qps", 300, "kube-controller-manager's and kube-scheduler's client QPS")
+	fleetAPF     = flag.Bool("fleet.flowcontrol", true, "install the chart's PriorityLevelConfiguration and FlowSchema (flowControl.create)")
 )
 
 // fleetIP is the loopback address of node i's metadata server and agent.
@@ -88,7 +90,7 @@ func runFleet(b *testing.B) {
 			b.Error(err)
 		}
 	}()
-	if err := applyAgentRBAC(ctx, c.Client); err != nil {
+	if err := applyChart(ctx, c.Client, *fleetAPF); err != nil {
 		b.Fatal(err)
 	}
 	obs := fleet.NewObserver(c.Client)
@@ -224,7 +226,8 @@ func runFleet(b *testing.B) {
 		Records: obs.Records(), Window: end.Sub(first), Before: before, After: after,
 		NoAgents: noAgents, Rest: rest, IdleWindow: idleTo.Sub(idleFrom), StartTook: ready.Sub(started),
 		Evictions: map[string]float64{}, Drains: map[string]float64{},
-		Agent: "node-agent's run, one instance per node in one process, each with its own client certificate, TLS connection, informer and watch, metrics server and metadata server",
+		FlowControl: *fleetAPF,
+		Agent:       "node-agent's run, one instance per node in one process, each with its own client certificate, TLS connection, informer and watch, metrics server and metadata server",
 	}
 	for _, i := range picked {
 		m, err := fleet.ScrapeAgent(ctx, fleetIP(i)+":10573")
@@ -328,15 +331,22 @@ func waitReady(ctx context.Context, n int, timeout time.Duration) error {
 	return nil
 }
 
-// applyAgentRBAC creates the chart's ClusterRole and ClusterRoleBinding
-// for the agents, rendered by helm.
-func applyAgentRBAC(ctx context.Context, client kubernetes.Interface) error {
+// applyChart creates what the chart installs for the agents at the cluster
+// level, rendered by helm: the ClusterRole and ClusterRoleBinding and, with
+// flowControl, the priority level and flow schema.
+func applyChart(ctx context.Context, client kubernetes.Interface, flowControl bool) error {
 	helm := os.Getenv("LASTCALL_HELM")
 	if helm == "" {
 		helm = "../../.tools/helm"
 	}
-	out, err := exec.CommandContext(ctx, helm, "template", "lastcall", "../../charts/lastcall", "--namespace", "lastcall",
-		"--show-only", "templates/clusterrole.yaml", "--show-only", "templates/clusterrolebinding.yaml").Output()
+	args := []string{"template", "lastcall", "../../charts/lastcall", "--namespace", "lastcall",
+		"--show-only", "templates/clusterrole.yaml", "--show-only", "templates/clusterrolebinding.yaml"}
+	if flowControl {
+		args = append(args, "--show-only", "templates/flowcontrol.yaml")
+	} else {
+		args = append(args, "--set", "flowControl.create=false")
+	}
+	out, err := exec.CommandContext(ctx, helm, args...).Output()
 	if err != nil {
 		var ee *exec.ExitError
 		if errors.As(err, &ee) {
@@ -367,6 +377,12 @@ func applyAgentRBAC(ctx context.Context, client kubernetes.Interface) error {
 				}
 			}
 			_, err = client.RbacV1().ClusterRoleBindings().Create(ctx, o, metav1.CreateOptions{})
+		case *flowcontrolv1.PriorityLevelConfiguration:
+			_, err = client.FlowcontrolV1().PriorityLevelConfigurations().Create(ctx, o, metav1.CreateOptions{})
+		case *flowcontrolv1.FlowSchema:
+			_, err = client.FlowcontrolV1().FlowSchemas().Create(ctx, o, metav1.CreateOptions{})
+		default:
+			return fmt.Errorf("the chart rendered a %T where the fleet expects RBAC or flow control", obj)
 		}
 		if err != nil {
 			return err

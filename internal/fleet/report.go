@@ -42,6 +42,9 @@ type Report struct {
 	Drains map[string]float64
 	// Agent is how the agents ran.
 	Agent string
+	// FlowControl says whether the chart's priority level and flow schema
+	// were installed.
+	FlowControl bool
 }
 
 // percentile returns the p-th percentile (nearest rank) of ds, sorted.
@@ -97,6 +100,11 @@ func (r *Report) Markdown() string {
 	p("# Fleet: %d nodes, %d preempted at once\n\n", r.Nodes, r.Preempted)
 	p("%d pods (%d Deployments, 3 in 4 with a PodDisruptionBudget; %d DaemonSets; a system-critical Deployment), KWOK nodes, real kube-apiserver (default API Priority and Fairness), etcd, kube-controller-manager and kube-scheduler. Fleet up, agents ready: %s. Agents: %s.\n\n",
 		r.Pods, Deployments, len(DaemonSets), r.Setup.Round(time.Second), r.Agent)
+	if r.FlowControl {
+		p("The chart's flow control is installed: the agents' requests have the priority level lastcall, one flow per namespace.\n\n")
+	} else {
+		p("Without the chart's flow control: the agents' requests fall in the service-accounts flow schema (priority level workload-low, one flow: every agent is the same user).\n\n")
+	}
 
 	p("## Notice to cordon, notice to last pod gone\n\n")
 	p("Times are from the metadata server's first announcement (the agent's detection delay included) to the observer's watch seeing the change.\n\n")
@@ -214,7 +222,7 @@ func (r *Report) Markdown() string {
 		p("none")
 	}
 	p(".\n- Time requests waited in API Priority and Fairness queues, p99 (bucket bound) over the requests of the window: ")
-	for i, level := range []string{"workload-low", "workload-high", "system", "global-default"} {
+	for i, level := range []string{"lastcall", "workload-low", "workload-high", "system"} {
 		q, n := r.After.Quantile(r.Before, "apiserver_flowcontrol_request_wait_duration_seconds", map[string]string{"priority_level": level}, 0.99)
 		if i > 0 {
 			p("; ")

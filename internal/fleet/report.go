@@ -29,6 +29,10 @@ type Report struct {
 	// ready, in StartTook.
 	Start     []kubetest.AuditEvent
 	StartTook time.Duration
+	// StartSpread is the time over which the agents were started;
+	// NotReady counts those not ready after StartTook.
+	StartSpread time.Duration
+	NotReady    int
 	// Idle are the agents' requests in Idle minutes at rest.
 	Idle       []kubetest.AuditEvent
 	IdleWindow time.Duration
@@ -251,13 +255,26 @@ func (r *Report) Markdown() string {
 	p("- The agents' requests in %s at rest: %d (%.1f per minute), of which polls (anything but a watch): %d; watches re-opened: %d (client-go ends a watch after 5 to 10 min and re-opens it).\n",
 		r.IdleWindow.Round(time.Second), len(r.Idle), float64(len(r.Idle))/r.IdleWindow.Minutes(), polls, idle["watch"])
 	start, start429 := byVerb(r.Start)
-	p("- Start of all agents at once: %d requests in %s (", len(r.Start), r.StartTook.Round(time.Second))
+	p("- Start of the agents, evenly over %s: %d requests until %d of %d were ready, %s after the first started (", r.StartSpread, len(r.Start), r.Nodes-r.NotReady, r.Nodes, r.StartTook.Round(time.Second))
 	for i, k := range sortedKeys(start) {
 		if i > 0 {
 			p(", ")
 		}
 		p("%s %d", k, start[k])
 	}
-	p("), %d answered 429.\n", start429)
+	p("), %d answered 429; API Priority and Fairness rejected, until the agents were at rest: ", start429)
+	rejRest := r.Rest.Sum("apiserver_flowcontrol_rejected_requests_total", "priority_level", nil)
+	rejNone := r.NoAgents.Sum("apiserver_flowcontrol_rejected_requests_total", "priority_level", nil)
+	any429 = false
+	for _, k := range sortedKeys(rejRest) {
+		if d := rejRest[k] - rejNone[k]; d > 0 {
+			p("%s %.0f; ", k, d)
+			any429 = true
+		}
+	}
+	if !any429 {
+		p("none")
+	}
+	p(".\n")
 	return b.String()
 }

@@ -112,6 +112,9 @@ func runFleet(b *testing.B) {
 			b.Logf("%d of %d pods running", obs.Running(), want)
 			last = time.Now()
 		}
+		if err := c.Err(); err != nil {
+			b.Fatal(err)
+		}
 		if time.Since(began) > 30*time.Minute {
 			b.Fatalf("only %d of %d pods running after %v", obs.Running(), want, time.Since(began))
 		}

@@ -204,16 +204,25 @@ leaderElection:
 	// The controllers are up once the disruption controller has computed
 	// a budget's status (kubetest does the same).
 	return wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
-		for _, p := range c.procs {
-			select {
-			case <-p.done:
-				return false, fmt.Errorf("%s exited; see %s", p.name, filepath.Join(c.dir, p.name+".log"))
-			default:
-			}
+		if err := c.Err(); err != nil {
+			return false, err
 		}
 		_, err := c.Client.CoreV1().Namespaces().Get(ctx, "default", metav1.GetOptions{})
 		return err == nil, nil
 	})
+}
+
+// Err returns an error naming the first control-plane process that has
+// exited, nil while all run.
+func (c *Cluster) Err() error {
+	for _, p := range c.procs {
+		select {
+		case <-p.done:
+			return fmt.Errorf("%s exited; see %s", p.name, filepath.Join(c.dir, p.name+".log"))
+		default:
+		}
+	}
+	return nil
 }
 
 // start runs a control-plane process with its output in Dir/name.log.

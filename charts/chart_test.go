@@ -1,6 +1,7 @@
 package charts
 
 import (
+	"fmt"
 	"maps"
 	"os"
 	"path/filepath"
@@ -37,6 +38,7 @@ var variants = []struct {
 	{"policy-warn", []string{"testdata/policy-warn.yaml"}, checkPolicyWarn},
 	{"injector", []string{"testdata/injector.yaml"}, checkInjector},
 	{"metadata", []string{"testdata/metadata.yaml"}, checkMetadata},
+	{"flow-control", []string{"testdata/flow-control.yaml"}, checkFlowControl},
 	{"nth-migration", []string{"testdata/nth-migration.yaml"}, checkMigration},
 }
 
@@ -126,7 +128,7 @@ func chartAppVersion(t *testing.T) string {
 
 func checkDefault(t *testing.T, objs []*unstructured.Unstructured) {
 	want := []string{"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "DaemonSet",
-		"FlowSchema", "PriorityLevelConfiguration", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding", "ValidatingAdmissionPolicyBinding"}
+		"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding", "ValidatingAdmissionPolicyBinding"}
 	if got := kinds(objs); !slices.Equal(got, want) {
 		t.Errorf("kinds = %v, want %v", got, want)
 	}
@@ -610,5 +612,25 @@ func TestWebhookURLNotInCommandLine(t *testing.T) {
 	vols := ds.Spec.Template.Spec.Volumes
 	if secret.StringData["url"] != url || len(vols) != 1 || vols[0].Secret == nil || vols[0].Secret.SecretName != secret.Name {
 		t.Errorf("Secret %s (url %q), volumes %+v: want the URL in the Secret the agent mounts", secret.Name, secret.StringData["url"], vols)
+	}
+}
+
+// checkFlowControl: the agents' service account gets the chart's priority
+// level, with the values given.
+func checkFlowControl(t *testing.T, objs []*unstructured.Unstructured) {
+	fs := find(t, objs, "FlowSchema")
+	plc := find(t, objs, "PriorityLevelConfiguration")
+	level, _, _ := unstructured.NestedString(fs.Object, "spec", "priorityLevelConfiguration", "name")
+	if level != plc.GetName() {
+		t.Errorf("flow schema names level %q, the chart's is %q", level, plc.GetName())
+	}
+	shares, _, _ := unstructured.NestedFieldNoCopy(plc.Object, "spec", "limited", "nominalConcurrencyShares")
+	if fmt.Sprint(shares) != "100" {
+		t.Errorf("nominalConcurrencyShares = %v, want the value's 100", shares)
+	}
+	subjects, _, _ := unstructured.NestedSlice(fs.Object, "spec", "rules")
+	sa := find(t, objs, "ServiceAccount")
+	if !strings.Contains(fmt.Sprint(subjects), "name:"+sa.GetName()) {
+		t.Errorf("flow schema rules %v do not name the agents' service account %s", subjects, sa.GetName())
 	}
 }

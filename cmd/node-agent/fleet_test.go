@@ -38,7 +38,7 @@ var (
 	fleetDir     = flag.String("fleet.dir", "", "keep the control plane's and the agents' logs here (default: a temporary directory)")
 	fleetQPS     = flag.Int("fleet.controller-qps", 300, "kube-controller-manager's and kube-scheduler's client QPS")
 	fleetSpread  = flag.Duration("fleet.start-spread", 30*time.Second, "start the agents evenly over this time, as a DaemonSet's pods come up; 0: all at once")
-	fleetAPF     = flag.Bool("fleet.flowcontrol", true, "install the chart's PriorityLevelConfiguration and FlowSchema (flowControl.create)")
+	fleetAPF     = flag.Bool("fleet.flowcontrol", false, "install the chart's PriorityLevelConfiguration and FlowSchema (flowControl.create)")
 )
 
 // fleetIP is the loopback address of node i's metadata server and agent.

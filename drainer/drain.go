@@ -268,7 +268,7 @@ func (d *Drainer) evict(ctx context.Context, log *slog.Logger, plan Plan, pod co
 			log.Debug("held pod released", "held", res.Held.String(), "workers_done", res.Released)
 		}
 	}
-	backoff := newBackoff()
+	backoff, budget := newBackoff(), newBudgetBackoff()
 	refused := false // the last answer was a budget's refusal
 	told := false    // Refused was called for this pod
 	for {
@@ -344,6 +344,11 @@ func (d *Drainer) evict(ctx context.Context, log *slog.Logger, plan Plan, pod co
 		}
 		res.Err = err
 		wait := backoff.Step()
+		if refused {
+			wait = budget.Step()
+		} else if secs, ok := apierrors.SuggestsClientDelay(err); ok {
+			wait = max(wait, time.Duration(secs)*time.Second) // the server's Retry-After
+		}
 		if cut := plan.Cutoff(); now.Before(cut) && now.Add(wait).After(cut) {
 			wait = cut.Sub(now) // act on the policy as soon as the cut-off comes
 		}

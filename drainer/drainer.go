@@ -167,6 +167,15 @@ func permanent(err error) bool {
 		errors.Is(err, context.Canceled)
 }
 
+// newBudgetBackoff paces the retries of an eviction a budget refuses:
+// 0.5 s doubling to 4 s, each up to a quarter longer at random. A budget
+// frees up as replacement pods become ready, which takes seconds; when a
+// whole zone drains, every node's agent retries at once, and retrying every
+// few seconds with jitter keeps those refusals from crowding the apiserver.
+func newBudgetBackoff() *wait.Backoff {
+	return &wait.Backoff{Duration: 500 * time.Millisecond, Factor: 2, Jitter: 0.25, Steps: 1 << 30, Cap: 4 * time.Second}
+}
+
 func newBackoff() *wait.Backoff {
 	return &wait.Backoff{Duration: 50 * time.Millisecond, Factor: 2, Jitter: 0.2, Steps: 1 << 30, Cap: 2 * time.Second}
 }

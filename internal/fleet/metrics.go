@@ -8,6 +8,7 @@ import (
 	"math"
 	"net/http"
 	"slices"
+	"time"
 
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
@@ -81,7 +82,7 @@ func ScrapeAgent(ctx context.Context, addr string) (Metrics, error) {
 	if err != nil {
 		return nil, err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("agent metrics %s: %w", addr, err)
 	}

@@ -212,19 +212,7 @@ func (r *Report) Markdown() string {
 	if total > 0 {
 		p("| all | %.1f | %.1f | %.0f %% |\n", total/secsOf, agentTotal/secsOf, 100*agentTotal/total)
 	}
-	rej := r.After.Sum("apiserver_flowcontrol_rejected_requests_total", "priority_level", nil)
-	rejBefore := r.Before.Sum("apiserver_flowcontrol_rejected_requests_total", "priority_level", nil)
-	p("\n- 429s from API Priority and Fairness (apiserver_flowcontrol_rejected_requests_total): ")
-	any429 := false
-	for _, k := range sortedKeys(rej) {
-		if d := rej[k] - rejBefore[k]; d > 0 {
-			p("%s %.0f; ", k, d)
-			any429 = true
-		}
-	}
-	if !any429 {
-		p("none")
-	}
+	p("\n- 429s from API Priority and Fairness (apiserver_flowcontrol_rejected_requests_total): %s", rejected(r.Before, r.After))
 	p(".\n- Time requests waited in API Priority and Fairness queues, p99 (bucket bound) over the requests of the window: ")
 	for i, level := range []string{"lastcall", "workload-low", "workload-high", "system"} {
 		q, n := r.After.Quantile(r.Before, "apiserver_flowcontrol_request_wait_duration_seconds", map[string]string{"priority_level": level}, 0.99)
@@ -262,19 +250,24 @@ func (r *Report) Markdown() string {
 		}
 		p("%s %d", k, start[k])
 	}
-	p("), %d answered 429; API Priority and Fairness rejected, until the agents were at rest: ", start429)
-	rejRest := r.Rest.Sum("apiserver_flowcontrol_rejected_requests_total", "priority_level", nil)
-	rejNone := r.NoAgents.Sum("apiserver_flowcontrol_rejected_requests_total", "priority_level", nil)
-	any429 = false
-	for _, k := range sortedKeys(rejRest) {
-		if d := rejRest[k] - rejNone[k]; d > 0 {
-			p("%s %.0f; ", k, d)
-			any429 = true
+	p("), %d answered 429; API Priority and Fairness rejected, until the agents were at rest: %s.\n", start429, rejected(r.NoAgents, r.Rest))
+	return b.String()
+}
+
+// rejected lists the requests flow control rejected between two scrapes,
+// by priority level, or says none.
+func rejected(before, after Metrics) string {
+	const name = "apiserver_flowcontrol_rejected_requests_total"
+	was := before.Sum(name, "priority_level", nil)
+	now := after.Sum(name, "priority_level", nil)
+	var out []string
+	for _, k := range sortedKeys(now) {
+		if d := now[k] - was[k]; d > 0 {
+			out = append(out, fmt.Sprintf("%s %.0f", k, d))
 		}
 	}
-	if !any429 {
-		p("none")
+	if len(out) == 0 {
+		return "none"
 	}
-	p(".\n")
-	return b.String()
+	return strings.Join(out, "; ")
 }

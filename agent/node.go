@@ -14,6 +14,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/util/retry"
 
+	"github.com/lastcall-dev/lastcall/drainer"
 	"github.com/lastcall-dev/lastcall/watcher"
 )
 
@@ -34,7 +35,10 @@ func (a *Agent) setCondition(ctx context.Context, n watcher.Notice, imminent boo
 	// (wait.Interrupted); keep the last error to not lose it.
 	var last error
 	err = retry.OnError(backoff, transient(ctx), func() error {
-		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		// As long as a drain's calls: a shorter timeout cancels a
+		// patch waiting its turn in the apiserver's queues
+		// (drainer.DefaultCallTimeout).
+		cctx, cancel := context.WithTimeout(ctx, drainer.DefaultCallTimeout)
 		defer cancel()
 		_, last = a.Client.CoreV1().Nodes().Patch(cctx, a.cfg.Node, types.StrategicMergePatchType, patch, metav1.PatchOptions{}, "status")
 		return last

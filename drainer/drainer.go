@@ -41,7 +41,8 @@ type Options struct {
 	Hold HoldFunc
 	// Now is the clock. Default time.Now.
 	Now func() time.Time
-	// CallTimeout bounds each apiserver request. Default 5s.
+	// CallTimeout bounds each apiserver request; the drain's deadline
+	// bounds them too. Default 20s (DefaultCallTimeout).
 	CallTimeout time.Duration
 	// PollInterval is how often a drain checks which pods are gone.
 	// Default 250ms.
@@ -79,6 +80,17 @@ type Drainer struct {
 	refuse func(pod *corev1.Pod, err error)
 }
 
+// DefaultCallTimeout is how long one apiserver request may take, queueing
+// included. A busy apiserver queues requests in API Priority and Fairness
+// for up to a quarter of their 60 s deadline, 15 s, and answers 429 with
+// Retry-After itself when that is up. A client that gives up sooner cancels
+// a request that was waiting its turn and sends it again at the back of the
+// queue: when a zone's nodes drain at once, every agent does that, and the
+// queues fill with requests that will be canceled before they run (found
+// at 300 drains at once with a 5 s timeout: over 26,000 canceled in the
+// queues, most pods never asked to leave).
+const DefaultCallTimeout = 20 * time.Second
+
 // New returns a Drainer that talks to the apiserver through client.
 func New(client kubernetes.Interface, opts Options) *Drainer {
 	d := &Drainer{
@@ -99,7 +111,7 @@ func New(client kubernetes.Interface, opts Options) *Drainer {
 		d.now = time.Now
 	}
 	if d.call == 0 {
-		d.call = 5 * time.Second
+		d.call = DefaultCallTimeout
 	}
 	if d.poll == 0 {
 		d.poll = 250 * time.Millisecond

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -73,6 +74,17 @@ func runFleet(b *testing.B) {
 	} else if err := os.MkdirAll(dir, 0o755); err != nil {
 		b.Fatal(err)
 	}
+	// say logs progress to the benchmark's log and, as it happens, to
+	// Dir/progress.log: a 1,000-node run takes half an hour.
+	progress, err := os.Create(filepath.Join(dir, "progress.log"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer progress.Close()
+	say := func(format string, args ...any) {
+		b.Logf(format, args...)
+		fmt.Fprintf(progress, "%s "+format+"\n", append([]any{time.Now().Format(time.TimeOnly)}, args...)...)
+	}
 	kwok := os.Getenv("LASTCALL_KWOK")
 	if kwok == "" {
 		kwok = "../../.tools/kwok"
@@ -109,7 +121,7 @@ func runFleet(b *testing.B) {
 	want := w.Pods()
 	for last := time.Now(); obs.Running() < want; time.Sleep(time.Second) {
 		if time.Since(last) > 15*time.Second {
-			b.Logf("%d of %d pods running", obs.Running(), want)
+			say("%d of %d pods running", obs.Running(), want)
 			last = time.Now()
 		}
 		if err := c.Err(); err != nil {
@@ -119,7 +131,7 @@ func runFleet(b *testing.B) {
 			b.Fatalf("only %d of %d pods running after %v", obs.Running(), want, time.Since(began))
 		}
 	}
-	b.Logf("%d nodes, %d pods running after %v", n, want, time.Since(began).Round(time.Second))
+	say("%d nodes, %d pods running after %v", n, want, time.Since(began).Round(time.Second))
 	noAgents, err := fleet.ScrapeAPIServer(ctx, c.Client)
 	if err != nil {
 		b.Fatal(err)
@@ -175,7 +187,7 @@ func runFleet(b *testing.B) {
 	// still handles notices, so the run goes on and says how many were not.
 	notReady := waitReady(ctx, n, 10*time.Minute)
 	ready := time.Now()
-	b.Logf("%d agents started over %v, %d of them ready after %v", n, *fleetSpread, n-notReady, ready.Sub(started).Round(time.Millisecond))
+	say("%d agents started over %v, %d of them ready after %v", n, *fleetSpread, n-notReady, ready.Sub(started).Round(time.Millisecond))
 
 	// At rest.
 	time.Sleep(5 * time.Second)
@@ -183,9 +195,11 @@ func runFleet(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	idleCPU := sampleCPU(b)
 	idleFrom := time.Now()
 	time.Sleep(*fleetIdle)
 	idleTo := time.Now()
+	idleCPUEnd := sampleCPU(b)
 
 	// The preemption: victims spread over the fleet, alternately GCE and
 	// AWS.
@@ -204,6 +218,7 @@ func runFleet(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	cpu := sampleCPU(b)
 	first := time.Now()
 	var last time.Time
 	for _, i := range picked {
@@ -218,13 +233,20 @@ func runFleet(b *testing.B) {
 			last = deadline
 		}
 	}
-	b.Logf("preempted %d of %d nodes in %v", len(picked), n, time.Since(first).Round(time.Microsecond))
-	time.Sleep(time.Until(last.Add(10 * time.Second)))
+	say("preempted %d of %d nodes in %v", len(picked), n, time.Since(first).Round(time.Microsecond))
+	// Where the cores go, every 10 s, into the log.
+	for prev := cpu; time.Now().Before(last.Add(10 * time.Second)); {
+		time.Sleep(min(10*time.Second, time.Until(last.Add(10*time.Second))))
+		now := sampleCPU(b)
+		say("+%v cpu cores: %s", time.Since(first).Round(time.Second), strings.Join(now.Cores(prev), ", "))
+		prev = now
+	}
 	after, err := fleet.ScrapeAPIServer(ctx, c.Client)
 	if err != nil {
 		b.Fatal(err)
 	}
 	end := time.Now()
+	cpuEnd := sampleCPU(b)
 
 	r := &fleet.Report{
 		Nodes: n, Preempted: len(picked), Pods: want, Setup: ready.Sub(began),
@@ -232,7 +254,8 @@ func runFleet(b *testing.B) {
 		NoAgents: noAgents, Rest: rest, StartSpread: *fleetSpread, NotReady: notReady, IdleWindow: idleTo.Sub(idleFrom), StartTook: ready.Sub(started),
 		Evictions: map[string]float64{}, Drains: map[string]float64{},
 		FlowControl: *fleetAPF,
-		Agent:       "node-agent's run, one instance per node in one process, each with its own client certificate, TLS connection, informer and watch, metrics server and metadata server",
+		IdleCPU:     idleCPU, IdleCPUEnd: idleCPUEnd, CPU: cpu, CPUEnd: cpuEnd,
+		Agent: "node-agent's run, one instance per node in one process, each with its own client certificate, TLS connection, informer and watch, metrics server and metadata server",
 	}
 	for _, i := range picked {
 		m, err := fleet.ScrapeAgent(ctx, fleetIP(i)+":10573")
@@ -276,6 +299,16 @@ func runFleet(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(notEmpty), "nodes-not-empty")
+}
+
+// sampleCPU samples where the run's CPU time went (fleet.SampleCPU).
+func sampleCPU(b *testing.B) fleet.CPU {
+	b.Helper()
+	s, err := fleet.SampleCPU()
+	if err != nil {
+		b.Fatal(err)
+	}
+	return s
 }
 
 // auditBetween returns the agents' requests received in [from, to).

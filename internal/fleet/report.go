@@ -49,6 +49,8 @@ type Report struct {
 	// FlowControl says whether the chart's priority level and flow schema
 	// were installed.
 	FlowControl bool
+	// CPU samples at the ends of the idle window and of Window.
+	IdleCPU, IdleCPUEnd, CPU, CPUEnd CPU
 }
 
 // percentile returns the p-th percentile (nearest rank) of ds, sorted.
@@ -225,6 +227,8 @@ func (r *Report) Markdown() string {
 	p(".\n- Eviction request duration in the apiserver, p99 (bucket bound): %g s over %.0f requests", q, n)
 	p(".\n- All responses 429 (budgets included): %.0f; to the agents: %d.\n",
 		r.After.Total("apiserver_request_total", map[string]string{"code": "429"})-r.Before.Total("apiserver_request_total", map[string]string{"code": "429"}), agents429)
+	p("- CPU cores used, on average over the window (\"agents\" is the benchmark's process: the agents, the metadata servers and the observer): %s.\n",
+		strings.Join(r.CPUEnd.Cores(r.CPU), ", "))
 
 	p("\n## At rest\n\n")
 	p("- Watches open (apiserver_longrunning_requests, verb WATCH): %.0f before the agents, %.0f with them (pods: %.0f).\n",
@@ -242,6 +246,7 @@ func (r *Report) Markdown() string {
 	}
 	p("- The agents' requests in %s at rest: %d (%.1f per minute), of which polls (anything but a watch): %d; watches re-opened: %d (client-go ends a watch after 5 to 10 min and re-opens it).\n",
 		r.IdleWindow.Round(time.Second), len(r.Idle), float64(len(r.Idle))/r.IdleWindow.Minutes(), polls, idle["watch"])
+	p("- CPU cores used at rest: %s.\n", strings.Join(r.IdleCPUEnd.Cores(r.IdleCPU), ", "))
 	start, start429 := byVerb(r.Start)
 	p("- Start of the agents, evenly over %s: %d requests until %d of %d were ready, %s after the first started (", r.StartSpread, len(r.Start), r.Nodes-r.NotReady, r.Nodes, r.StartTook.Round(time.Second))
 	for i, k := range sortedKeys(start) {

@@ -73,7 +73,19 @@ type Config struct {
 	// drain has ended, so that the volumes of pods left behind detach at
 	// once when the machine stops; the uncordon removes it.
 	OutOfService bool
+	// CordonWait is how long a drain waits for the cordon, from the
+	// notice's detection: the drain starts once the cordon is done or
+	// failed, or when CordonWait has passed, whichever is first. The cordon
+	// keeps the evicted pods' replacements off the node, so it goes first;
+	// but when a zone drains at once it can queue in the apiserver behind
+	// other nodes' evictions, and a drain that waits for it loses the
+	// window (found at 300 drains at once: cordons took up to 64 s and
+	// most GCE drains started after their deadline). Default 2 s.
+	CordonWait time.Duration
 }
+
+// DefaultCordonWait is Config.CordonWait's default.
+const DefaultCordonWait = 2 * time.Second
 
 // Deps are the agent's collaborators.
 type Deps struct {
@@ -141,6 +153,7 @@ type Agent struct {
 	cordoned    bool               // Cordon succeeded since the last Uncordon
 	cordonTry   bool               // Cordon was tried for the current notices
 	nodeBusy    bool               // a node update (cordon, uncordon, condition) is under way
+	cordonTimer *time.Timer        // pokes when a drain waiting for the cordon may start anyway
 	retryAt     time.Time          // no node update before this (after a failure)
 	failures    int                // node updates failed in a row
 	outOfSvc    bool               // the out-of-service taint is on (since the last uncordon)
@@ -176,6 +189,9 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		cfg.Policies = DefaultPolicies()
 	}
 	cfg.Drain = cfg.Drain.WithDefaults()
+	if cfg.CordonWait <= 0 {
+		cfg.CordonWait = DefaultCordonWait
+	}
 	if deps.Notifier == nil {
 		deps.Notifier = noSidecars{}
 	}
@@ -493,10 +509,20 @@ func (a *Agent) reconcileDrain(ctx context.Context, d Desired) {
 		}
 		return
 	}
-	if !a.cordonTry {
-		return // the drain starts once the cordon is done (or failed)
-	}
 	want := *d.Drain
+	if !a.cordonTry && cur == nil {
+		// The drain starts once the cordon is done (or failed), or
+		// CordonWait after the notice, whichever is first.
+		if wait := want.Detected.Add(a.cfg.CordonWait).Sub(a.Now()); wait > 0 {
+			if a.cordonTimer == nil {
+				a.cordonTimer = time.AfterFunc(wait, func() {
+					a.post(ctx, func() { a.cordonTimer = nil })
+				})
+			}
+			return
+		}
+		a.Logger.Warn("cordon not done yet: draining without waiting for it", "waited", a.cfg.CordonWait.String())
+	}
 	switch {
 	case cur == nil:
 	case cur.notice.ID != want.ID || !cur.notice.Deadline.Equal(want.Deadline):

@@ -406,3 +406,50 @@ func joinLines(l []string) string {
 	}
 	return out
 }
+
+// stuckCordon is a modelDrainer whose cordon hangs until its context ends,
+// like a cordon queued in a busy apiserver.
+type stuckCordon struct{ *modelDrainer }
+
+func (s stuckCordon) Cordon(ctx context.Context, _, _, _ string) (bool, error) {
+	<-ctx.Done()
+	return false, ctx.Err()
+}
+
+// TestDrainWaitsForTheCordonAtMostCordonWait: with a cordon that does not
+// finish, the drain still starts, CordonWait after the notice and not
+// before.
+func TestDrainWaitsForTheCordonAtMostCordonWait(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		client := fake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: node}})
+		m := &modelDrainer{real: drainer.New(client, drainer.Options{})}
+		a, err := New(Config{Node: node}, Deps{
+			Client: client, Drainer: stuckCordon{m}, Notifier: &modelSidecars{},
+			Pods: NewNodePods(client, node), Events: record.NewFakeRecorder(1000),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(t.Context())
+		notices := make(chan watcher.Notice)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			_ = a.Run(ctx, notices)
+		}()
+		defer func() { cancel(); <-done }()
+		now := time.Now()
+		notices <- watcher.Notice{Source: watcher.SourceGCE, Kind: watcher.KindPreemption, State: watcher.StateActive,
+			ID: "p", Detected: now, Deadline: now.Add(30 * time.Second)}
+		time.Sleep(DefaultCordonWait - time.Millisecond)
+		synctest.Wait()
+		if got := m.running(); len(got) != 0 {
+			t.Fatalf("a drain started before CordonWait while the cordon was still under way: %v", got)
+		}
+		time.Sleep(2 * time.Millisecond)
+		synctest.Wait()
+		if got := m.running(); len(got) != 1 || !got[0].Equal(now.Add(30*time.Second)) {
+			t.Fatalf("drains running after CordonWait: %v, want one to the deadline", got)
+		}
+	})
+}

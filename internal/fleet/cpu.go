@@ -26,8 +26,11 @@ type CPU struct {
 const clockTick = 100
 
 // SampleCPU reads /proc for this process and its children.
-func SampleCPU() (CPU, error) {
-	s := CPU{At: time.Now(), Used: map[string]time.Duration{}}
+func SampleCPU() (s CPU, err error) {
+	s = CPU{Used: map[string]time.Duration{}}
+	// At is the end of the scan, which takes a millisecond when it runs:
+	// a starved process is more likely descheduled before it than in it.
+	defer func() { s.At = time.Now() }()
 	self := os.Getpid()
 	stats, err := filepath.Glob("/proc/[0-9]*/stat")
 	if err != nil {

@@ -14,6 +14,8 @@ KWOK_VERSION := v0.8.0
 FLEET_NODES  ?= 1000
 FLEET_IDLE   ?= 5m
 FLEET_REPORT ?= $(CURDIR)/bench/fleet.md
+# More of the benchmark's flags, for example -fleet.flowcontrol.
+FLEET_FLAGS  ?=
 
 export KUBEBUILDER_ASSETS := $(TESTBIN)
 export LASTCALL_TESTBIN := $(TESTBIN)
@@ -106,7 +108,7 @@ $(TOOLS)/kwok:
 fleet: nodebin $(TOOLS)/helm $(TOOLS)/kwok ## FLEET_NODES (1000) KWOK nodes, one agent each, 30 % preempted at once; writes bench/fleet.md; about 15 min, 8 GB
 	@mkdir -p $(BIN)/fleet
 	$(GO) test -run '^$$' -bench '^BenchmarkFleet$$' -benchtime 1x -timeout 60m ./cmd/node-agent \
-		-fleet.nodes=$(FLEET_NODES) -fleet.idle=$(FLEET_IDLE) -fleet.report=$(FLEET_REPORT) -fleet.dir=$(CURDIR)/$(BIN)/fleet
+		-fleet.nodes=$(FLEET_NODES) -fleet.idle=$(FLEET_IDLE) -fleet.report=$(FLEET_REPORT) -fleet.dir=$(CURDIR)/$(BIN)/fleet $(FLEET_FLAGS)
 
 demo: ## a whole preemption on this machine (control plane, NATS JetStream, 3 nodes): prints a timeline; about a minute
 	@test -x $(TESTBIN)/kube-apiserver || echo "building the control-plane binaries first (make testbin: etcd, kube-apiserver, kube-controller-manager; about 9 min on 2 cores, once)"

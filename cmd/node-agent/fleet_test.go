@@ -27,6 +27,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 
+	"github.com/lastcall-dev/lastcall/drainer"
 	"github.com/lastcall-dev/lastcall/internal/fleet"
 	"github.com/lastcall-dev/lastcall/internal/kubetest"
 )
@@ -40,6 +41,7 @@ var (
 	fleetQPS     = flag.Int("fleet.controller-qps", 300, "kube-controller-manager's and kube-scheduler's client QPS")
 	fleetSpread  = flag.Duration("fleet.start-spread", 30*time.Second, "start the agents evenly over this time, as a DaemonSet's pods come up; 0: all at once")
 	fleetNice    = flag.Int("fleet.nice", 5, "run the agents' process at this nice value, above the control plane's: on a real fleet they do not share cores; 0 to share equally")
+	fleetBase    = flag.Bool("fleet.baseline", false, "the agents are not told: the benchmark itself cordons and drains the preempted nodes with the drainer package, as a cluster admin (exempt from flow control, no client-side limit, one connection): what this control plane can do at best")
 	fleetAPF     = flag.Bool("fleet.flowcontrol", false, "install the chart's PriorityLevelConfiguration and FlowSchema (flowControl.create)")
 )
 
@@ -226,6 +228,12 @@ func runFleet(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	var (
+		baseline sync.WaitGroup
+		baseMu   sync.Mutex // guards baseReps
+		baseReps []drainer.Report
+	)
+	base := baselineDrainer{d: drainer.New(c.Client, drainer.Options{Pods: obs})}
 	cpu := sampleCPU(b)
 	first := time.Now()
 	var last time.Time
@@ -236,7 +244,19 @@ func runFleet(b *testing.B) {
 			cloud, deadline = fleet.AWS, notice.Add(2*time.Minute).Truncate(time.Second)
 		}
 		obs.Preempted(fleet.NodeName(i), cloud, notice, deadline)
-		mds[i].Preempt(deadline)
+		if *fleetBase {
+			baseline.Go(func() {
+				rep, err := base.Drain(ctx, fleet.NodeName(i), cloud, deadline)
+				if err != nil {
+					b.Error(err)
+				}
+				baseMu.Lock()
+				defer baseMu.Unlock()
+				baseReps = append(baseReps, rep)
+			})
+		} else {
+			mds[i].Preempt(deadline)
+		}
 		if deadline.After(last) {
 			last = deadline
 		}
@@ -264,6 +284,17 @@ func runFleet(b *testing.B) {
 		FlowControl: *fleetAPF,
 		IdleCPU:     idleCPU, IdleCPUEnd: idleCPUEnd, CPU: cpu, CPUEnd: cpuEnd,
 		Agent: "node-agent's run, one instance per node in one process, each with its own client certificate, TLS connection, informer and watch, metrics server and metadata server",
+	}
+	baseline.Wait()
+	for _, rep := range baseReps {
+		for _, p := range rep.Pods {
+			r.Evictions[string(p.Outcome)]++
+		}
+		r.Drains[map[bool]string{true: "drained", false: "incomplete"}[rep.Drained]]++
+	}
+	if *fleetBase {
+		r.Agent = "none told: the benchmark drained the preempted nodes itself (-fleet.baseline), with the drainer package and one cluster-admin client, exempt from flow control; " + r.Agent
+		picked = nil // no agent's metrics to read
 	}
 	for _, i := range picked {
 		m, err := fleet.ScrapeAgent(ctx, fleetIP(i)+":10573")
@@ -307,6 +338,17 @@ func runFleet(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(notEmpty), "nodes-not-empty")
+}
+
+// baselineDrainer drains a node as an agent's drainer would, cordon
+// first, from the benchmark's own admin client.
+type baselineDrainer struct{ d *drainer.Drainer }
+
+func (bd baselineDrainer) Drain(ctx context.Context, node string, cloud fleet.Cloud, deadline time.Time) (drainer.Report, error) {
+	if _, err := bd.d.Cordon(ctx, node, string(cloud), "preemption"); err != nil {
+		return drainer.Report{Node: node}, err
+	}
+	return bd.d.Drain(ctx, node, deadline, drainer.Policy{})
 }
 
 // sampleCPU samples where the run's CPU time went (fleet.SampleCPU).

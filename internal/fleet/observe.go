@@ -60,6 +60,9 @@ func NewObserver(client kubernetes.Interface) *Observer {
 		onNode:  map[string]map[string]bool{},
 	}
 	o.pods = o.factory.Core().V1().Pods().Informer()
+	_ = o.pods.AddIndexers(cache.Indexers{nodeIndex: func(obj any) ([]string, error) {
+		return []string{obj.(*corev1.Pod).Spec.NodeName}, nil
+	}})
 	_, _ = o.pods.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { o.pod(nil, obj.(*corev1.Pod)) },
 		UpdateFunc: func(old, obj any) { o.pod(old.(*corev1.Pod), obj.(*corev1.Pod)) },
@@ -194,6 +197,24 @@ func (o *Observer) node(n *corev1.Node) {
 	if cordoned {
 		r.Cordoned = now
 	}
+}
+
+// nodeIndex indexes the observer's pods by node.
+const nodeIndex = "node"
+
+// ListPods returns the pods bound to node from the observer's watch: a
+// drainer.PodLister for the baseline drain, which then adds no list
+// requests, as an agent's own watch does not.
+func (o *Observer) ListPods(_ context.Context, node string) ([]corev1.Pod, error) {
+	objs, err := o.pods.GetIndexer().ByIndex(nodeIndex, node)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]corev1.Pod, 0, len(objs))
+	for _, obj := range objs {
+		out = append(out, *obj.(*corev1.Pod))
+	}
+	return out, nil
 }
 
 // Running is the number of pods seen Running.

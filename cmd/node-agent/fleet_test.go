@@ -430,7 +430,7 @@ func applyChart(ctx context.Context, client kubernetes.Interface, flowControl bo
 	args := []string{"template", "lastcall", "../../charts/lastcall", "--namespace", "lastcall",
 		"--show-only", "templates/clusterrole.yaml", "--show-only", "templates/clusterrolebinding.yaml"}
 	if flowControl {
-		args = append(args, "--show-only", "templates/flowcontrol.yaml")
+		args = append(args, "--show-only", "templates/flowcontrol.yaml", "--set", "flowControl.create=true")
 	} else {
 		args = append(args, "--set", "flowControl.create=false")
 	}

@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -615,22 +616,55 @@ func TestWebhookURLNotInCommandLine(t *testing.T) {
 	}
 }
 
-// checkFlowControl: the agents' service account gets the chart's priority
-// level, with the values given.
+// checkFlowControl: the agents' service account gets the chart's two
+// priority levels, with the values given: its node updates one of their
+// own, matched first, everything else the other.
 func checkFlowControl(t *testing.T, objs []*unstructured.Unstructured) {
-	fs := find(t, objs, "FlowSchema")
-	plc := find(t, objs, "PriorityLevelConfiguration")
-	level, _, _ := unstructured.NestedString(fs.Object, "spec", "priorityLevelConfiguration", "name")
-	if level != plc.GetName() {
-		t.Errorf("flow schema names level %q, the chart's is %q", level, plc.GetName())
+	levels := map[string]*unstructured.Unstructured{}
+	var schemas []*unstructured.Unstructured
+	for _, o := range objs {
+		switch o.GetKind() {
+		case "PriorityLevelConfiguration":
+			levels[o.GetName()] = o
+		case "FlowSchema":
+			schemas = append(schemas, o)
+		}
 	}
-	shares, _, _ := unstructured.NestedFieldNoCopy(plc.Object, "spec", "limited", "nominalConcurrencyShares")
-	if fmt.Sprint(shares) != "100" {
-		t.Errorf("nominalConcurrencyShares = %v, want the value's 100", shares)
+	if len(levels) != 2 || len(schemas) != 2 {
+		t.Fatalf("rendered %d priority levels and %d flow schemas, want 2 and 2", len(levels), len(schemas))
 	}
-	subjects, _, _ := unstructured.NestedSlice(fs.Object, "spec", "rules")
 	sa := find(t, objs, "ServiceAccount")
-	if !strings.Contains(fmt.Sprint(subjects), "name:"+sa.GetName()) {
-		t.Errorf("flow schema rules %v do not name the agents' service account %s", subjects, sa.GetName())
+	precedence := map[string]int64{}
+	for _, fs := range schemas {
+		level, _, _ := unstructured.NestedString(fs.Object, "spec", "priorityLevelConfiguration", "name")
+		plc := levels[level]
+		if plc == nil {
+			t.Fatalf("flow schema %s names level %q, not one of the chart's", fs.GetName(), level)
+		}
+		shares, _, _ := unstructured.NestedFieldNoCopy(plc.Object, "spec", "limited", "nominalConcurrencyShares")
+		want := "100"
+		if strings.HasSuffix(level, "-node") {
+			want = "7"
+		}
+		if fmt.Sprint(shares) != want {
+			t.Errorf("level %s: nominalConcurrencyShares = %v, want the value's %s", level, shares, want)
+		}
+		rules, _, _ := unstructured.NestedSlice(fs.Object, "spec", "rules")
+		if !strings.Contains(fmt.Sprint(rules), "name:"+sa.GetName()) {
+			t.Errorf("flow schema %s rules %v do not name the agents' service account %s", fs.GetName(), rules, sa.GetName())
+		}
+		p, _, _ := unstructured.NestedFieldNoCopy(fs.Object, "spec", "matchingPrecedence")
+		precedence[level], _ = strconv.ParseInt(fmt.Sprint(p), 10, 64)
+	}
+	var node, other int64
+	for level, p := range precedence {
+		if strings.HasSuffix(level, "-node") {
+			node = p
+		} else {
+			other = p
+		}
+	}
+	if node == 0 || node >= other {
+		t.Errorf("precedences: node updates %d, the rest %d; want the node updates' schema matched first", node, other)
 	}
 }

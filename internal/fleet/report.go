@@ -216,7 +216,7 @@ func (r *Report) Markdown() string {
 	}
 	p("\n- 429s from API Priority and Fairness (apiserver_flowcontrol_rejected_requests_total): %s", rejected(r.Before, r.After))
 	p(".\n- Time requests waited in API Priority and Fairness queues, p99 (bucket bound) over the requests of the window: ")
-	for i, level := range []string{"lastcall", "workload-low", "workload-high", "system"} {
+	for i, level := range []string{"lastcall-node", "lastcall", "workload-low", "workload-high", "system"} {
 		q, n := r.After.Quantile(r.Before, "apiserver_flowcontrol_request_wait_duration_seconds", map[string]string{"priority_level": level}, 0.99)
 		if i > 0 {
 			p("; ")

@@ -129,6 +129,7 @@ func chartAppVersion(t *testing.T) string {
 
 func checkDefault(t *testing.T, objs []*unstructured.Unstructured) {
 	want := []string{"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "DaemonSet",
+		"FlowSchema", "FlowSchema", "PriorityLevelConfiguration", "PriorityLevelConfiguration",
 		"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding", "ValidatingAdmissionPolicyBinding"}
 	if got := kinds(objs); !slices.Equal(got, want) {
 		t.Errorf("kinds = %v, want %v", got, want)

@@ -80,7 +80,10 @@
 // holds the deadline of each kind's earliest active notice.
 //
 // Reconcile starts work and never waits for it: node updates run one at a
-// time and are retried with backoff while they are still wanted; a drain is
+// time and are retried with backoff while they are still wanted; a new
+// drain starts once the cordon is done or failed, or Config.CordonWait
+// after the notice, whichever is first (a cordon queued in a busy
+// apiserver must not cost the drain its window); a drain is
 // restarted when its target changes (an earlier deadline arrives, or the
 // notice that superseded it is canceled) and run again when pods land on
 // the node after it finished; the notice loop is never blocked by any of it.

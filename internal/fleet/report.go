@@ -107,7 +107,7 @@ func (r *Report) Markdown() string {
 	p("%d pods (%d Deployments, 3 in 4 with a PodDisruptionBudget; %d DaemonSets; a system-critical Deployment), KWOK nodes, real kube-apiserver (default API Priority and Fairness), etcd, kube-controller-manager and kube-scheduler. Fleet up, agents ready: %s. Agents: %s.\n\n",
 		r.Pods, Deployments, len(DaemonSets), r.Setup.Round(time.Second), r.Agent)
 	if r.FlowControl {
-		p("The chart's flow control is installed: the agents' requests have the priority level lastcall, one flow per namespace.\n\n")
+		p("The chart's flow control is installed: the agents' node updates have the priority level lastcall-node, their other requests the level lastcall, one flow per namespace.\n\n")
 	} else {
 		p("Without the chart's flow control: the agents' requests fall in the service-accounts flow schema (priority level workload-low, one flow: every agent is the same user).\n\n")
 	}

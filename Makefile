@@ -105,7 +105,7 @@ bench: testbin ## run the benchmarks (real control plane, real binaries) and wri
 $(TOOLS)/kwok:
 	GOBIN=$(TOOLS) $(GO) install sigs.k8s.io/kwok/cmd/kwok@$(KWOK_VERSION)
 
-fleet: nodebin $(TOOLS)/helm $(TOOLS)/kwok ## FLEET_NODES (1000) KWOK nodes, one agent each, 30 % preempted at once; writes bench/fleet.md; about 15 min, 8 GB
+fleet: nodebin $(TOOLS)/helm $(TOOLS)/kwok ## FLEET_NODES (1000) KWOK nodes, one agent each, 30 % preempted at once; writes bench/fleet.md; about 12 min, 8 GB
 	@mkdir -p $(BIN)/fleet
 	$(GO) test -run '^$$' -bench '^BenchmarkFleet$$' -benchtime 1x -timeout 60m ./cmd/node-agent \
 		-fleet.nodes=$(FLEET_NODES) -fleet.idle=$(FLEET_IDLE) -fleet.report=$(FLEET_REPORT) -fleet.dir=$(CURDIR)/$(BIN)/fleet $(FLEET_FLAGS)

@@ -368,9 +368,9 @@ func (a *Agent) reconcileSidecars(ctx context.Context, d Desired) {
 	a.told = &st
 	gen := a.Notifier.Tell(st)
 	log := a.Logger.With("phase", st.Phase, "notice", st.NoticeID)
-	var detected time.Time
+	var drain watcher.Notice
 	if d.Drain != nil {
-		detected = d.Drain.Detected
+		drain = *d.Drain
 	}
 	a.wg.Go(func() {
 		tctx, cancel := context.WithTimeout(ctx, advisoryTimeout)
@@ -386,8 +386,8 @@ func (a *Agent) reconcileSidecars(ctx context.Context, d Desired) {
 			}
 			return
 		}
-		if !detected.IsZero() {
-			a.Metrics.sidecarsTold(a.Now().Sub(detected))
+		if !drain.Detected.IsZero() {
+			a.Metrics.sidecarsTold(drain, a.Now().Sub(drain.Detected))
 		}
 		log.Info("sidecars told", "told", told)
 	})
@@ -412,7 +412,7 @@ func (a *Agent) reconcileNode(ctx context.Context, d Desired) {
 				a.cordoned = true
 				a.obs.RecordKnown, a.obs.Record = true, &drainer.Record{Source: string(n.Source), Time: a.Now()}
 				took := a.Now().Sub(n.Detected)
-				a.Metrics.cordoned(took)
+				a.Metrics.cordoned(*n, took)
 				a.Logger.Info("node cordoned", "since_notice", took.Round(time.Millisecond).String())
 			}
 		})
@@ -597,7 +597,7 @@ func (a *Agent) drained(ctx context.Context, log *slog.Logger, n watcher.Notice,
 		return
 	}
 	left := n.Deadline.Sub(rep.Finished)
-	a.Metrics.drained(rep, rep.Finished.Sub(n.Detected), left)
+	a.Metrics.drained(n, rep, rep.Finished.Sub(n.Detected), left)
 	kind := corev1.EventTypeNormal
 	if !rep.Drained {
 		kind = corev1.EventTypeWarning

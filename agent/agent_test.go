@@ -301,6 +301,49 @@ func TestDeadlineGauge(t *testing.T) {
 	})
 }
 
+// TestLatencyLabels: the latency histograms say which source and kind of
+// notice each observation is for, so GCE and AWS can be told apart.
+func TestLatencyLabels(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		reg := prometheus.NewRegistry()
+		client := fake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}})
+		a, err := New(Config{Node: "n1"}, Deps{Client: client, Drainer: &recDrainer{}, Pods: NewNodePods(client, "n1"),
+			Events: record.NewFakeRecorder(100), Metrics: NewMetrics(reg)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		gce := notice("p1", watcher.KindPreemption, watcher.StateActive, 30*time.Second)
+		gce.Source = watcher.SourceGCE
+		run(t, a, gce)
+		got := map[string]uint64{}
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			for _, m := range mf.GetMetric() {
+				if m.GetHistogram() == nil {
+					continue
+				}
+				var labels []string
+				for _, l := range m.GetLabel() {
+					labels = append(labels, l.GetName()+"="+l.GetValue())
+				}
+				got[mf.GetName()+"{"+strings.Join(labels, ",")+"}"] = m.GetHistogram().GetSampleCount()
+			}
+		}
+		want := map[string]uint64{
+			"lastcall_notice_to_cordon_seconds{kind=preemption,source=gce}":        1,
+			"lastcall_notice_to_sidecars_told_seconds{kind=preemption,source=gce}": 1,
+			"lastcall_notice_to_drained_seconds{kind=preemption,source=gce}":       1,
+			"lastcall_drain_deadline_left_seconds{kind=preemption,source=gce}":     1,
+		}
+		if !maps.Equal(got, want) {
+			t.Errorf("histogram series %v, want %v", got, want)
+		}
+	})
+}
+
 // TestEventReasons: the notice's Event names its kind, a refused cordon is
 // a Warning CordonFailed (once per run of failures), an ignored notice a
 // Warning NoticeIgnored.

@@ -14,10 +14,10 @@ import (
 // nothing.
 type Metrics struct {
 	notices       *prometheus.CounterVec
-	toCordon      prometheus.Histogram
-	toSidecars    prometheus.Histogram
-	toDrained     prometheus.Histogram
-	deadlineLeft  prometheus.Histogram
+	toCordon      *prometheus.HistogramVec
+	toSidecars    *prometheus.HistogramVec
+	toDrained     *prometheus.HistogramVec
+	deadlineLeft  *prometheus.HistogramVec
 	drains        *prometheus.CounterVec
 	errors        *prometheus.CounterVec
 	webhookStatus *prometheus.CounterVec
@@ -35,6 +35,12 @@ var errorOps = []string{"read_node", "cordon", "uncordon", "condition", "out_of_
 // retries), retried (an attempt that will be tried again).
 var webhookResults = []string{"sent", "refused", "error", "retried"}
 
+// noticeLabels label the latency histograms by the notice's source (gce,
+// aws, azure, sim) and kind (preemption, spot-interruption, ...): both are
+// closed sets, so a node has at most a few dozen series per histogram, and
+// only for the notices it has seen (none is created up front).
+var noticeLabels = []string{"source", "kind"}
+
 // latencyBuckets spans a cordon in milliseconds to a two-minute AWS window.
 var latencyBuckets = []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 15, 20, 30, 60, 120}
 
@@ -45,18 +51,18 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "lastcall_notices_handled_total",
 			Help: "Notices the agent acted on, by source, kind, state and action.",
 		}, []string{"source", "kind", "state", "action"}),
-		toCordon: prometheus.NewHistogram(prometheus.HistogramOpts{
+		toCordon: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "lastcall_notice_to_cordon_seconds", Help: "Time from detecting a notice to the node being cordoned.", Buckets: latencyBuckets,
-		}),
-		toSidecars: prometheus.NewHistogram(prometheus.HistogramOpts{
+		}, noticeLabels),
+		toSidecars: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "lastcall_notice_to_sidecars_told_seconds", Help: "Time from detecting a notice to every connected sidecar being told.", Buckets: latencyBuckets,
-		}),
-		toDrained: prometheus.NewHistogram(prometheus.HistogramOpts{
+		}, noticeLabels),
+		toDrained: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "lastcall_notice_to_drained_seconds", Help: "Time from detecting a notice to the end of the drain.", Buckets: latencyBuckets,
-		}),
-		deadlineLeft: prometheus.NewHistogram(prometheus.HistogramOpts{
+		}, noticeLabels),
+		deadlineLeft: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "lastcall_drain_deadline_left_seconds", Help: "Time left before the deadline when a drain ended.", Buckets: []float64{0, 1, 2, 5, 10, 15, 20, 30, 60, 90, 120},
-		}),
+		}, noticeLabels),
 		drains: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "lastcall_drains_total", Help: "Drains finished, by result: drained (every evicted pod gone) or incomplete.",
 		}, []string{"result"}),
@@ -145,24 +151,24 @@ func (m *Metrics) notice(n watcher.Notice, a Action) {
 	}
 }
 
-func (m *Metrics) cordoned(d time.Duration) {
+func (m *Metrics) cordoned(n watcher.Notice, d time.Duration) {
 	if m != nil {
-		m.toCordon.Observe(d.Seconds())
+		m.toCordon.WithLabelValues(string(n.Source), string(n.Kind)).Observe(d.Seconds())
 	}
 }
 
-func (m *Metrics) sidecarsTold(d time.Duration) {
+func (m *Metrics) sidecarsTold(n watcher.Notice, d time.Duration) {
 	if m != nil {
-		m.toSidecars.Observe(d.Seconds())
+		m.toSidecars.WithLabelValues(string(n.Source), string(n.Kind)).Observe(d.Seconds())
 	}
 }
 
-func (m *Metrics) drained(rep drainer.Report, took, left time.Duration) {
+func (m *Metrics) drained(n watcher.Notice, rep drainer.Report, took, left time.Duration) {
 	if m == nil {
 		return
 	}
-	m.toDrained.Observe(took.Seconds())
-	m.deadlineLeft.Observe(max(0, left.Seconds()))
+	m.toDrained.WithLabelValues(string(n.Source), string(n.Kind)).Observe(took.Seconds())
+	m.deadlineLeft.WithLabelValues(string(n.Source), string(n.Kind)).Observe(max(0, left.Seconds()))
 	result := "incomplete"
 	if rep.Drained {
 		result = "drained"

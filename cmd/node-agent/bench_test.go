@@ -71,7 +71,7 @@ func BenchmarkNodeAgent110(b *testing.B) {
 		b.ReportMetric(peak, "MiB-rss-peak-draining")
 		b.ReportMetric(float64(cordoned.Milliseconds()), "ms-notice-to-cordon")
 		b.ReportMetric(float64(drained.Milliseconds()), "ms-notice-to-110-gone")
-		if s := p.metric(b, "lastcall_notice_to_cordon_seconds_sum"); s > 0 {
+		if s := p.metric(b, `lastcall_notice_to_cordon_seconds_sum{kind="preemption",source="gce"}`); s > 0 {
 			b.ReportMetric(s*1000, "ms-detected-to-cordon")
 		}
 	}

@@ -115,7 +115,7 @@ func TestSidecarsToldAndDoneFirst(t *testing.T) {
 		eventually(t, 5*time.Second, fmt.Sprintf("worker-%d sees draining", i), func() bool { return sp.phase() == "draining" })
 	}
 	eventually(t, 5*time.Second, "sidecars-told metric", func() bool {
-		return p.metric(t, "lastcall_notice_to_sidecars_told_seconds_count") == 1
+		return p.metric(t, `lastcall_notice_to_sidecars_told_seconds_count{kind="preemption",source="sim"}`) == 1
 	})
 	eventually(t, 5*time.Second, "cordoned", func() bool { return c.cordoned(t) })
 	for i := range 3 {

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"strings"
@@ -86,6 +87,7 @@ type options struct {
 	reserve, cutoff, criticalWindow         time.Duration
 	dryRun                                  bool
 	listen, sidecarListen                   string
+	nodeIP                                  string
 	webhookURL, webhookFormat               string
 	webhookURLFile, webhookTemplateFile     string
 	webhookHeaders                          headerFlag
@@ -119,6 +121,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 		fs.PrintDefaults()
 	}
 	fs.StringVar(&o.node, "node-name", getenv("NODE_NAME"), "name of this node (env NODE_NAME)")
+	fs.StringVar(&o.nodeIP, "node-ip", getenv("NODE_IP"), "this node's IP, from which the kubelet probes the agent: its connections to --listen are never closed for another source's (env NODE_IP)")
 	fs.StringVar(&o.podName, "pod-name", getenv("POD_NAME"), "the agent's own pod, never evicted (env POD_NAME)")
 	fs.StringVar(&o.podNamespace, "pod-namespace", getenv("POD_NAMESPACE"), "the agent's own namespace (env POD_NAMESPACE)")
 	fs.StringVar(&o.kubeconfig, "kubeconfig", getenv("KUBECONFIG"), "kubeconfig file; empty: in-cluster config (env KUBECONFIG)")
@@ -253,11 +256,18 @@ func run(ctx context.Context, o *options, logger *slog.Logger) error {
 	notYet := func() error { return errors.New("no cloud metadata service found yet; still probing") }
 	ready.Store(&notYet)
 	metricsLimits, hubLimits := limits()
+	if o.nodeIP != "" {
+		ip, err := netip.ParseAddr(o.nodeIP)
+		if err != nil {
+			return fmt.Errorf("--node-ip: %w", err)
+		}
+		metricsLimits.Reserved = []netip.Addr{ip}
+	}
 	guard, err := httpguard.NewMetrics(reg)
 	if err != nil {
 		return err
 	}
-	ln, err := httpguard.Listen("tcp", o.listen, metricsLimits, guard.Refused("metrics"))
+	ln, err := httpguard.Listen("tcp", o.listen, metricsLimits, guard.Shed("metrics"))
 	if err != nil {
 		return fmt.Errorf("--listen: %w", err)
 	}
@@ -334,7 +344,7 @@ func run(ctx context.Context, o *options, logger *slog.Logger) error {
 		}
 		holds = agent.NewHolds(hub, pods)
 		notifier, dopts.Hold = holds, holds.Hold
-		if hubListener, err = httpguard.Listen("tcp", o.sidecarListen, hubLimits, guard.Refused("sidecars")); err != nil {
+		if hubListener, err = httpguard.Listen("tcp", o.sidecarListen, hubLimits, guard.Shed("sidecars")); err != nil {
 			return stopped(fmt.Errorf("--sidecar-listen: %w", err))
 		}
 		hubServer = httpguard.Server(hub.Handler(), hubLimits, logger)

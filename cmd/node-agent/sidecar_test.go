@@ -68,6 +68,20 @@ func (sp *sidecarProc) phase() string {
 	return st.Phase
 }
 
+// agentConnected reports whether the sidecar says its last poll of the
+// agent was answered.
+func (sp *sidecarProc) agentConnected() bool {
+	resp, err := http.Get("http://" + sp.api + "/v1/state")
+	if err != nil {
+		return false
+	}
+	defer resp.Body.Close()
+	var st struct {
+		AgentConnected bool `json:"agent_connected"`
+	}
+	return json.NewDecoder(resp.Body).Decode(&st) == nil && st.AgentConnected
+}
+
 func (sp *sidecarProc) done_(t *testing.T) {
 	t.Helper()
 	resp, err := http.Post("http://"+sp.api+"/v1/done", "application/json", nil)

@@ -3,19 +3,23 @@
 // (hostNetwork), and the injector's is reachable from the whole cluster.
 //
 // A guarded server has read, write and idle timeouts and a body limit; its
-// listener caps connections per source address and in total, closing the
-// ones over a cap at once (so an idle flood costs file descriptors, not
-// goroutines and buffers); and its refusals are counted, with their log
-// lines rate-limited.
+// listener caps connections per source address and in total; at a cap it
+// lets the newcomer in and closes an idle or old connection of the heaviest
+// source instead (so a flood costs its own connections, never a probe's or
+// a sidecar's, and cannot lock anyone out); what it sheds is counted, and
+// the server's log lines are rate-limited.
 package httpguard
 
 import (
 	"context"
+	"crypto/tls"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -42,6 +46,11 @@ type Limits struct {
 	MaxConns int
 	// MaxConnsPerAddr caps the open connections from one source address.
 	MaxConnsPerAddr int
+	// Reserved are source addresses whose connections do not count
+	// against MaxConns and are never closed for another source's: the
+	// node's own IP, from which the kubelet probes a hostNetwork pod. Only
+	// MaxConnsPerAddr bounds them.
+	Reserved []netip.Addr
 }
 
 // Default limits: a few seconds for a request, 16 KiB of headers, 64 KiB of
@@ -91,106 +100,255 @@ func Server(h http.Handler, l Limits, logger *slog.Logger) *http.Server {
 	l = l.withDefaults()
 	return &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if c, _ := r.Context().Value(connKey{}).(*conn); c != nil {
+				c.handled.Add(1)
+				defer func() { c.served.Store(true); c.handled.Add(-1) }()
+			}
+			if r.ContentLength > l.MaxBodyBytes {
+				// Refused before a byte of the body is read.
+				http.Error(w, "request body too large", http.StatusRequestEntityTooLarge)
+				return
+			}
 			r.Body = http.MaxBytesReader(w, r.Body, l.MaxBodyBytes)
 			h.ServeHTTP(w, r)
 		}),
+		ConnContext: func(ctx context.Context, nc net.Conn) context.Context {
+			if c := guarded(nc); c != nil {
+				return context.WithValue(ctx, connKey{}, c)
+			}
+			return ctx
+		},
 		ReadHeaderTimeout: l.ReadHeaderTimeout,
 		ReadTimeout:       l.ReadTimeout,
 		WriteTimeout:      l.WriteTimeout,
 		IdleTimeout:       l.IdleTimeout,
 		MaxHeaderBytes:    l.MaxHeaderBytes,
+		ConnState:         trackState,
 		ErrorLog:          slog.NewLogLogger(NewQuietLogger(logger).Handler(), slog.LevelWarn),
 	}
 }
 
-// Refused is called for each connection a Listener closes at once; reason
-// is "total" or "per_address".
-type Refused func(reason string)
+// Shed is called for each connection a Listener closes to stay within a
+// cap; reason is "total" or "per_address".
+type Shed func(reason string)
 
 // Listen listens on addr and caps its connections as l says.
-func Listen(network, addr string, l Limits, refused Refused) (net.Listener, error) {
+func Listen(network, addr string, l Limits, shed Shed) (net.Listener, error) {
 	ln, err := net.Listen(network, addr)
 	if err != nil {
 		return nil, err
 	}
-	return Wrap(ln, l, refused), nil
+	return Wrap(ln, l, shed), nil
 }
 
 // Wrap caps the connections ln accepts as l says.
-func Wrap(ln net.Listener, l Limits, refused Refused) net.Listener {
+//
+// A cap never refuses a newcomer: a client that opens a connection to ask
+// something now (a kubelet's probe, a sidecar's poll) gets in. When a cap
+// is reached, the listener closes one open connection instead: for the
+// per-address cap one of the newcomer's own source; for the total cap one
+// of any source. It closes the least busy first: a connection that has
+// sent nothing, then one still sending its first request, then one idle
+// after a request (a keep-alive), then one sending a later request, and
+// last one whose request is being answered (a sidecar's long-poll, a
+// probe); among equals one of the source that holds the most, the oldest.
+// A flood thus costs the flooder its own connections. A flood from more distinct
+// addresses than the total cap that redials faster than the server reads a
+// newcomer's first request can still crowd out a newcomer: the sources in
+// Limits.Reserved (the kubelet's) are out of its reach. Serve with a Server made by this package, which
+// tells the listener what each connection is doing.
+func Wrap(ln net.Listener, l Limits, shed Shed) net.Listener {
 	l = l.withDefaults()
-	if refused == nil {
-		refused = func(string) {}
+	if shed == nil {
+		shed = func(string) {}
 	}
-	return &listener{Listener: ln, max: l.MaxConns, perAddr: l.MaxConnsPerAddr, refused: refused, open: map[netip.Addr]int{}}
+	reserved := map[netip.Addr]bool{}
+	for _, a := range l.Reserved {
+		reserved[a.Unmap()] = true
+	}
+	return &listener{Listener: ln, max: l.MaxConns, perAddr: l.MaxConnsPerAddr, reserved: reserved, shed: shed, open: map[netip.Addr][]*conn{}}
 }
 
 type listener struct {
 	net.Listener
 	max, perAddr int
-	refused      Refused
+	reserved     map[netip.Addr]bool
+	shed         Shed
 
-	mu    sync.Mutex // guards open and total
-	open  map[netip.Addr]int
-	total int
+	mu    sync.Mutex // guards open, total and seq
+	open  map[netip.Addr][]*conn
+	total int // open connections of sources not reserved
+	seq   uint64
 }
 
-// Accept returns the next connection within the caps; connections over a
-// cap are closed at once and not returned.
+// Accept returns the next connection; when it takes a cap over its limit,
+// it first closes one connection as Wrap says.
 func (l *listener) Accept() (net.Conn, error) {
-	for {
-		c, err := l.Listener.Accept()
-		if err != nil {
-			return nil, err
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	key := sourceKey(c)
+	l.mu.Lock()
+	var victim *conn
+	reason := ""
+	switch {
+	case len(l.open[key]) >= l.perAddr:
+		victim, reason = pick(l.open[key]), "per_address"
+	case l.reserved[key]:
+	case l.total >= l.max:
+		victim, reason = l.heaviest(), "total"
+	}
+	if victim != nil {
+		l.removeLocked(victim)
+	}
+	l.seq++
+	gc := &conn{Conn: c, l: l, key: key, seq: l.seq}
+	l.open[key] = append(l.open[key], gc)
+	if !l.reserved[key] {
+		l.total++
+	}
+	l.mu.Unlock()
+	if victim != nil {
+		_ = victim.Conn.Close()
+		l.shed(reason)
+	}
+	return gc, nil
+}
+
+// heaviest returns the connection to shed for the total cap: of the
+// connections in the least busy state, one of the source that holds the
+// most connections, the oldest. Reserved sources are left out.
+func (l *listener) heaviest() *conn {
+	least := serving
+	for key, cs := range l.open {
+		for _, c := range cs {
+			if !l.reserved[key] {
+				least = min(least, c.busy())
+			}
 		}
-		addr := sourceAddr(c)
-		l.mu.Lock()
-		reason := ""
-		switch {
-		case l.total >= l.max:
-			reason = "total"
-		case l.open[addr] >= l.perAddr:
-			reason = "per_address"
-		default:
-			l.total++
-			l.open[addr]++
-		}
-		l.mu.Unlock()
-		if reason != "" {
-			_ = c.Close()
-			l.refused(reason)
+	}
+	var best *conn
+	bestN := 0
+	for key, cs := range l.open {
+		if l.reserved[key] {
 			continue
 		}
-		return &conn{Conn: c, release: func() { l.release(addr) }}, nil
+		for _, c := range cs {
+			if c.busy() == least && (best == nil || len(cs) > bestN || len(cs) == bestN && c.seq < best.seq) {
+				best, bestN = c, len(cs)
+			}
+		}
 	}
+	return best
 }
 
-func (l *listener) release(addr netip.Addr) {
+// pick returns the connection to shed among cs: the least busy, then the
+// oldest.
+func pick(cs []*conn) *conn {
+	var best *conn
+	for _, c := range cs {
+		if best == nil || c.busy() < best.busy() || c.busy() == best.busy() && c.seq < best.seq {
+			best = c
+		}
+	}
+	return best
+}
+
+// removeLocked forgets c; l.mu is held. It reports whether c was open.
+func (l *listener) removeLocked(c *conn) bool {
+	cs := l.open[c.key]
+	i := slices.Index(cs, c)
+	if i < 0 {
+		return false
+	}
+	cs = slices.Delete(cs, i, i+1)
+	if len(cs) == 0 {
+		delete(l.open, c.key)
+	} else {
+		l.open[c.key] = cs
+	}
+	if !l.reserved[c.key] {
+		l.total--
+	}
+	return true
+}
+
+func (l *listener) release(c *conn) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.total--
-	if l.open[addr]--; l.open[addr] <= 0 {
-		delete(l.open, addr)
-	}
+	l.removeLocked(c)
 }
 
-func sourceAddr(c net.Conn) netip.Addr {
+// sourceKey is the source c counts against: its address.
+func sourceKey(c net.Conn) netip.Addr {
 	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
 		return ta.AddrPort().Addr().Unmap()
 	}
 	return netip.Addr{}
 }
 
+// How busy a connection is, in the order the listener sheds them. A
+// connection that has carried a whole request (the apiserver's keep-alive,
+// a sidecar's) outranks one that never has (a flood's).
+const (
+	silent   = iota // nothing sent yet
+	dripping        // its first request is still being read
+	idle            // between two requests
+	reading         // a later request is being read
+	serving         // a request is being answered
+)
+
 type conn struct {
 	net.Conn
-	once    sync.Once
-	release func()
+	l       *listener
+	key     netip.Addr
+	seq     uint64       // accept order
+	state   atomic.Int32 // the http.ConnState the server last reported
+	handled atomic.Int32 // requests in the handler
+	served  atomic.Bool  // a request went through the handler
+}
+
+// busy returns what the server is doing on c, silent to serving.
+func (c *conn) busy() int {
+	active := http.ConnState(c.state.Load()) == http.StateActive
+	switch {
+	case c.handled.Load() > 0:
+		return serving
+	case c.served.Load() && active:
+		return reading
+	case c.served.Load():
+		return idle
+	case active:
+		return dripping
+	}
+	return silent
 }
 
 func (c *conn) Close() error {
 	err := c.Conn.Close()
-	c.once.Do(c.release)
+	c.l.release(c)
 	return err
+}
+
+// connKey is the context key of a request's *conn.
+type connKey struct{}
+
+// guarded returns the *conn under nc, if any.
+func guarded(nc net.Conn) *conn {
+	if tc, ok := nc.(*tls.Conn); ok {
+		nc = tc.NetConn()
+	}
+	c, _ := nc.(*conn)
+	return c
+}
+
+// trackState records a connection's state for Listener's choice of what to
+// shed; it is the http.Server's ConnState hook.
+func trackState(nc net.Conn, s http.ConnState) {
+	if c := guarded(nc); c != nil {
+		c.state.Store(int32(s))
+	}
 }
 
 // NewQuietLogger returns a logger that passes on at most a few lines a
@@ -223,30 +381,30 @@ func (q *quiet) WithGroup(name string) slog.Handler {
 	return &quiet{next: q.next.WithGroup(name), limit: q.limit}
 }
 
-// Metrics counts the connections the guarded listeners refuse.
+// Metrics counts the connections the guarded listeners shed.
 type Metrics struct {
-	refused *prometheus.CounterVec
+	shed *prometheus.CounterVec
 }
 
-// NewMetrics registers lastcall_http_connections_refused_total on reg.
+// NewMetrics registers lastcall_http_connections_shed_total on reg.
 func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
-	m := &Metrics{refused: prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "lastcall_http_connections_refused_total",
-		Help: "Connections closed at once because a cap was reached, by server and cap (total, per_address).",
+	m := &Metrics{shed: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "lastcall_http_connections_shed_total",
+		Help: "Connections closed to let a newer one in because a cap was reached, by server and cap (total, per_address).",
 	}, []string{"server", "reason"})}
-	if err := reg.Register(m.refused); err != nil {
+	if err := reg.Register(m.shed); err != nil {
 		return nil, err
 	}
 	return m, nil
 }
 
-// Refused returns the Refused callback of server.
-func (m *Metrics) Refused(server string) Refused {
+// Shed returns the Shed callback of server.
+func (m *Metrics) Shed(server string) Shed {
 	if m == nil {
 		return nil
 	}
 	for _, r := range []string{"total", "per_address"} {
-		m.refused.WithLabelValues(server, r)
+		m.shed.WithLabelValues(server, r)
 	}
-	return func(reason string) { m.refused.WithLabelValues(server, reason).Inc() }
+	return func(reason string) { m.shed.WithLabelValues(server, reason).Inc() }
 }

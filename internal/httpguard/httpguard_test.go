@@ -2,10 +2,12 @@ package httpguard
 
 import (
 	"bytes"
+	"context"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -68,48 +70,166 @@ func ok(w http.ResponseWriter, r *http.Request) {
 	_, _ = io.WriteString(w, "ok")
 }
 
+// get sends GET path on c and reports whether a 200 came back within d.
+func get(c net.Conn, path string, d time.Duration) bool {
+	_ = c.SetDeadline(time.Now().Add(d))
+	if _, err := io.WriteString(c, "GET "+path+" HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+		return false
+	}
+	buf := make([]byte, 64)
+	n, _ := io.ReadAtLeast(c, buf, 12)
+	return bytes.Contains(buf[:n], []byte(" 200 "))
+}
+
+// At the per-address cap the newcomer gets in and the oldest quiet
+// connection of its address is closed instead; other addresses are not
+// touched.
 func TestCapPerAddress(t *testing.T) {
-	addr, refused := serve(t, http.HandlerFunc(ok), Limits{MaxConnsPerAddr: 3, MaxConns: 100})
+	addr, shed := serve(t, http.HandlerFunc(ok), Limits{MaxConnsPerAddr: 3, MaxConns: 100})
+	other := dialFrom(t, "127.0.0.3", addr)
 	var held []net.Conn
 	for range 3 {
 		held = append(held, dialFrom(t, "127.0.0.2", addr))
+		time.Sleep(20 * time.Millisecond) // accepted in this order
 	}
-	time.Sleep(100 * time.Millisecond) // the server accepts them
-	over := dialFrom(t, "127.0.0.2", addr)
-	if !closedSoon(over, 2*time.Second) {
-		t.Fatal("a fourth connection from one address was kept")
+	newcomer := dialFrom(t, "127.0.0.2", addr)
+	if !get(newcomer, "/", 2*time.Second) {
+		t.Fatal("a fourth connection from one address was not served")
 	}
-	if refused("per_address") != 1 {
-		t.Errorf("refused per address %d, want 1", refused("per_address"))
+	if !closedSoon(held[0], 2*time.Second) {
+		t.Error("the oldest connection of the address was kept")
 	}
-	// Another address is still served.
-	other := dialFrom(t, "127.0.0.3", addr)
-	if _, err := io.WriteString(other, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
-		t.Fatal(err)
+	for i, c := range held[1:] {
+		if closedSoon(c, 100*time.Millisecond) {
+			t.Errorf("connection %d of the address closed, want only the oldest", i+1)
+		}
 	}
-	buf := make([]byte, 64)
-	_ = other.SetReadDeadline(time.Now().Add(2 * time.Second))
-	if n, _ := other.Read(buf); !bytes.Contains(buf[:n], []byte("200 OK")) {
-		t.Fatalf("other address got %q", buf[:n])
+	if shed("per_address") != 1 {
+		t.Errorf("shed per address %d, want 1", shed("per_address"))
 	}
-	// A slot freed is a slot again.
-	held[0].Close()
-	time.Sleep(100 * time.Millisecond)
-	again := dialFrom(t, "127.0.0.2", addr)
-	if closedSoon(again, 300*time.Millisecond) {
-		t.Error("a freed slot was not reused")
+	if !get(other, "/", 2*time.Second) {
+		t.Error("another address's connection was not served")
 	}
 }
 
+// At the total cap the newcomer gets in and a connection of the source
+// holding the most is closed, not one of a source that holds one.
 func TestCapTotal(t *testing.T) {
-	addr, refused := serve(t, http.HandlerFunc(ok), Limits{MaxConnsPerAddr: 100, MaxConns: 4})
-	for i := range 4 {
-		dialFrom(t, "127.0.0."+string(rune('2'+i)), addr)
+	addr, shed := serve(t, http.HandlerFunc(ok), Limits{MaxConnsPerAddr: 100, MaxConns: 4})
+	lone := dialFrom(t, "127.0.0.2", addr)
+	time.Sleep(20 * time.Millisecond) // the oldest of all
+	var heavy []net.Conn
+	for range 3 {
+		heavy = append(heavy, dialFrom(t, "127.0.0.3", addr))
 	}
 	time.Sleep(100 * time.Millisecond)
-	if !closedSoon(dialFrom(t, "127.0.0.9", addr), 2*time.Second) || refused("total") != 1 {
-		t.Fatalf("a connection over the total cap was kept (refused %d)", refused("total"))
+	if !get(dialFrom(t, "127.0.0.9", addr), "/", 2*time.Second) {
+		t.Fatal("a connection over the total cap was not served")
 	}
+	closed := 0
+	for _, c := range heavy {
+		if closedSoon(c, 300*time.Millisecond) {
+			closed++
+		}
+	}
+	if closed != 1 || shed("total") != 1 {
+		t.Errorf("%d of the heaviest source's connections closed (shed %d), want 1", closed, shed("total"))
+	}
+	if !get(lone, "/", 2*time.Second) {
+		t.Error("the lone source's connection, older than all, was shed")
+	}
+}
+
+// A request being answered (a long-poll) outlives quiet connections, even
+// older ones and ones of a heavier source.
+func TestCapShedsQuietFirst(t *testing.T) {
+	release := make(chan struct{})
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/poll" {
+			<-release
+		}
+		ok(w, r)
+	})
+	addr, _ := serve(t, h, Limits{MaxConnsPerAddr: 2, MaxConns: 100})
+	poll := dialFrom(t, "127.0.0.2", addr)
+	if _, err := io.WriteString(poll, "GET /poll HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // the poll is in the handler
+	for range 5 {
+		dialFrom(t, "127.0.0.2", addr) // each sheds the quiet one before it
+		time.Sleep(20 * time.Millisecond)
+	}
+	close(release)
+	buf := make([]byte, 64)
+	_ = poll.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if n, _ := io.ReadAtLeast(poll, buf, 12); !bytes.Contains(buf[:n], []byte(" 200 ")) {
+		t.Fatalf("the long-poll got %q, want it answered", buf[:n])
+	}
+}
+
+// The agent's metrics port's limits (64 in all, 8 per address) under a
+// flood from 128 loopback addresses, 4 silent or dripping connections each
+// (the caps' four times over), each redialled a second after the server
+// closes it: every probe from the kubelet's address (the node's, here
+// 127.0.0.1) is answered.
+func TestProbesThroughFlood(t *testing.T) {
+	l := Limits{MaxConns: 64, MaxConnsPerAddr: 8, ReadHeaderTimeout: 5 * time.Second, Reserved: []netip.Addr{netip.MustParseAddr("127.0.0.1")}}
+	addr, shed := serve(t, http.HandlerFunc(ok), l)
+	ctx, cancel := context.WithCancel(t.Context())
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	for i := range 512 {
+		src := &net.TCPAddr{IP: net.IPv4(127, 0, 1, byte(1+i%128))}
+		drip := i%2 == 0
+		wg.Go(func() {
+			d := net.Dialer{LocalAddr: src}
+			for ctx.Err() == nil {
+				c, err := d.DialContext(ctx, "tcp", addr)
+				if err != nil {
+					time.Sleep(50 * time.Millisecond)
+					continue
+				}
+				stop := context.AfterFunc(ctx, func() { c.Close() })
+				for ctx.Err() == nil {
+					if drip {
+						_, _ = c.Write([]byte("G"))
+					}
+					_ = c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+					if _, err := c.Read(make([]byte, 64)); err != nil && !isTimeout(err) {
+						break
+					}
+				}
+				stop()
+				c.Close()
+				select { // it holds connections; it need not starve the machine
+				case <-ctx.Done():
+				case <-time.After(time.Second):
+				}
+			}
+		})
+	}
+	time.Sleep(time.Second) // the flood fills the caps
+	answered, probes := 0, 0
+	for range 40 {
+		probes++
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			if get(c, "/healthz", 2*time.Second) {
+				answered++
+			}
+			c.Close()
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if answered != probes {
+		t.Errorf("%d of %d probes answered during the flood, want all", answered, probes)
+	}
+	if shed("total")+shed("per_address") == 0 {
+		t.Error("nothing shed: the flood did not reach the caps")
+	}
+	t.Logf("%d of %d probes answered; shed %d (total), %d (per address)", answered, probes, shed("total"), shed("per_address"))
 }
 
 // A client that connects and says nothing, or drips its headers, or keeps

@@ -14,9 +14,12 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
-// maxReviewBytes bounds an AdmissionReview's body; the apiserver's own limit
-// on a request is 3 MiB.
-const maxReviewBytes = 8 << 20
+// MaxReviewBytes bounds an AdmissionReview's body. A pod CREATE's review
+// carries the pod once (no old object); a pod's annotations are at most
+// 256 KiB, and a pod spec with its containers and env seldom reaches
+// 100 KiB. A larger body is refused (413) before it is read: anything in
+// the cluster can reach the port, and the injector's memory limit is 64 MiB.
+const MaxReviewBytes = 1 << 20
 
 // Handler is the mutating admission webhook: it answers POSTed
 // admission.k8s.io/v1 AdmissionReviews of pod CREATEs with a JSONPatch that
@@ -47,9 +50,17 @@ func serveReview(w http.ResponseWriter, r *http.Request, log *slog.Logger, revie
 		http.Error(w, "POST an AdmissionReview", http.StatusMethodNotAllowed)
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxReviewBytes))
+	if r.ContentLength > MaxReviewBytes {
+		http.Error(w, fmt.Sprintf("an AdmissionReview of %d bytes: the limit is %d", r.ContentLength, MaxReviewBytes), http.StatusRequestEntityTooLarge)
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxReviewBytes))
 	if err != nil {
-		http.Error(w, "read body: "+err.Error(), http.StatusBadRequest)
+		code := http.StatusBadRequest
+		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+			code = http.StatusRequestEntityTooLarge
+		}
+		http.Error(w, "read body: "+err.Error(), code)
 		return
 	}
 	var in admissionv1.AdmissionReview

@@ -142,14 +142,13 @@ func run(ctx context.Context, o *options, ln net.Listener, logger *slog.Logger) 
 		}
 		fmt.Fprintln(w, "ok")
 	})
-	// The apiserver sends AdmissionReviews of at most a few MiB (a pod with
-	// large annotations); anything in the cluster can reach the port.
+	// Anything in the cluster can reach the port, not only the apiserver.
 	srv := httpguard.Server(mux, serverLimits(), logger)
 	srv.TLSConfig = tlsConfig
 
 	var mln net.Listener
 	if o.metricsListen != "" {
-		if mln, err = net.Listen("tcp", o.metricsListen); err != nil {
+		if mln, err = httpguard.Listen("tcp", o.metricsListen, metricsLimits(), nil); err != nil {
 			return fmt.Errorf("--metrics-listen: %w", err)
 		}
 	}
@@ -160,7 +159,7 @@ func run(ctx context.Context, o *options, ln net.Listener, logger *slog.Logger) 
 		g.Go(func() error { return rotator.Run(ctx) })
 	}
 	if mln != nil {
-		msrv := &http.Server{Handler: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), ReadHeaderTimeout: 5 * time.Second}
+		msrv := httpguard.Server(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), metricsLimits(), logger)
 		logger.Info("serving metrics", "addr", mln.Addr().String())
 		serve(ctx, g, msrv, func() error { return msrv.Serve(mln) })
 	}
@@ -184,7 +183,16 @@ func serve(ctx context.Context, g *errgroup.Group, srv *http.Server, start func(
 	})
 }
 
-// serverLimits bound what a client can make the injector hold.
+// serverLimits bound what a client can make the injector hold: bodies of
+// injector.MaxReviewBytes (a larger one is refused before it is read), 256
+// connections, 64 from one address (the apiserver keeps a few alive; at a
+// cap the heaviest source's idle ones are closed, never a newcomer).
 func serverLimits() httpguard.Limits {
-	return httpguard.Limits{MaxBodyBytes: 8 << 20, MaxConns: 256, MaxConnsPerAddr: 64}
+	return httpguard.Limits{MaxBodyBytes: injector.MaxReviewBytes, MaxConns: 256, MaxConnsPerAddr: 64}
+}
+
+// metricsLimits bound the metrics port: Prometheus scrapes it once in a
+// while with one connection.
+func metricsLimits() httpguard.Limits {
+	return httpguard.Limits{MaxBodyBytes: 1 << 10, MaxConns: 64, MaxConnsPerAddr: 8}
 }

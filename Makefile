@@ -94,7 +94,7 @@ lint: $(TOOLS)/staticcheck ## gofmt, go vet and staticcheck
 bench: testbin ## run the benchmarks (real control plane, real binaries) and write bench/README.md; takes about 4 minutes
 	@rm -f $(BIN)/bench.txt; mkdir -p $(BIN)
 	$(GO) test -run '^$$' -bench . ./watcher/gce 2>&1 | tee -a $(BIN)/bench.txt
-	$(GO) test -run '^$$' -bench . -benchtime 20x ./watcher/ec2 2>&1 | tee -a $(BIN)/bench.txt
+	$(GO) test -run '^$$' -bench . -benchtime 100x ./watcher/ec2 2>&1 | tee -a $(BIN)/bench.txt
 	$(GO) test -run '^$$' -bench . -benchtime 5x ./drainer/ 2>&1 | tee -a $(BIN)/bench.txt
 	$(GO) test -run '^$$' -bench NodeAgent -benchtime 1x ./cmd/node-agent/ 2>&1 | tee -a $(BIN)/bench.txt
 	$(GO) test -run '^$$' -bench Notify110 -benchtime 3x ./sidecar/ 2>&1 | tee -a $(BIN)/bench.txt

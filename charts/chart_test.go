@@ -348,6 +348,7 @@ func TestSchemaRejects(t *testing.T) {
 		{"testdata/invalid-taint-effect.yaml", "effect"},
 		{"testdata/invalid-webhook-template.yaml", "template"},
 		{"testdata/invalid-duration.yaml", "reserve"},
+		{"testdata/invalid-aws-poll.yaml", "awsPollInterval"},
 	} {
 		t.Run(strings.TrimSuffix(strings.TrimPrefix(tc.file, "testdata/invalid-"), ".yaml"), func(t *testing.T) {
 			for _, cmd := range [][]string{

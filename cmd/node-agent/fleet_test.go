@@ -43,7 +43,7 @@ var (
 	fleetNice    = flag.Int("fleet.nice", 5, "run the agents' process at this nice value, above the control plane's: on a real fleet they do not share cores; 0 to share equally")
 	fleetBase    = flag.Bool("fleet.baseline", false, "the agents are not told: the benchmark itself cordons and drains the preempted nodes with the drainer package, as a cluster admin (exempt from flow control, no client-side limit, one connection): what this control plane can do at best")
 	fleetAPF     = flag.Bool("fleet.flowcontrol", true, "install the chart's priority levels and flow schemas (flowControl.create, the chart's default); false: the agents' requests fall in workload-low")
-	fleetAWSPoll = flag.Duration("fleet.aws-poll", 2*time.Second, "the AWS agents' --aws-poll-interval (the chart's default is 1 s): 500 agents polling 5 paths every second are 3,000 requests a second in this one process, which then starves")
+	fleetAWSPoll = flag.Duration("fleet.aws-poll", 2*time.Second, "the AWS agents' --aws-poll-interval (the chart's default is 250 ms): 500 agents at 5 requests a second each are 2,500 requests a second in this one process, which then starves")
 )
 
 // fleetIP is the loopback address of node i's metadata server and agent.

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -27,6 +28,13 @@ import (
 // DefaultEndpoint is the IPv4 address of the instance metadata service.
 const DefaultEndpoint = "http://169.254.169.254"
 
+// DefaultPollInterval is the default time between two reads of PathSpot:
+// with the other paths read in turn at a quarter of that rate, the watcher
+// sends 5 requests a second, the most this package allows itself against
+// a service that throttles per instance (and 1,024 packets a second per
+// interface to link-local services).
+const DefaultPollInterval = 250 * time.Millisecond
+
 // maxBody bounds what is read from one metadata answer.
 const maxBody = 1 << 20
 
@@ -39,8 +47,18 @@ type Options struct {
 	// (250 ms dial timeout, 500 ms to the response headers) without any
 	// proxy.
 	HTTPClient imds.HTTPClient
-	// PollInterval is the time between two reads of each path. Default 1 s.
+	// PollInterval is the time between two reads of PathSpot, the notice
+	// with the shortest lead (2 minutes) and the only one read this often.
+	// A notice is seen on average half an interval after it appears, at
+	// most one interval after. Default DefaultPollInterval.
 	PollInterval time.Duration
+	// RotateInterval is the time between two reads of the other paths,
+	// which take turns: one read per interval, PathASG every other turn
+	// and the rest in order. With all five paths, PathASG is read every
+	// 2×RotateInterval and each of the other three every 6×RotateInterval.
+	// Default 4×PollInterval: 1.25/PollInterval requests a second in all,
+	// 5 at the default.
+	RotateInterval time.Duration
 	// RequestTimeout bounds one read of one path, the SDK's retries
 	// included. Default 2 s.
 	RequestTimeout time.Duration
@@ -85,11 +103,14 @@ func New(opts Options) (*Watcher, error) {
 	if opts.Endpoint == "" {
 		opts.Endpoint = DefaultEndpoint
 	}
-	if opts.PollInterval < 0 || opts.RequestTimeout < 0 || opts.ASGTerminationNotice < 0 {
+	if opts.PollInterval < 0 || opts.RotateInterval < 0 || opts.RequestTimeout < 0 || opts.ASGTerminationNotice < 0 {
 		return nil, errors.New("ec2 options: negative duration")
 	}
 	if opts.PollInterval == 0 {
-		opts.PollInterval = time.Second
+		opts.PollInterval = DefaultPollInterval
+	}
+	if opts.RotateInterval == 0 {
+		opts.RotateInterval = 4 * opts.PollInterval
 	}
 	if opts.RequestTimeout == 0 {
 		opts.RequestTimeout = 2 * time.Second
@@ -141,30 +162,68 @@ func New(opts Options) (*Watcher, error) {
 	}, nil
 }
 
-// Watch implements watcher.Watcher. It polls every path in its own
-// goroutine, the first time at once, then every PollInterval, and returns nil
-// when ctx is canceled and all of them have ended.
+// Watch implements watcher.Watcher. It reads every path at once, then
+// PathSpot every PollInterval in one goroutine and the other paths in turn,
+// one every RotateInterval, in another (so that a slow answer on one never
+// delays the spot read). It returns nil when ctx is canceled and both have
+// ended.
 func (w *Watcher) Watch(ctx context.Context, out chan<- watcher.Notice) error {
 	synced := watcher.NewSyncer(watcher.SourceAWS, len(w.opts.Paths))
+	var others []string
 	var wg sync.WaitGroup
 	for _, p := range w.opts.Paths {
-		wg.Go(func() { w.poll(ctx, out, synced, p) })
+		if p == PathSpot {
+			wg.Go(func() { w.poll(ctx, out, synced, []string{p}, []string{p}, w.opts.PollInterval) })
+			continue
+		}
+		others = append(others, p)
+	}
+	if len(others) > 0 {
+		wg.Go(func() { w.poll(ctx, out, synced, others, rotation(others), w.opts.RotateInterval) })
 	}
 	wg.Wait()
 	return nil
 }
 
-func (w *Watcher) poll(ctx context.Context, out chan<- watcher.Notice, synced *watcher.Syncer, path string) {
-	t := time.NewTicker(w.opts.PollInterval)
+// rotation returns the order in which the paths other than PathSpot take
+// turns: PathASG (whose Terminated state comes shortly before the instance
+// stops, unless a lifecycle hook holds it) every other turn, the others
+// (scheduled events come days ahead, a rebalance recommendation is
+// advisory) in order between.
+func rotation(paths []string) []string {
+	if !slices.Contains(paths, PathASG) || len(paths) == 1 {
+		return paths
+	}
+	var order []string
+	for _, p := range paths {
+		if p != PathASG {
+			order = append(order, PathASG, p)
+		}
+	}
+	return order
+}
+
+// poll reads each of first once, then one path of order, in turn, every
+// interval; it returns when ctx ends.
+func (w *Watcher) poll(ctx context.Context, out chan<- watcher.Notice, synced *watcher.Syncer, first, order []string, interval time.Duration) {
+	t := time.NewTicker(interval)
 	defer t.Stop()
-	for {
-		read, ok := w.pollOnce(ctx, out, path)
-		if !ok || (read && !synced.Read(ctx, out, path)) {
+	read := func(path string) bool {
+		ok, alive := w.pollOnce(ctx, out, path)
+		return alive && (!ok || synced.Read(ctx, out, path))
+	}
+	for _, p := range first {
+		if !read(p) {
 			return
 		}
+	}
+	for i := 0; ; i = (i + 1) % len(order) {
 		select {
 		case <-t.C:
 		case <-ctx.Done():
+			return
+		}
+		if !read(order[i]) {
 			return
 		}
 	}

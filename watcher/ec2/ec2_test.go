@@ -3,6 +3,7 @@ package ec2
 import (
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 	"testing/synctest"
@@ -416,4 +417,84 @@ func httptestURL(t *testing.T, h http.Handler) string {
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
 	return srv.URL
+}
+
+func TestRotation(t *testing.T) {
+	for _, tc := range []struct{ in, want []string }{
+		{[]string{PathRebalance, PathScheduled, PathHistory, PathASG}, []string{PathASG, PathRebalance, PathASG, PathScheduled, PathASG, PathHistory}},
+		{[]string{PathASG}, []string{PathASG}},
+		{[]string{PathScheduled, PathHistory}, []string{PathScheduled, PathHistory}},
+		{[]string{PathASG, PathRebalance}, []string{PathASG, PathRebalance}},
+	} {
+		if got := rotation(tc.in); !slices.Equal(got, tc.want) {
+			t.Errorf("rotation(%v) = %v, want %v", tc.in, got, tc.want)
+		}
+	}
+}
+
+// TestDefaultReadRate runs a watcher at its defaults for a minute of fake
+// time: the spot path is read every 250 ms, the others in turn once a
+// second (the ASG state every other second), at most 5 requests in any
+// second after the first read of every path, and one token serves them
+// all.
+func TestDefaultReadRate(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fake := newFake()
+		startWith(t, fake, Options{Endpoint: "http://imds.test", HTTPClient: memClient{fake}, PollInterval: DefaultPollInterval})
+		start := time.Now()
+		time.Sleep(time.Minute + time.Millisecond)
+		synctest.Wait()
+		want := map[string]int{PathSpot: 241, PathASG: 31, PathRebalance: 11, PathScheduled: 11, PathHistory: 11}
+		for p, n := range want {
+			if got := fake.getsOf(p); got != n {
+				t.Errorf("%s read %d times in a minute, want %d", p, got, n)
+			}
+		}
+		if puts := fake.count(http.MethodPut, 0); puts != 1 {
+			t.Errorf("%d token requests, want 1", puts)
+		}
+		reqs := fake.requests()
+		var prevSpot time.Time
+		for i, r := range reqs {
+			if r.Path == PathSpot {
+				if !prevSpot.IsZero() && r.At.Sub(prevSpot) > DefaultPollInterval {
+					t.Fatalf("spot read %v after the one before", r.At.Sub(prevSpot))
+				}
+				prevSpot = r.At
+			}
+			if !r.At.After(start) {
+				continue // the first read of every path, at once
+			}
+			n := 0
+			for _, q := range reqs[i:] {
+				if q.At.Sub(r.At) < time.Second {
+					n++
+				}
+			}
+			if n > 5 {
+				t.Fatalf("%d requests in the second from %v", n, r.At.Sub(start))
+			}
+		}
+	})
+}
+
+// TestSpotSeenWithinInterval: in fake time, a spot notice appearing at any
+// moment between two reads is sent at the next read, within PollInterval.
+func TestSpotSeenWithinInterval(t *testing.T) {
+	for _, offset := range []time.Duration{time.Millisecond, 100 * time.Millisecond, 249 * time.Millisecond} {
+		synctest.Test(t, func(t *testing.T) {
+			fake := newFake()
+			e := startWith(t, fake, Options{Endpoint: "http://imds.test", HTTPClient: memClient{fake}, Paths: []string{PathSpot, PathASG}, PollInterval: DefaultPollInterval})
+			time.Sleep(10*time.Second + offset)
+			fake.set(PathSpot, itn)
+			appeared := time.Now()
+			n := e.next(t)
+			if n.Kind != watcher.KindSpotInterruption {
+				t.Fatalf("got %v", n)
+			}
+			if d := time.Since(appeared); d > DefaultPollInterval {
+				t.Fatalf("notice appearing %v after a read sent %v later", offset, d)
+			}
+		})
+	}
 }

@@ -43,6 +43,7 @@ type fakeRequest struct {
 	Token  string
 	TTL    string
 	Status int
+	At     time.Time // when it was answered
 }
 
 func newFake() *fakeIMDS {
@@ -125,6 +126,7 @@ func (f *fakeIMDS) waitGets(ctx context.Context, path string, n int) bool {
 func (f *fakeIMDS) record(r fakeRequest) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	r.At = time.Now()
 	f.seen = append(f.seen, r)
 	if r.Method == http.MethodGet {
 		f.gets[r.Path]++

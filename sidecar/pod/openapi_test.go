@@ -56,6 +56,7 @@ type schema struct {
 	Type                 string             `json:"type"`
 	Enum                 []any              `json:"enum"`
 	Pattern              string             `json:"pattern"`
+	Description          string             `json:"description"`
 	Minimum              *float64           `json:"minimum"`
 	Required             []string           `json:"required"`
 	Properties           map[string]*schema `json:"properties"`
@@ -217,13 +218,20 @@ func TestOpenAPISchema(t *testing.T) {
 	if got := enum("phase"); !slices.Equal(got, phases) {
 		t.Errorf("phases: documented %v, want %v", got, phases)
 	}
+	// Reasons are open (an operator names the tool of a taint of their
+	// own): each known one must match the pattern and be named.
+	reason := st.Properties["reason"]
 	reasons := append(watcherConsts(t, "Kind"), wire.ReasonPodTerminating)
-	slices.Sort(reasons)
-	if got := enum("reason"); !slices.Equal(got, reasons) {
-		t.Errorf("reasons: documented %v; the watcher's kinds and %s are %v", got, wire.ReasonPodTerminating, reasons)
+	reasons = append(reasons, foreignConsts(t)...)
+	for _, r := range reasons {
+		if !regexp.MustCompile(reason.Pattern).MatchString(r) || !strings.Contains(reason.Description, r) {
+			t.Errorf("reason %q: not named in the reason's description, or not matching its pattern %s", r, reason.Pattern)
+		}
 	}
-	if got, want := enum("source"), watcherConsts(t, "Source"); !slices.Equal(got, want) {
-		t.Errorf("sources: documented %v; the watcher has %v", got, want)
+	sources := append(watcherConsts(t, "Source"), foreignSource(t))
+	slices.Sort(sources)
+	if got := enum("source"); !slices.Equal(got, sources) {
+		t.Errorf("sources: documented %v; the watcher's and a foreign drain's are %v", got, sources)
 	}
 
 	var maxWait *float64
@@ -235,6 +243,59 @@ func TestOpenAPISchema(t *testing.T) {
 	if maxWait == nil || *maxWait != wire.MaxWait.Seconds() {
 		t.Errorf("documented long-poll cap %v s, the server's %v s", maxWait, wire.MaxWait.Seconds())
 	}
+}
+
+// foreignConsts returns the foreign sources package agent names, read from
+// its source (agent/foreign.go: the string constants Foreign*, but
+// ForeignSource): the reasons of drains another tool started.
+func foreignConsts(t *testing.T) []string {
+	t.Helper()
+	var out []string
+	for name, v := range agentConsts(t) {
+		if strings.HasPrefix(name, "Foreign") && name != "ForeignSource" {
+			out = append(out, v)
+		}
+	}
+	if len(out) < 5 {
+		t.Fatalf("foreign sources in agent/foreign.go: %v", out)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// foreignSource returns agent.ForeignSource, read from its source.
+func foreignSource(t *testing.T) string {
+	t.Helper()
+	v, ok := agentConsts(t)["ForeignSource"]
+	if !ok {
+		t.Fatal("no ForeignSource in agent/foreign.go")
+	}
+	return v
+}
+
+// agentConsts returns agent/foreign.go's string constants by name.
+func agentConsts(t *testing.T) map[string]string {
+	t.Helper()
+	f, err := parser.ParseFile(token.NewFileSet(), "../../agent/foreign.go", nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, d := range f.Decls {
+		g, ok := d.(*ast.GenDecl)
+		if !ok || g.Tok != token.CONST {
+			continue
+		}
+		for _, sp := range g.Specs {
+			vs := sp.(*ast.ValueSpec)
+			for i, v := range vs.Values {
+				if lit, ok := v.(*ast.BasicLit); ok && lit.Kind == token.STRING {
+					out[vs.Names[i].Name], _ = strconv.Unquote(lit.Value)
+				}
+			}
+		}
+	}
+	return out
 }
 
 // watcherConsts returns the values of the constants of type typ in package
@@ -386,6 +447,24 @@ func TestOpenAPIServer(t *testing.T) {
 		t.Errorf("after the drain was called off: %v; want running, not done", st)
 	}
 
+	// Another tool is taking the node away (Karpenter's taint): draining,
+	// the reason naming it, and no deadline, so no remaining time either.
+	s.setNode(wire.NodeState{Generation: 4, Phase: wire.PhaseDraining, Reason: "karpenter", Source: "node", NoticeID: "node/karpenter/karpenter.sh/disrupted"})
+	st = call("GET", "/v1/state", "", 200)
+	if st["phase"] != "draining" || st["reason"] != "karpenter" || st["source"] != "node" || st["done"] != false {
+		t.Errorf("a drain by another tool: %v; want draining, reason karpenter, source node", st)
+	}
+	for _, absent := range []string{"deadline", "remaining_seconds"} {
+		if v, ok := st[absent]; ok {
+			t.Errorf("a drain without a deadline shows %s %v", absent, v)
+		}
+	}
+	// Karpenter keeps the node (its replacement failed): running again.
+	s.setNode(wire.NodeState{Generation: 5, Phase: wire.PhaseRunning})
+	if st := call("GET", "/v1/state", "", 200); st["phase"] != "running" {
+		t.Errorf("after the other tool's drain was called off: %v", st)
+	}
+
 	// The pod is deleted: the preStop hook drains and waits.
 	call("GET", "/v1/prestop?timeout=soon", "", 400)
 	st = call("GET", "/v1/prestop?timeout=0.05", "", 200)
@@ -396,7 +475,7 @@ func TestOpenAPIServer(t *testing.T) {
 	if st := call("GET", "/v1/prestop", "", 200); st["done"] != true {
 		t.Errorf("prestop after done: %v", st)
 	}
-	s.setNode(wire.NodeState{Generation: 4, Phase: wire.PhaseRunning})
+	s.setNode(wire.NodeState{Generation: 6, Phase: wire.PhaseRunning})
 	if st := call("GET", "/v1/state", "", 200); st["phase"] != "draining" || st["done"] != true {
 		t.Errorf("a terminating pod after the agent's running: %v; want still draining and done", st)
 	}

@@ -47,6 +47,8 @@ func TestDerive(t *testing.T) {
 		{"pod terminating, agent gone", wire.NodeState{}, false, true, term, wire.PhaseDraining, wire.ReasonPodTerminating, term},
 		{"both, pod first", wire.NodeState{Phase: wire.PhaseDraining, Reason: "preemption", Deadline: deadline}, true, true, term, wire.PhaseDraining, "preemption", term},
 		{"both, node first", wire.NodeState{Phase: wire.PhaseDraining, Reason: "preemption", Deadline: deadline}, true, true, later, wire.PhaseDraining, "preemption", deadline},
+		{"another tool's drain, no deadline", wire.NodeState{Phase: wire.PhaseDraining, Reason: "karpenter", Source: "node"}, true, false, time.Time{}, wire.PhaseDraining, "karpenter", time.Time{}},
+		{"another tool's drain, then the pod's termination gives the deadline", wire.NodeState{Phase: wire.PhaseDraining, Reason: "cordon", Source: "node"}, true, true, term, wire.PhaseDraining, "cordon", term},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -228,3 +230,32 @@ func TestFindProcesses(t *testing.T) {
 }
 
 func sorted(s []int) []int { slices.Sort(s); return s }
+
+// TestFilesNoDeadline: a drain another tool started has no deadline; the
+// flag file's first line is then empty, state.json has neither deadline
+// nor remaining time, and a restarted sidecar carries on with the drain.
+func TestFilesNoDeadline(t *testing.T) {
+	dir := t.TempDir()
+	s := newTestSidecar(t, dir)
+	s.setNode(wire.NodeState{Generation: 3, Phase: wire.PhaseDraining, Reason: "cluster-autoscaler", Source: "node"})
+	b, err := os.ReadFile(filepath.Join(dir, DrainingFile))
+	if err != nil || string(b) != "\ncluster-autoscaler\n" {
+		t.Errorf("flag file = %q, %v; want an empty deadline line and the reason", b, err)
+	}
+	raw, err := os.ReadFile(filepath.Join(dir, StateFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(raw, &m); err != nil {
+		t.Fatal(err)
+	}
+	if m["phase"] != "draining" || m["reason"] != "cluster-autoscaler" || m["source"] != "node" || m["deadline"] != nil || m["remaining_seconds"] != nil {
+		t.Errorf("state.json = %s", raw)
+	}
+	_ = s.ln.Close()
+	s2 := newTestSidecar(t, dir)
+	if got := s2.State(); got.Phase != wire.PhaseDraining || got.Reason != "cluster-autoscaler" || !got.Deadline.IsZero() || got.RemainingSeconds != nil {
+		t.Errorf("restored: %+v", got)
+	}
+}

@@ -34,14 +34,18 @@ type NodeState struct {
 	Generation uint64 `json:"generation"`
 	// Phase is running or draining.
 	Phase Phase `json:"phase"`
-	// Reason is the notice kind (preemption, spot-interruption, …), empty
-	// while running.
+	// Reason is the notice kind (preemption, spot-interruption, …), or
+	// the tool taking the node away when Source is "node" (karpenter,
+	// cordon, …); empty while running.
 	Reason string `json:"reason,omitempty"`
-	// Source is the notice's source (gce, aws, azure, sim).
+	// Source is the notice's source (gce, aws, azure, sim), or "node":
+	// another tool is taking the node away, seen on the Node object.
 	Source string `json:"source,omitempty"`
 	// NoticeID is the notice's stable ID.
 	NoticeID string `json:"notice_id,omitempty"`
-	// Deadline is when the machine goes away; zero while running.
+	// Deadline is when the machine goes away; zero while running, and
+	// zero while draining when no one says when (another tool's drain
+	// with no cloud notice): see State.Deadline.
 	Deadline time.Time `json:"deadline,omitzero"`
 }
 
@@ -59,11 +63,17 @@ type Report struct {
 type State struct {
 	// Phase is running, draining or unknown.
 	Phase Phase `json:"phase"`
-	// Reason is why the pod drains: a notice kind or ReasonPodTerminating.
+	// Reason is why the pod drains: a notice kind, ReasonPodTerminating,
+	// or the tool taking the node away.
 	Reason string `json:"reason,omitempty"`
-	// Source is the notice's source, when a notice started the drain.
+	// Source is the notice's source, or "node" for another tool's drain,
+	// when the node's drain started it.
 	Source string `json:"source,omitempty"`
-	// Deadline is when the work must be finished or handed back.
+	// Deadline is when the work must be finished or handed back. Zero
+	// while draining means no one says when (another tool is taking the
+	// node away, no cloud notice holds): not "now" and not "never": pull
+	// nothing new, finish the current work promptly, hand back what
+	// cannot finish soon; the pod's own termination brings a deadline.
 	Deadline time.Time `json:"deadline,omitzero"`
 	// RemainingSeconds is the time left before Deadline when the state was
 	// produced; absent without a deadline. In state.json it is stale: read

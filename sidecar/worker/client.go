@@ -96,6 +96,9 @@ type DrainingError struct {
 
 // Error describes the drain.
 func (e *DrainingError) Error() string {
+	if e.State.Deadline.IsZero() {
+		return fmt.Sprintf("sidecar: draining (%s), no deadline", e.State.Reason)
+	}
 	return fmt.Sprintf("sidecar: draining (%s), deadline %s", e.State.Reason, e.State.Deadline.Format(time.RFC3339))
 }
 
@@ -202,7 +205,9 @@ var ErrDeadline = errors.New("sidecar: drain deadline")
 // ends margin before the drain's deadline, with cause ErrDeadline, so that
 // work that cannot finish stops in time to be handed back. drain is a
 // context from Client.Draining. The returned context also ends with ctx or
-// when cancel is called.
+// when cancel is called. A drain without a deadline (another tool is
+// taking the node away) does not end it: finish the work promptly, or hand
+// it back when ctx ends (the pod's SIGTERM).
 func UntilDeadline(ctx, drain context.Context, margin time.Duration) (context.Context, context.CancelFunc) {
 	wctx, cancel := context.WithCancelCause(ctx)
 	stop := context.AfterFunc(drain, func() {

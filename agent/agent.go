@@ -82,6 +82,10 @@ type Config struct {
 	// window (found at 300 drains at once: cordons took up to 64 s and
 	// most GCE drains started after their deadline). Default 2 s.
 	CordonWait time.Duration
+	// Foreign says which signs on the Node count as another tool taking
+	// it away (ForeignSignals). The zero value counts none;
+	// cmd/node-agent starts from DefaultForeignConfig.
+	Foreign ForeignConfig
 }
 
 // DefaultCordonWait is Config.CordonWait's default.

@@ -129,6 +129,27 @@ func DefaultForeignTaints() map[string]string {
 	}
 }
 
+// ForeignTaintSources are the sources DefaultForeignTaints knows, in the
+// order flags and the chart name them.
+var ForeignTaintSources = []string{ForeignKarpenter, ForeignClusterAutoscaler, ForeignNTH}
+
+// ForeignTaintsOf returns the default taints of the named sources (a subset
+// of ForeignTaintSources), or an error naming a source it does not know.
+func ForeignTaintsOf(sources []string) (map[string]string, error) {
+	out := map[string]string{}
+	for _, src := range sources {
+		if !slices.Contains(ForeignTaintSources, src) {
+			return nil, fmt.Errorf("foreign source %q: want one of %s", src, strings.Join(ForeignTaintSources, ", "))
+		}
+		for key, s := range DefaultForeignTaints() {
+			if s == src {
+				out[key] = s
+			}
+		}
+	}
+	return out, nil
+}
+
 // sourceName is what a source may be: it becomes a metric label value and
 // part of an Event reason, so it is short and plain.
 var sourceName = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"encoding/json"
+	"maps"
 	"slices"
 	"strings"
 	"testing"
@@ -195,5 +196,19 @@ func TestForeignState(t *testing.T) {
 	}
 	if !st.Deadline.IsZero() {
 		t.Errorf("a foreign drain has no deadline of its own, got %v", st.Deadline)
+	}
+}
+
+func TestForeignTaintsOf(t *testing.T) {
+	all, err := ForeignTaintsOf(ForeignTaintSources)
+	if err != nil || !maps.Equal(all, DefaultForeignTaints()) {
+		t.Errorf("ForeignTaintsOf(every source) = %v, %v; want the defaults", all, err)
+	}
+	nth, err := ForeignTaintsOf([]string{ForeignNTH})
+	if err != nil || len(nth) != 3 {
+		t.Errorf("ForeignTaintsOf(nth) = %v, %v; want its three taints", nth, err)
+	}
+	if _, err := ForeignTaintsOf([]string{"cordon"}); err == nil {
+		t.Error("ForeignTaintsOf(cordon): no error; a cordon is no taint source")
 	}
 }

@@ -41,6 +41,7 @@ var variants = []struct {
 	{"metadata", []string{"testdata/metadata.yaml"}, checkMetadata},
 	{"flow-control", []string{"testdata/flow-control.yaml"}, checkFlowControl},
 	{"nth-migration", []string{"testdata/nth-migration.yaml"}, checkMigration},
+	{"coexistence", []string{"testdata/coexistence.yaml"}, checkCoexistence},
 }
 
 func TestLint(t *testing.T) {
@@ -136,6 +137,11 @@ func checkDefault(t *testing.T, objs []*unstructured.Unstructured) {
 	}
 	ds, c := daemonSet(t, objs)
 	spec := ds.Spec.Template.Spec
+	wantForeign := []string{"--foreign-sources=" + strings.Join(agent.ForeignTaintSources, ","),
+		"--foreign-cordon=false", "--foreign-kubelet-shutdown=true"}
+	if got := foreignArgs(c); !slices.Equal(got, wantForeign) {
+		t.Errorf("agent's foreign flags %q, want the agent's defaults %q", got, wantForeign)
+	}
 
 	wantTerms := []string{
 		"cloud.google.com/gke-spot in (true)",
@@ -186,6 +192,8 @@ func checkDefault(t *testing.T, objs []*unstructured.Unstructured) {
 		"--on-maintenance=drain", "--on-rebalance=cordon",
 		"--on-blocked=delete", "--listen=:10573", "--sidecar-listen=:10574", "--log-format=json", "--log-level=info",
 		"--taint-effect=NoSchedule",
+		"--foreign-sources=karpenter,cluster-autoscaler,aws-node-termination-handler",
+		"--foreign-cordon=false", "--foreign-kubelet-shutdown=true",
 	}
 	if !slices.Equal(c.Args, wantArgs) {
 		t.Errorf("args = %q, want %q", c.Args, wantArgs)
@@ -349,6 +357,7 @@ func TestSchemaRejects(t *testing.T) {
 		{"testdata/invalid-webhook-template.yaml", "template"},
 		{"testdata/invalid-duration.yaml", "reserve"},
 		{"testdata/invalid-aws-poll.yaml", "awsPollInterval"},
+		{"testdata/invalid-foreign-taint.yaml", "extraTaints"},
 	} {
 		t.Run(strings.TrimSuffix(strings.TrimPrefix(tc.file, "testdata/invalid-"), ".yaml"), func(t *testing.T) {
 			for _, cmd := range [][]string{
@@ -494,6 +503,26 @@ func hasPath(m map[string]any, path string) bool {
 // checkMigration checks the values a team moving from
 // aws-node-termination-handler writes: each reaches the agent or the
 // injector as its own flag or field, none through extraArgs.
+// foreignArgs returns the agent's --foreign-* flags, in order.
+func foreignArgs(c corev1.Container) []string {
+	var out []string
+	for _, a := range c.Args {
+		if strings.HasPrefix(a, "--foreign-") {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+func checkCoexistence(t *testing.T, objs []*unstructured.Unstructured) {
+	_, c := daemonSet(t, objs)
+	want := []string{"--foreign-sources=aws-node-termination-handler", "--foreign-taint=example.com/retiring=in-house",
+		"--foreign-cordon=true", "--foreign-kubelet-shutdown=false"}
+	if got := foreignArgs(c); !slices.Equal(got, want) {
+		t.Errorf("agent's foreign flags %q, want %q", got, want)
+	}
+}
+
 func checkMigration(t *testing.T, objs []*unstructured.Unstructured) {
 	ds, c := daemonSet(t, objs)
 	for _, arg := range []string{"--cloud=aws", "--aws-poll-interval=2s", "--reserve=3s", "--blocked-cutoff=8s",

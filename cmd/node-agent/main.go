@@ -96,6 +96,9 @@ type options struct {
 	webhookAttempts                         int
 	taintEffect                             string
 	outOfService                            bool
+	foreignSources                          string
+	foreignTaints                           foreignTaintFlag
+	foreignCordon, foreignShutdown          bool
 	logFormat, logLevel                     string
 	checkAccess                             bool
 	showVersion                             bool
@@ -158,6 +161,11 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	fs.IntVar(&o.webhookAttempts, "webhook-attempts", 5, "webhook requests at most, retried with backoff while the notice's deadline is ahead")
 	fs.StringVar(&o.taintEffect, "taint-effect", string(corev1.TaintEffectNoSchedule), "effect of the lastcall.dev/draining taint: NoSchedule or NoExecute")
 	fs.BoolVar(&o.outOfService, "out-of-service", false, "after a drain, taint the node node.kubernetes.io/out-of-service:NoExecute so that volumes detach as soon as it stops")
+	fs.StringVar(&o.foreignSources, "foreign-sources", strings.Join(agent.ForeignTaintSources, ","),
+		"tools whose taints say they are taking the node away, so the workers are told to drain: a comma-separated subset of "+strings.Join(agent.ForeignTaintSources, ", ")+"; empty: none")
+	fs.Var(&o.foreignTaints, "foreign-taint", "one more taint that says a tool is taking the node away, KEY=SOURCE (effect NoSchedule or NoExecute); repeatable")
+	fs.BoolVar(&o.foreignCordon, "foreign-cordon", false, "a cordon lastcall did not make (kubectl drain, node-pool upgrades) tells the workers to drain; off: an operator's cordon for a look does not stop them")
+	fs.BoolVar(&o.foreignShutdown, "foreign-kubelet-shutdown", true, "the kubelet's graceful node shutdown (Ready=False, \"node is shutting down\") tells the workers to drain")
 	fs.StringVar(&o.logFormat, "log-format", "json", "log format: json or text")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.BoolVar(&o.checkAccess, "check-access", true, "check at start that RBAC allows what the agent does")
@@ -216,6 +224,10 @@ func run(ctx context.Context, o *options, logger *slog.Logger) error {
 		return fmt.Errorf("--on-blocked %q: want delete or leave", o.onBlocked)
 	}
 	webhook, err := webhookConfig(o)
+	if err != nil {
+		return err
+	}
+	foreign, err := foreignConfig(o)
 	if err != nil {
 		return err
 	}
@@ -365,7 +377,7 @@ func run(ctx context.Context, o *options, logger *slog.Logger) error {
 	a, err = agent.New(agent.Config{
 		Node: o.node, Self: self, Policies: policies, DryRun: o.dryRun,
 		Drain:   drainer.Policy{OnBlocked: onBlocked, Reserve: o.reserve, BlockedCutoff: o.cutoff, CriticalWindow: o.criticalWindow},
-		Webhook: webhook, OutOfService: o.outOfService,
+		Webhook: webhook, OutOfService: o.outOfService, Foreign: foreign,
 	}, agent.Deps{
 		Client: client, Drainer: d, Pods: pods, Events: recorder, Notifier: notifier, Holds: holds,
 		Metrics: am, Logger: logger.With("component", "agent"), Acknowledger: ack,
@@ -456,6 +468,51 @@ func detectCloud(ctx context.Context, logger *slog.Logger, cfg detect.Config) (w
 		}
 		backoff = min(2*backoff, time.Minute)
 	}
+}
+
+// foreignConfig builds the agent's ForeignConfig from the --foreign-* flags.
+func foreignConfig(o *options) (agent.ForeignConfig, error) {
+	var sources []string
+	for s := range strings.SplitSeq(o.foreignSources, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			sources = append(sources, s)
+		}
+	}
+	taints, err := agent.ForeignTaintsOf(sources)
+	if err != nil {
+		return agent.ForeignConfig{}, fmt.Errorf("--foreign-sources: %w", err)
+	}
+	for key, src := range o.foreignTaints.m {
+		taints[key] = src
+	}
+	cfg := agent.ForeignConfig{Taints: taints, Cordon: o.foreignCordon, KubeletShutdown: o.foreignShutdown}
+	if err := cfg.Validate(); err != nil {
+		return agent.ForeignConfig{}, fmt.Errorf("--foreign-taint: %w", err)
+	}
+	return cfg, nil
+}
+
+// foreignTaintFlag collects repeated KEY=SOURCE flags.
+type foreignTaintFlag struct{ m map[string]string }
+
+func (f *foreignTaintFlag) String() string {
+	if f == nil || len(f.m) == 0 {
+		return ""
+	}
+	return fmt.Sprint(len(f.m), " taints")
+}
+
+func (f *foreignTaintFlag) Set(v string) error {
+	key, src, ok := strings.Cut(v, "=")
+	key, src = strings.TrimSpace(key), strings.TrimSpace(src)
+	if !ok || key == "" || src == "" {
+		return fmt.Errorf("%q: want KEY=SOURCE, e.g. example.com/draining=in-house", v)
+	}
+	if f.m == nil {
+		f.m = map[string]string{}
+	}
+	f.m[key] = src
+	return nil
 }
 
 // headerFlag collects repeated "Name: value" flags into an http.Header.

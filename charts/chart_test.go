@@ -42,6 +42,7 @@ var variants = []struct {
 	{"flow-control", []string{"testdata/flow-control.yaml"}, checkFlowControl},
 	{"nth-migration", []string{"testdata/nth-migration.yaml"}, checkMigration},
 	{"coexistence", []string{"testdata/coexistence.yaml"}, checkCoexistence},
+	{"gke", []string{"testdata/gke.yaml"}, checkGKE},
 }
 
 func TestLint(t *testing.T) {
@@ -298,7 +299,15 @@ func checkAllNodes(t *testing.T, objs []*unstructured.Unstructured) {
 }
 
 func checkMonitoring(t *testing.T, objs []*unstructured.Unstructured) {
-	svc := into[corev1.Service](t, find(t, objs, "Service"))
+	var svc *corev1.Service
+	for _, o := range objs {
+		if o.GetKind() == "Service" && o.GetName() == "lastcall-metrics" {
+			svc = into[corev1.Service](t, o)
+		}
+	}
+	if svc == nil {
+		t.Fatalf("no Service lastcall-metrics among %v", kinds(objs))
+	}
 	if svc.Spec.ClusterIP != corev1.ClusterIPNone || len(svc.Spec.Ports) != 1 || svc.Spec.Ports[0].Name != "metrics" {
 		t.Errorf("metrics Service = %+v, want headless with port metrics", svc.Spec)
 	}
@@ -318,6 +327,24 @@ func checkMonitoring(t *testing.T, objs []*unstructured.Unstructured) {
 	eps, _, _ := unstructured.NestedSlice(pm.Object, "spec", "podMetricsEndpoints")
 	if len(eps) != 1 || eps[0].(map[string]any)["interval"] != "15s" {
 		t.Errorf("PodMonitor endpoints = %v, want one with interval 15s", eps)
+	}
+}
+
+// checkGKE: the ResourceQuota admits pods of the agent's priority class in
+// the release namespace.
+func checkGKE(t *testing.T, objs []*unstructured.Unstructured) {
+	q := into[corev1.ResourceQuota](t, find(t, objs, "ResourceQuota"))
+	ds, _ := daemonSet(t, objs)
+	sel := q.Spec.ScopeSelector
+	if q.Namespace != "lastcall-system" || sel == nil || len(sel.MatchExpressions) != 1 ||
+		sel.MatchExpressions[0].ScopeName != corev1.ResourceQuotaScopePriorityClass ||
+		sel.MatchExpressions[0].Operator != corev1.ScopeSelectorOpIn ||
+		!slices.Equal(sel.MatchExpressions[0].Values, []string{ds.Spec.Template.Spec.PriorityClassName}) {
+		t.Errorf("ResourceQuota %s/%s scope %+v, want the release namespace and priority class %s", q.Namespace, q.Name, sel,
+			ds.Spec.Template.Spec.PriorityClassName)
+	}
+	if got := q.Spec.Hard[corev1.ResourcePods]; got.Value() != 5000 {
+		t.Errorf("ResourceQuota pods %s, want 5000", got.String())
 	}
 }
 

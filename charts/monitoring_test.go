@@ -2,6 +2,7 @@ package charts
 
 import (
 	"encoding/json"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,8 +13,12 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
 
 	"github.com/lastcall-dev/lastcall/agent"
 	"github.com/lastcall-dev/lastcall/drainer"
@@ -48,13 +53,48 @@ type rulecheckReport struct {
 	Rules   int                 `json:"rules"`
 	Queries int                 `json:"queries"`
 	Metrics map[string][]string `json:"metrics"`
+	Alerts  []struct {
+		Name        string            `json:"name"`
+		For         string            `json:"for"`
+		Labels      map[string]string `json:"labels"`
+		Annotations map[string]string `json:"annotations"`
+	} `json:"alerts"`
 }
 
-// rulecheck runs hack/rulecheck on files given as flag → content.
-func rulecheck(t *testing.T, files map[string]string) (rulecheckReport, error) {
+// runbookBase is the default of metrics.prometheusRule.runbookURL.
+const runbookBase = "https://github.com/lastcall-dev/lastcall/blob/main/docs/runbooks/"
+
+// alertSeverity is each alert's severity by impact: critical only where
+// work may be lost.
+var alertSeverity = map[string]string{
+	"LastcallWatcherBlind":          "warning",
+	"LastcallDrainIncomplete":       "critical",
+	"LastcallEvictionsFailed":       "warning",
+	"LastcallSidecarNotInjected":    "warning",
+	"LastcallAgentNotReady":         "warning",
+	"LastcallInjectorErrors":        "warning",
+	"LastcallWebhookDeliveryFailed": "warning",
+}
+
+// renderRules renders the chart's PrometheusRule with set and returns its
+// spec as JSON.
+func renderRules(t *testing.T, set ...string) string {
+	t.Helper()
+	objs := render(t, "lastcall", "lastcall-system", nil, append([]string{"metrics.prometheusRule.enabled=true"}, set...))
+	spec, _, _ := unstructured.NestedMap(find(t, objs, "PrometheusRule").Object, "spec")
+	rules, err := json.Marshal(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(rules)
+}
+
+// rulecheck runs hack/rulecheck on files given as flag → content, with
+// flags before them.
+func rulecheck(t *testing.T, files map[string]string, flags ...string) (rulecheckReport, error) {
 	t.Helper()
 	dir := t.TempDir()
-	var args []string
+	args := slices.Clone(flags)
 	for flag, content := range files {
 		path := filepath.Join(dir, strings.TrimPrefix(flag, "-")+".json")
 		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
@@ -154,13 +194,31 @@ func TestMonitoring(t *testing.T) {
 	if dash == "" {
 		t.Fatal("the dashboard ConfigMap has no lastcall.json")
 	}
-	rep, err := rulecheck(t, map[string]string{"-rules": string(rules), "-dashboard": dash})
+	rep, err := rulecheck(t, map[string]string{"-rules": string(rules), "-dashboard": dash}, "-conventions")
 	if err != nil {
 		t.Fatalf("rulecheck refused the chart's rules or dashboard: %v\n%s", err, err.(*exec.ExitError).Stderr)
 	}
 	t.Logf("rulecheck: %d rules, %d dashboard queries, %d metrics named", rep.Rules, rep.Queries, len(rep.Metrics))
-	if rep.Rules != 5 || rep.Queries < 10 {
-		t.Errorf("rulecheck saw %d rules and %d queries; want 5 rules and every panel's queries", rep.Rules, rep.Queries)
+	if rep.Rules != len(alertSeverity) || rep.Queries < 14 {
+		t.Errorf("rulecheck saw %d rules and %d queries; want %d rules and every panel's queries", rep.Rules, rep.Queries, len(alertSeverity))
+	}
+	// Each alert: its severity by impact, a for (rulecheck -conventions
+	// refuses less than 1m), and its runbook, which exists in docs/runbooks.
+	var names []string
+	for _, a := range rep.Alerts {
+		names = append(names, a.Name)
+		if want, ok := alertSeverity[a.Name]; !ok || a.Labels["severity"] != want {
+			t.Errorf("alert %s: severity %q, want %q", a.Name, a.Labels["severity"], want)
+		}
+		if got, want := a.Annotations["runbook_url"], runbookBase+a.Name+".md"; got != want {
+			t.Errorf("alert %s: runbook_url %q, want %q", a.Name, got, want)
+		}
+		if _, err := os.Stat(filepath.Join("..", "docs", "runbooks", a.Name+".md")); err != nil {
+			t.Errorf("alert %s has no runbook: %v", a.Name, err)
+		}
+	}
+	if len(names) != len(alertSeverity) {
+		t.Errorf("alerts %v, want one each of %v", names, slices.Sorted(maps.Keys(alertSeverity)))
 	}
 	have := registryNames(t)
 	for name, where := range rep.Metrics {
@@ -175,6 +233,97 @@ func TestMonitoring(t *testing.T) {
 			t.Errorf("no rule or panel reads %s", name)
 		}
 	}
+	// The injector's errors and the webhook's failed deliveries have an
+	// alert of their own; the injector has panels.
+	for name, where := range map[string]string{
+		"lastcall_injector_errors_total":   "LastcallInjectorErrors",
+		"lastcall_webhook_requests_total":  "LastcallWebhookDeliveryFailed",
+		"lastcall_injector_injected_total": "panel Injector: admission requests (rate)",
+	} {
+		if !slices.Contains(rep.Metrics[name], where) {
+			t.Errorf("%s is read by %v, want %q among them", name, rep.Metrics[name], where)
+		}
+	}
+}
+
+// TestAlertValues: metrics.prometheusRule.severity gives every alert one
+// severity, and runbookURL moves every runbook_url.
+func TestAlertValues(t *testing.T) {
+	rules := renderRules(t, "metrics.prometheusRule.severity=page", "metrics.prometheusRule.runbookURL=https://wiki.example/lastcall/")
+	rep, err := rulecheck(t, map[string]string{"-rules": rules})
+	if err != nil {
+		t.Fatalf("rulecheck: %v\n%s", err, err.(*exec.ExitError).Stderr)
+	}
+	if len(rep.Alerts) != len(alertSeverity) {
+		t.Fatalf("%d alerts, want %d", len(rep.Alerts), len(alertSeverity))
+	}
+	for _, a := range rep.Alerts {
+		if a.Labels["severity"] != "page" || a.Annotations["runbook_url"] != "https://wiki.example/lastcall/"+a.Name+".md" {
+			t.Errorf("alert %s: severity %q, runbook_url %q; want page and the wiki's", a.Name, a.Labels["severity"], a.Annotations["runbook_url"])
+		}
+	}
+	// A severity outside the mixin's values is the user's choice, but
+	// rulecheck -conventions would refuse it.
+	if _, err := rulecheck(t, map[string]string{"-rules": rules}, "-conventions"); err == nil {
+		t.Error("rulecheck -conventions accepted severity page")
+	}
+}
+
+// TestScrapesInjector: with the injector on, the ServiceMonitor selects a
+// metrics Service for its replicas as well as the agents', and the
+// PodMonitor selects its pods.
+func TestScrapesInjector(t *testing.T) {
+	objs := render(t, "lastcall", "lastcall-system", nil, []string{"injector.enabled=true", "metrics.serviceMonitor.enabled=true",
+		"metrics.podMonitor.enabled=true"})
+	sm := find(t, objs, "ServiceMonitor")
+	smSel, _, _ := unstructured.NestedMap(sm.Object, "spec", "selector")
+	pm := find(t, objs, "PodMonitor")
+	pmSel, _, _ := unstructured.NestedMap(pm.Object, "spec", "selector")
+	selector := func(m map[string]any) labels.Selector {
+		var ls metav1.LabelSelector
+		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(m, &ls); err != nil {
+			t.Fatal(err)
+		}
+		sel, err := metav1.LabelSelectorAsSelector(&ls)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return sel
+	}
+	// Services the ServiceMonitor scrapes: selected, with a port named
+	// metrics; each must select the pods of one component.
+	scraped := map[string]bool{}
+	podLabels := map[string]map[string]string{}
+	for _, o := range objs {
+		switch o.GetKind() {
+		case "DaemonSet":
+			podLabels["node-agent"] = into[appsv1.DaemonSet](t, o).Spec.Template.Labels
+		case "Deployment":
+			podLabels["injector"] = into[appsv1.Deployment](t, o).Spec.Template.Labels
+		}
+	}
+	for _, o := range objs {
+		if o.GetKind() != "Service" || !selector(smSel).Matches(labels.Set(o.GetLabels())) {
+			continue
+		}
+		svc := into[corev1.Service](t, o)
+		if !slices.ContainsFunc(svc.Spec.Ports, func(p corev1.ServicePort) bool { return p.Name == "metrics" }) {
+			continue
+		}
+		for component, pl := range podLabels {
+			if labels.SelectorFromSet(svc.Spec.Selector).Matches(labels.Set(pl)) {
+				scraped[component] = true
+			}
+		}
+	}
+	for _, component := range []string{"node-agent", "injector"} {
+		if !scraped[component] {
+			t.Errorf("the ServiceMonitor scrapes no Service with a metrics port that selects the %s pods", component)
+		}
+		if !selector(pmSel).Matches(labels.Set(podLabels[component])) {
+			t.Errorf("the PodMonitor does not select the %s pods", component)
+		}
+	}
 }
 
 // TestRulecheckRefuses shows that the checker does refuse what Prometheus
@@ -186,9 +335,22 @@ func TestRulecheckRefuses(t *testing.T) {
 		"template":   {"-rules": `{"groups":[{"name":"g","rules":[{"alert":"A","expr":"up == 0","annotations":{"d":"{{ $labels.node "}}]}]}`},
 		"duration":   {"-rules": `{"groups":[{"name":"g","rules":[{"alert":"A","expr":"up == 0","for":"5 minutes"}]}]}`},
 		"panel":      {"-dashboard": `{"panels":[{"title":"p","targets":[{"expr":"sum by (le (x)"}]}]}`},
+		// -conventions: each alert needs for >= 1m, a mixin severity and a
+		// runbook_url.
+		"no for":      {"-conventions": "", "-rules": `{"groups":[{"name":"g","rules":[{"alert":"A","expr":"up == 0","labels":{"severity":"warning"},"annotations":{"runbook_url":"https://x/A.md"}}]}]}`},
+		"short for":   {"-conventions": "", "-rules": `{"groups":[{"name":"g","rules":[{"alert":"A","expr":"up == 0","for":"30s","labels":{"severity":"warning"},"annotations":{"runbook_url":"https://x/A.md"}}]}]}`},
+		"severity":    {"-conventions": "", "-rules": `{"groups":[{"name":"g","rules":[{"alert":"A","expr":"up == 0","for":"5m","labels":{"severity":"high"},"annotations":{"runbook_url":"https://x/A.md"}}]}]}`},
+		"no runbook":  {"-conventions": "", "-rules": `{"groups":[{"name":"g","rules":[{"alert":"A","expr":"up == 0","for":"5m","labels":{"severity":"warning"}}]}]}`},
+		"bad runbook": {"-conventions": "", "-rules": `{"groups":[{"name":"g","rules":[{"alert":"A","expr":"up == 0","for":"5m","labels":{"severity":"warning"},"annotations":{"runbook_url":"docs/runbooks/A.md"}}]}]}`},
 	} {
 		t.Run(name, func(t *testing.T) {
-			if _, err := rulecheck(t, files); err == nil {
+			var flags []string
+			if _, ok := files["-conventions"]; ok {
+				flags = []string{"-conventions"}
+				files = maps.Clone(files)
+				delete(files, "-conventions")
+			}
+			if _, err := rulecheck(t, files, flags...); err == nil {
 				t.Errorf("accepted %v", files)
 			} else {
 				t.Logf("refused: %s", strings.TrimSpace(string(err.(*exec.ExitError).Stderr)))

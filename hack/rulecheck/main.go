@@ -3,14 +3,19 @@
 // building promtool and its service discovery: rules are parsed and
 // validated by model/rulefmt (expressions, durations, label names, the Go
 // templates of annotations), dashboard queries by promql/parser. It prints,
-// as JSON, the metric names each expression selects.
+// as JSON, the metric names each expression selects and each alert's `for`,
+// labels and annotations.
 //
 // Usage:
 //
-//	rulecheck [-rules FILE]... [-dashboard FILE]...
+//	rulecheck [-conventions] [-rules FILE]... [-dashboard FILE]...
 //
 // A rules file holds rule groups (`groups:`), in YAML or JSON. It exits 1,
-// with the errors on standard error, when a file does not parse.
+// with the errors on standard error, when a file does not parse, or, with
+// -conventions, when an alert breaks the kube-prometheus mixin's
+// conventions: every alert has a `for:` of at least a minute, a severity
+// label of critical, warning or info, and a runbook_url annotation that is
+// an absolute http(s) URL.
 package main
 
 import (
@@ -20,10 +25,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"os"
 	"regexp"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/rulefmt"
@@ -45,6 +52,37 @@ type Report struct {
 	// Metrics maps each metric name selected to where: the alert or record
 	// name, or the dashboard panel's title.
 	Metrics map[string][]string `json:"metrics"`
+	// Alerts are the alerting rules, in order.
+	Alerts []Alert `json:"alerts"`
+}
+
+// Alert is what rulefmt parsed of one alerting rule.
+type Alert struct {
+	Name string `json:"name"`
+	// For is the rule's `for`, as Prometheus prints a duration ("0s" when
+	// there is none).
+	For         string            `json:"for"`
+	Labels      map[string]string `json:"labels"`
+	Annotations map[string]string `json:"annotations"`
+}
+
+// severities are the mixin's severity values.
+var severities = []string{"critical", "warning", "info"}
+
+// conventions returns what a breaks of the kube-prometheus mixin's
+// conventions.
+func conventions(a Alert, forDur model.Duration) []error {
+	var errs []error
+	if time.Duration(forDur) < time.Minute {
+		errs = append(errs, fmt.Errorf("alert %s: for %s: want at least 1m, so that one scrape does not page", a.Name, a.For))
+	}
+	if !slices.Contains(severities, a.Labels["severity"]) {
+		errs = append(errs, fmt.Errorf("alert %s: severity %q: want one of %v", a.Name, a.Labels["severity"], severities))
+	}
+	if u, err := url.Parse(a.Annotations["runbook_url"]); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		errs = append(errs, fmt.Errorf("alert %s: runbook_url %q: want an absolute http(s) URL", a.Name, a.Annotations["runbook_url"]))
+	}
+	return errs
 }
 
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
@@ -53,6 +91,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	var rules, dashboards files
 	fs := flag.NewFlagSet("rulecheck", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	mixin := fs.Bool("conventions", false, "refuse alerts without a for of at least 1m, a severity of critical, warning or info, or a runbook_url")
 	fs.Var(&rules, "rules", "a rule groups file (repeatable)")
 	fs.Var(&dashboards, "dashboard", "a Grafana dashboard JSON file (repeatable)")
 	if err := fs.Parse(args); err != nil {
@@ -62,7 +101,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	rep := Report{Metrics: map[string][]string{}}
 	var errs []error
 	for _, f := range rules {
-		errs = append(errs, checkRules(p, f, &rep)...)
+		errs = append(errs, checkRules(p, f, *mixin, &rep)...)
 	}
 	for _, f := range dashboards {
 		errs = append(errs, checkDashboard(p, f, &rep)...)
@@ -76,7 +115,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-func checkRules(p parser.Parser, file string, rep *Report) []error {
+func checkRules(p parser.Parser, file string, mixin bool, rep *Report) []error {
 	groups, errs := rulefmt.ParseFile(file, false, model.UTF8Validation, p, slog.New(slog.DiscardHandler))
 	if len(errs) > 0 {
 		return errs
@@ -93,9 +132,17 @@ func checkRules(p parser.Parser, file string, rep *Report) []error {
 			}
 			rep.Rules++
 			selected(expr, name, rep)
+			if r.Alert == "" {
+				continue
+			}
+			a := Alert{Name: r.Alert, For: r.For.String(), Labels: r.Labels, Annotations: r.Annotations}
+			rep.Alerts = append(rep.Alerts, a)
+			if mixin {
+				errs = append(errs, conventions(a, r.For)...)
+			}
 		}
 	}
-	return nil
+	return errs
 }
 
 // dashboard is the part of a Grafana dashboard that holds queries.

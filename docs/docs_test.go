@@ -268,3 +268,29 @@ func TestChecker(t *testing.T) {
 		}
 	}
 }
+
+// TestKubernetesVersions: the lowest version the support matrix, the README
+// and the install docs claim is the chart's kubeVersion floor.
+func TestKubernetesVersions(t *testing.T) {
+	chart, err := os.ReadFile(filepath.Join(root, "charts", "lastcall", "Chart.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^kubeVersion: ">=1\.(\d+)\.0-0"$`).FindSubmatch(chart)
+	if m == nil {
+		t.Fatalf("Chart.yaml has no kubeVersion \">=1.N.0-0\"")
+	}
+	floor := "1." + string(m[1])
+	for file, want := range map[string]string{
+		"docs/kubernetes-versions.md": "| " + floor + " | yes (the lowest) |",
+		"README.md":                   "Kubernetes " + floor + " or later",
+	} {
+		src, err := os.ReadFile(filepath.Join(root, file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(src), want) {
+			t.Errorf("%s does not say %q, the chart's kubeVersion floor", file, want)
+		}
+	}
+}

@@ -294,3 +294,43 @@ func TestKubernetesVersions(t *testing.T) {
 		}
 	}
 }
+
+// TestRunbooks: each alert of the chart's PrometheusRule template has its
+// runbook in docs/runbooks/, listed in that folder's README, and no runbook
+// is left for an alert that is gone. (charts' TestMonitoring checks the
+// rendered rule's runbook_url against the same files.)
+func TestRunbooks(t *testing.T) {
+	tmpl, err := os.ReadFile(filepath.Join(root, "charts", "lastcall", "templates", "prometheusrule.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var alerts []string
+	for _, m := range regexp.MustCompile(`(?m)^\s*- alert: (\w+)\s*$`).FindAllSubmatch(tmpl, -1) {
+		alerts = append(alerts, string(m[1]))
+	}
+	if len(alerts) < 7 {
+		t.Fatalf("found %d alerts in the template (%v): the template is not what this test expects", len(alerts), alerts)
+	}
+	index, err := os.ReadFile(filepath.Join(root, "docs", "runbooks", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range alerts {
+		if _, err := os.Stat(filepath.Join(root, "docs", "runbooks", a+".md")); err != nil {
+			t.Errorf("alert %s has no runbook: %v", a, err)
+		}
+		if !strings.Contains(string(index), "]("+a+".md)") {
+			t.Errorf("docs/runbooks/README.md does not list %s", a)
+		}
+	}
+	files, err := filepath.Glob(filepath.Join(root, "docs", "runbooks", "*.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range files {
+		name := strings.TrimSuffix(filepath.Base(f), ".md")
+		if name != "README" && !slices.Contains(alerts, name) {
+			t.Errorf("runbook %s.md is for no alert of the chart", name)
+		}
+	}
+}

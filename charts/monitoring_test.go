@@ -121,7 +121,7 @@ func rulecheck(t *testing.T, files map[string]string, flags ...string) (rulechec
 // _sum and _count), from their real constructors.
 func registryNames(t *testing.T) map[string]bool {
 	t.Helper()
-	reg := prometheus.NewRegistry()
+	reg := &histograms{Registry: prometheus.NewRegistry(), names: map[string]bool{}}
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	agent.NewMetrics(reg)
 	drainer.NewMetrics(reg)
@@ -132,14 +132,61 @@ func registryNames(t *testing.T) map[string]bool {
 		t.Fatal(err)
 	}
 	// The injector is a binary, and a registry, of its own.
-	ireg := prometheus.NewRegistry()
+	ireg := &histograms{Registry: prometheus.NewRegistry(), names: map[string]bool{}}
 	injector.NewMetrics(ireg, "test")
-	names := seriesNames(t, reg)
-	for n := range seriesNames(t, ireg) {
+	names := seriesNames(t, reg.Registry)
+	for n := range seriesNames(t, ireg.Registry) {
 		names[n] = true
+	}
+	for _, r := range []*histograms{reg, ireg} {
+		for n := range r.names {
+			names[n] = true
+		}
 	}
 	return names
 }
+
+// histograms is a Registry that also records the series names of the
+// histograms and summaries registered on it, which Gather shows only once
+// they have a child (a labelled histogram has none before its first
+// observation): name_bucket, name_sum and name_count.
+type histograms struct {
+	*prometheus.Registry
+	names map[string]bool
+}
+
+// Register registers c and records its series names if it is a histogram
+// or a summary.
+func (h *histograms) Register(c prometheus.Collector) error {
+	switch c.(type) {
+	case prometheus.Histogram, *prometheus.HistogramVec, prometheus.Summary, *prometheus.SummaryVec:
+		descs := make(chan *prometheus.Desc, 16)
+		go func() {
+			c.Describe(descs)
+			close(descs)
+		}()
+		for d := range descs {
+			if m := fqName.FindStringSubmatch(d.String()); m != nil {
+				for _, s := range []string{"_bucket", "_sum", "_count"} {
+					h.names[m[1]+s] = true
+				}
+			}
+		}
+	}
+	return h.Registry.Register(c)
+}
+
+// MustRegister registers cs, panicking on an error as the Registry does.
+func (h *histograms) MustRegister(cs ...prometheus.Collector) {
+	for _, c := range cs {
+		if err := h.Register(c); err != nil {
+			panic(err)
+		}
+	}
+}
+
+// fqName finds a metric's name in a Desc's String.
+var fqName = regexp.MustCompile(`fqName: "([^"]+)"`)
 
 // seriesNames returns the names of the series reg's collectors describe.
 func seriesNames(t *testing.T, reg *prometheus.Registry) map[string]bool {
@@ -149,7 +196,6 @@ func seriesNames(t *testing.T, reg *prometheus.Registry) map[string]bool {
 		reg.Describe(descs)
 		close(descs)
 	}()
-	fqName := regexp.MustCompile(`fqName: "([^"]+)"`)
 	names := map[string]bool{}
 	for d := range descs {
 		m := fqName.FindStringSubmatch(d.String())
@@ -158,7 +204,7 @@ func seriesNames(t *testing.T, reg *prometheus.Registry) map[string]bool {
 		}
 		names[m[1]] = true
 	}
-	// Histograms and summaries are stored as several series.
+	// Histograms and summaries with a series are stored as several series.
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)

@@ -661,6 +661,11 @@ func (a *Agent) reconcilePods(ctx context.Context) {
 		a.noSidecar[p.UID] = true
 		a.Metrics.podWithoutSidecar()
 		a.Logger.Warn("pod asked for the sidecar and has none: the injector missed it", "pod", p.Namespace+"/"+p.Name)
+		if why := p.Annotations[notInjectedAnnotation]; why != "" {
+			a.podEvent(p, corev1.EventTypeWarning, "SidecarNotInjected",
+				"the pod is labelled %s=enabled but the injector does not inject such a pod (%s): its workers will not be told of a preemption", injectLabel, why)
+			continue
+		}
 		a.podEvent(p, corev1.EventTypeWarning, "SidecarNotInjected",
 			"the pod is labelled %s=enabled but has no lastcall sidecar (the injector was unavailable): its workers will not be told of a preemption; recreate the pod", injectLabel)
 	}
@@ -674,8 +679,9 @@ func (a *Agent) reconcilePods(ctx context.Context) {
 // The injector's label and annotation (package injector), repeated here so
 // that the agent does not import the injector.
 const (
-	injectLabel        = "lastcall.dev/inject"
-	injectedAnnotation = "lastcall.dev/injected"
+	injectLabel           = "lastcall.dev/inject"
+	injectedAnnotation    = "lastcall.dev/injected"
+	notInjectedAnnotation = "lastcall.dev/not-injected"
 )
 
 func (a *Agent) dryRun(ctx context.Context, log *slog.Logger, n watcher.Notice, action Action) {

@@ -21,6 +21,16 @@ const (
 	// InjectedAnnotation marks a pod that has the sidecar; a pod that carries
 	// it is left as it is.
 	InjectedAnnotation = "lastcall.dev/injected"
+	// NotInjectedAnnotation says why a pod that asked for the sidecar did
+	// not get it (NotInjectable): the injector adds it instead.
+	NotInjectedAnnotation = "lastcall.dev/not-injected"
+	// SidecarImageAnnotation records the sidecar image a pod got, so that
+	// its version can be read from the pod.
+	SidecarImageAnnotation = "lastcall.dev/sidecar-image"
+	// ContainersAnnotation lists (comma-separated) the containers that get
+	// the sidecar's preStop hook; by default every container but the
+	// service-mesh proxies (istio-proxy, linkerd-proxy).
+	ContainersAnnotation = "lastcall.dev/containers"
 	// SignalAnnotation names a signal (TSTP, USR1, ...) the sidecar sends to
 	// the worker process when draining starts; it also turns on
 	// shareProcessNamespace.

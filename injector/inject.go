@@ -36,6 +36,22 @@ func Inject(pod *corev1.Pod, cfg Config) (*corev1.Pod, bool, error) {
 	if cfg.excluded(pod.Namespace) {
 		return pod, false, fmt.Errorf("pod %s/%s: %w", pod.Namespace, pod.Name, ErrExcluded)
 	}
+	if hasSidecarContainer(&pod.Spec) {
+		// Injected before (the annotation was lost, e.g. by a tool that
+		// rewrote the pod), or by hand: left as it is.
+		return pod, false, nil
+	}
+	if reason := NotInjectable(pod); reason != "" {
+		if pod.Annotations[NotInjectedAnnotation] == reason {
+			return pod, false, nil
+		}
+		out := pod.DeepCopy()
+		if out.Annotations == nil {
+			out.Annotations = map[string]string{}
+		}
+		out.Annotations[NotInjectedAnnotation] = reason
+		return out, true, nil
+	}
 	if cfg.Image == "" {
 		return pod, false, errors.New("no sidecar image configured")
 	}
@@ -44,6 +60,10 @@ func Inject(pod *corev1.Pod, cfg Config) (*corev1.Pod, bool, error) {
 		return pod, false, fmt.Errorf("pod %s/%s: %w", pod.Namespace, pod.Name, err)
 	}
 	if err := checkNames(&pod.Spec); err != nil {
+		return pod, false, fmt.Errorf("pod %s/%s: %w", pod.Namespace, pod.Name, err)
+	}
+	workers, err := workerContainers(&pod.Spec, pod.Annotations)
+	if err != nil {
 		return pod, false, fmt.Errorf("pod %s/%s: %w", pod.Namespace, pod.Name, err)
 	}
 	uid := cfg.RunAsUser
@@ -82,6 +102,9 @@ func Inject(pod *corev1.Pod, cfg Config) (*corev1.Pod, bool, error) {
 			// can replace what the others run.
 			c.VolumeMounts = append(c.VolumeMounts, corev1.VolumeMount{Name: VolumeName, MountPath: MountPath, ReadOnly: true})
 		}
+		if !workers[c.Name] {
+			continue
+		}
 		if c.Lifecycle == nil {
 			c.Lifecycle = &corev1.Lifecycle{}
 		}
@@ -110,7 +133,67 @@ func Inject(pod *corev1.Pod, cfg Config) (*corev1.Pod, bool, error) {
 		out.Annotations = map[string]string{}
 	}
 	out.Annotations[InjectedAnnotation] = "true"
+	out.Annotations[SidecarImageAnnotation] = cfg.Image
 	return out, true, nil
+}
+
+// NotInjectable returns why pod cannot have the sidecar, or "" when it can.
+// A hostNetwork pod's IP is the node's: the agent cannot tell its sidecar
+// from any other process on the node (which could report it done or read
+// its state), and its workers' API would take the node's loopback port, so
+// two such pods would collide. A Windows pod cannot run the Linux sidecar.
+// Istio and Linkerd skip both for the same reasons.
+func NotInjectable(pod *corev1.Pod) string {
+	switch {
+	case pod.Spec.HostNetwork:
+		return "hostNetwork: the pod shares the node's network, where its sidecar could not be told from other processes on the node"
+	case pod.Spec.OS != nil && pod.Spec.OS.Name == corev1.Windows,
+		pod.Spec.NodeSelector["kubernetes.io/os"] == "windows":
+		return "windows: the sidecar runs on Linux only"
+	}
+	return ""
+}
+
+// hasSidecarContainer reports whether spec already has a container named
+// ContainerName.
+func hasSidecarContainer(spec *corev1.PodSpec) bool {
+	for _, cs := range [][]corev1.Container{spec.InitContainers, spec.Containers} {
+		for _, c := range cs {
+			if c.Name == ContainerName {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// knownProxies are the containers of service meshes, which get no preStop
+// hook unless ContainersAnnotation names them: they must keep serving while
+// the workers finish.
+var knownProxies = []string{"istio-proxy", "linkerd-proxy"}
+
+// workerContainers returns the names of the containers that get the
+// preStop hook: those ContainersAnnotation lists (comma-separated, each
+// must exist), else every container but the known proxies.
+func workerContainers(spec *corev1.PodSpec, ann map[string]string) (map[string]bool, error) {
+	out := map[string]bool{}
+	list, ok := ann[ContainersAnnotation]
+	if !ok {
+		for _, c := range spec.Containers {
+			if !slices.Contains(knownProxies, c.Name) {
+				out[c.Name] = true
+			}
+		}
+		return out, nil
+	}
+	for _, name := range strings.Split(list, ",") {
+		name = strings.TrimSpace(name)
+		if !slices.ContainsFunc(spec.Containers, func(c corev1.Container) bool { return c.Name == name }) {
+			return nil, fmt.Errorf("annotation %s=%q: the pod has no container %q", ContainersAnnotation, list, name)
+		}
+		out[name] = true
+	}
+	return out, nil
 }
 
 // sidecarArgs returns the sidecar's arguments for the pod's annotations,

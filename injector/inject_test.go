@@ -269,6 +269,65 @@ func TestInject(t *testing.T) {
 			}),
 			err: "already named",
 		},
+		{
+			name: "sidecar there, injected annotation lost: left alone",
+			pod: workerPod(func(p *corev1.Pod) {
+				p.Spec.InitContainers = []corev1.Container{{Name: ContainerName, Image: testImage}}
+				p.Spec.Volumes = []corev1.Volume{{Name: VolumeName}}
+			}),
+		},
+		{
+			name:    "hostNetwork pod: not injected, says why",
+			pod:     workerPod(func(p *corev1.Pod) { p.Spec.HostNetwork = true }),
+			changed: true,
+			check: func(t *testing.T, in, out *corev1.Pod) {
+				if !reflect.DeepEqual(in.Spec, out.Spec) || !strings.HasPrefix(out.Annotations[NotInjectedAnnotation], "hostNetwork") || out.Annotations[InjectedAnnotation] != "" {
+					t.Errorf("spec changed %v, annotations %v: want only %s", !reflect.DeepEqual(in.Spec, out.Spec), out.Annotations, NotInjectedAnnotation)
+				}
+			},
+		},
+		{
+			name:    "Windows pod: not injected, says why",
+			pod:     workerPod(func(p *corev1.Pod) { p.Spec.OS = &corev1.PodOS{Name: corev1.Windows} }),
+			changed: true,
+			check: func(t *testing.T, in, out *corev1.Pod) {
+				if !reflect.DeepEqual(in.Spec, out.Spec) || !strings.HasPrefix(out.Annotations[NotInjectedAnnotation], "windows") {
+					t.Errorf("spec changed %v, annotations %v: want only %s", !reflect.DeepEqual(in.Spec, out.Spec), out.Annotations, NotInjectedAnnotation)
+				}
+			},
+		},
+		{
+			name: "istio-proxy gets no preStop; the sidecar image is recorded",
+			pod: workerPod(func(p *corev1.Pod) {
+				p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: "istio-proxy", Image: "proxy:1"})
+			}),
+			changed: true,
+			check: func(t *testing.T, in, out *corev1.Pod) {
+				if out.Spec.Containers[0].Lifecycle == nil || out.Spec.Containers[1].Lifecycle != nil {
+					t.Errorf("lifecycles %+v, %+v: want the worker's hook only", out.Spec.Containers[0].Lifecycle, out.Spec.Containers[1].Lifecycle)
+				}
+				if out.Annotations[SidecarImageAnnotation] != testImage {
+					t.Errorf("annotation %s = %q, want %q", SidecarImageAnnotation, out.Annotations[SidecarImageAnnotation], testImage)
+				}
+			},
+		},
+		{
+			name: "lastcall.dev/containers names the workers",
+			pod: workerPod(annotate(ContainersAnnotation, "worker"), func(p *corev1.Pod) {
+				p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: "cache", Image: "redis:7"})
+			}),
+			changed: true,
+			check: func(t *testing.T, in, out *corev1.Pod) {
+				if out.Spec.Containers[0].Lifecycle == nil || out.Spec.Containers[1].Lifecycle != nil {
+					t.Errorf("the preStop hook on %v: want on worker only", out.Spec.Containers)
+				}
+			},
+		},
+		{
+			name: "lastcall.dev/containers naming no container refused",
+			pod:  workerPod(annotate(ContainersAnnotation, "worker, nope")),
+			err:  `no container "nope"`,
+		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := testConfig()

@@ -13,6 +13,7 @@ const (
 	SkipNotLabelled     = "not_labelled"
 	SkipAlreadyInjected = "already_injected"
 	SkipExcluded        = "excluded_namespace"
+	SkipNotInjectable   = "not_injectable"
 
 	ErrDecode  = "decode"
 	ErrRefused = "refused"
@@ -41,7 +42,7 @@ func NewMetrics(reg prometheus.Registerer, version string) *Metrics {
 			Name: "lastcall_injector_errors_total", Help: "Admission requests that failed or were refused, by reason.",
 		}, []string{"reason"}),
 	}
-	for _, r := range []string{SkipNotPodCreate, SkipNotLabelled, SkipAlreadyInjected, SkipExcluded} {
+	for _, r := range []string{SkipNotPodCreate, SkipNotLabelled, SkipAlreadyInjected, SkipExcluded, SkipNotInjectable} {
 		m.skipped.WithLabelValues(r)
 	}
 	for _, r := range []string{ErrDecode, ErrRefused, ErrEncode} {

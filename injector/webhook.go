@@ -117,14 +117,21 @@ func (h *Handler) review(req *admissionv1.AdmissionRequest) *admissionv1.Admissi
 		}
 		return allow
 	}
+	if reason := NotInjectable(&pod); reason != "" {
+		// Only the annotation that says why is added.
+		log.Info("pod not injected", "reason", reason)
+		h.Metrics.skip(SkipNotInjectable)
+	}
 	raw, err := json.Marshal(patch)
 	if err != nil {
 		log.Error("encode patch", "err", err)
 		h.Metrics.fail(ErrEncode)
 		return deny(http.StatusInternalServerError, fmt.Sprintf("lastcall injector: encode patch: %v", err))
 	}
-	log.Info("sidecar injected", "generate_name", pod.GenerateName)
-	h.Metrics.inject()
+	if NotInjectable(&pod) == "" {
+		log.Info("sidecar injected", "generate_name", pod.GenerateName)
+		h.Metrics.inject()
+	}
 	pt := admissionv1.PatchTypeJSONPatch
 	allow.Patch, allow.PatchType = raw, &pt
 	return allow

@@ -159,6 +159,9 @@ func run(o *options, logger *slog.Logger) error {
 	signal.Notify(sigs, syscall.SIGTERM, os.Interrupt)
 	defer signal.Stop(sigs)
 
+	if err := undumpable(); err != nil {
+		return fmt.Errorf("mark the process not dumpable: %w", err)
+	}
 	s, err := pod.New(o.cfg)
 	if err != nil {
 		return err

@@ -23,14 +23,23 @@ const NodeNameExtra = "authentication.kubernetes.io/node-name"
 // it: an Eviction does not name its pod's node, so the guard reads the pod.
 // The chart sends it only the agent's evictions (matchConditions on its
 // service account).
+//
+// Anything in the cluster can reach the guard's port, not only the
+// apiserver, and post a review it made up. The guard therefore acts only
+// for the user it guards: any other user's eviction is allowed at once,
+// without reading anything, and what it answers for the agent's says no
+// more than the apiserver's own answer to the eviction would.
 type EvictionGuard struct {
 	client kubernetes.Interface
+	user   string
 	log    *slog.Logger
 }
 
-// NewEvictionGuard returns the guard; client reads pods.
-func NewEvictionGuard(client kubernetes.Interface, log *slog.Logger) *EvictionGuard {
-	return &EvictionGuard{client: client, log: log}
+// NewEvictionGuard returns the guard of user's evictions (the agent's
+// service account, system:serviceaccount:NAMESPACE:NAME); client reads
+// pods. An empty user guards every eviction sent to it.
+func NewEvictionGuard(client kubernetes.Interface, user string, log *slog.Logger) *EvictionGuard {
+	return &EvictionGuard{client: client, user: user, log: log}
 }
 
 // ServeHTTP implements http.Handler.
@@ -46,6 +55,9 @@ func (g *EvictionGuard) review(ctx context.Context, req *admissionv1.AdmissionRe
 	allow := &admissionv1.AdmissionResponse{Allowed: true}
 	if req.Resource.Resource != "pods" || req.SubResource != "eviction" || req.Operation != admissionv1.Create {
 		return allow
+	}
+	if g.user != "" && req.UserInfo.Username != g.user {
+		return allow // not the agent: its evictions are not the guard's
 	}
 	nodes := req.UserInfo.Extra[NodeNameExtra]
 	if len(nodes) != 1 || nodes[0] == "" {

@@ -31,6 +31,7 @@ type options struct {
 	namespace, service, secret, webhookConfig string
 	certDir, listen, kubeconfig               string
 	metricsListen                             string
+	agentUser                                 string
 	inject                                    injector.Config
 	logFormat, logLevel                       string
 	showVersion                               bool
@@ -52,6 +53,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	fs.StringVar(&o.listen, "listen", ":9443", "HTTPS address of /mutate, /healthz and /readyz")
 	fs.StringVar(&o.metricsListen, "metrics-listen", "", "plain HTTP address of /metrics, e.g. :9102; empty: none")
 	fs.StringVar(&o.kubeconfig, "kubeconfig", getenv("KUBECONFIG"), "kubeconfig file; empty: in-cluster config [KUBECONFIG]")
+	fs.StringVar(&o.agentUser, "agent-user", "", "the node agent's user (system:serviceaccount:NAMESPACE:NAME): /evict guards its evictions only and allows any other's without a read; empty: every eviction sent")
 	sf := addSidecarFlags(fs)
 	fs.StringVar(&o.logFormat, "log-format", "json", "log format: json or text")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")

@@ -132,7 +132,7 @@ func run(ctx context.Context, o *options, ln net.Listener, logger *slog.Logger) 
 	nsHandler.Metrics = metrics
 	mux := http.NewServeMux()
 	mux.Handle("POST /mutate", handler)
-	mux.Handle("POST /evict", injector.NewEvictionGuard(client, logger.With("component", "eviction-guard")))
+	mux.Handle("POST /evict", injector.NewEvictionGuard(client, o.agentUser, logger.With("component", "eviction-guard")))
 	mux.Handle("POST /mutate-namespace", nsHandler)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {

@@ -133,8 +133,25 @@ func checkDefault(t *testing.T, objs []*unstructured.Unstructured) {
 	want := []string{"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "DaemonSet",
 		"FlowSchema", "FlowSchema", "PriorityLevelConfiguration", "PriorityLevelConfiguration",
 		"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding", "ValidatingAdmissionPolicyBinding"}
-	if got := kinds(objs); !slices.Equal(got, want) {
-		t.Errorf("kinds = %v, want %v", got, want)
+	inj := injectorObjects(objs)
+	agentObjs := slices.DeleteFunc(slices.Clone(objs), func(o *unstructured.Unstructured) bool { return slices.Contains(inj, o) })
+	if got := kinds(agentObjs); !slices.Equal(got, want) {
+		t.Errorf("the agent's kinds = %v, want %v", got, want)
+	}
+	// The injector is on by default, with the eviction guard, which fails
+	// closed: an injector outage must not let the agent evict anywhere.
+	whc := into[admissionregistrationv1.MutatingWebhookConfiguration](t, find(t, inj, "MutatingWebhookConfiguration"))
+	guard := false
+	for _, w := range whc.Webhooks {
+		if w.Name == "eviction-guard.lastcall.dev" {
+			guard = true
+			if w.FailurePolicy == nil || *w.FailurePolicy != admissionregistrationv1.Fail || len(w.MatchConditions) != 1 {
+				t.Errorf("eviction guard failurePolicy %v, matchConditions %v: want Fail, matched to the agent only", w.FailurePolicy, w.MatchConditions)
+			}
+		}
+	}
+	if !guard {
+		t.Error("the default install has no eviction guard")
 	}
 	ds, c := daemonSet(t, objs)
 	spec := ds.Spec.Template.Spec

@@ -158,14 +158,13 @@ func (c *cluster) helmRun(t *testing.T, args ...string) {
 }
 
 // helmValues are the chart values of the test: the locally built images
-// (never pulled), the injector on this one node, the agent pointed at the
+// (never pulled), the injector (on by default) on this one node, the agent pointed at the
 // metadata fakes on the node's loopback (it runs with hostNetwork).
 func (c *cluster) helmValues(cloud string) []string {
 	var out []string
 	for _, v := range []string{
 		"image.tag=" + c.tag,
 		"image.pullPolicy=Never",
-		"injector.enabled=true",
 		"injector.replicas=1",
 		"injector.avoidSpotNodes=false",
 		"agent.cloud=" + cloud,

@@ -113,9 +113,11 @@ The user name the apiserver gives the agent's service-account tokens.
 {{/*
 What the two node-restriction policies share: they apply to the agent's
 service account only; nodeName is the node its pod-bound token names, or ""
-when the token names none, which the first validation refuses.
+when the token names none, which restrictionTokenRule refuses. A policy
+adds its own variables after these, and its own validations after
+restrictionTokenRule.
 */}}
-{{- define "lastcall.restrictionCommon" -}}
+{{- define "lastcall.restrictionMatch" -}}
 matchConditions:
   - name: lastcall-agent
     expression: >-
@@ -127,12 +129,13 @@ variables:
       'authentication.kubernetes.io/node-name' in request.userInfo.extra &&
       size(request.userInfo.extra['authentication.kubernetes.io/node-name']) == 1
       ? request.userInfo.extra['authentication.kubernetes.io/node-name'][0] : ''
-validations:
-  - expression: variables.nodeName != ''
-    reason: Forbidden
-    message: >-
-      lastcall: the agent's token names no node; the agent may change Nodes
-      and delete pods only with the pod-bound token the kubelet mounts
+{{- end }}
+{{- define "lastcall.restrictionTokenRule" -}}
+- expression: variables.nodeName != ''
+  reason: Forbidden
+  message: >-
+    lastcall: the agent's token names no node; the agent may change Nodes
+    and delete pods only with the pod-bound token the kubelet mounts
 {{- end }}
 
 {{/*

@@ -95,8 +95,8 @@ func procMiB(t testing.TB, pid int, field string) float64 {
 // and 1,000 connections: the agent before the caps peaked at 70 MiB; with
 // them, at about 50 MiB.
 func TestConnectionFloodBounded(t *testing.T) {
-	c := newCluster(t, 1, kubetest.WithGrace(5))
-	c.waitRunning(t, 2)
+	c := newCluster(t, 2, kubetest.WithGrace(5))
+	c.waitRunning(t, 3)
 	trigger := freeAddr(t)
 	p := c.startAgent(t, "--cloud=sim", "--sim-listen="+trigger, "--node-ip=127.0.0.1")
 	sc := c.startSidecar(t, p.hub, "worker-0")
@@ -129,11 +129,26 @@ func TestConnectionFloodBounded(t *testing.T) {
 			unsubscribed++
 		}
 	}
-	for start := time.Now(); time.Since(start) < 4*time.Second; time.Sleep(250 * time.Millisecond) {
+	for start := time.Now(); time.Since(start) < 2*time.Second; time.Sleep(250 * time.Millisecond) {
 		sample()
 	}
+	// A sidecar that starts during the flood (a new pod, a restarted
+	// sidecar) must get in: its first connections are newcomers.
+	late := c.startSidecar(t, p.hub, "worker-1")
+	lateIn := time.Now()
+	for !late.agentConnected() && time.Since(lateIn) < 5*time.Second {
+		sample()
+		time.Sleep(250 * time.Millisecond)
+	}
+	if !late.agentConnected() {
+		t.Errorf("a sidecar started during the flood was not subscribed within 5 s")
+	} else {
+		t.Logf("a sidecar started during the flood subscribed in %.1f s", time.Since(lateIn).Seconds())
+	}
 	post(t, trigger, `{"kind":"preemption","seconds":60,"id":"flood"}`)
-	eventually(t, 5*time.Second, "the sidecar is told during the flood", func() bool { return sc.phase() == "draining" })
+	eventually(t, 5*time.Second, "the sidecars are told during the flood", func() bool {
+		return sc.phase() == "draining" && late.phase() == "draining"
+	})
 	peak := rest
 	for ctx.Err() == nil {
 		peak = max(peak, procMiB(t, pid, "VmRSS"))

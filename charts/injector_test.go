@@ -402,3 +402,20 @@ func helmInstall(t *testing.T, e *kubetest.Env, name, values string) (ns, releas
 	}
 	return ns, release, kubeconfig, out
 }
+
+// TestSidecarImageDigest: the sidecar image may be pinned by digest; a
+// malformed digest is refused by the schema.
+func TestSidecarImageDigest(t *testing.T) {
+	digest := "sha256:" + strings.Repeat("ab", 32)
+	objs := render(t, "lastcall", "lastcall-system", nil, []string{"injector.sidecarImage.digest=" + digest})
+	dep := into[appsv1.Deployment](t, find(t, injectorObjects(objs), "Deployment"))
+	want := "--image=ghcr.io/lastcall-dev/sidecar:" + chartAppVersion(t) + "@" + digest
+	if !slices.Contains(dep.Spec.Template.Spec.Containers[0].Args, want) {
+		t.Errorf("injector args %q lack %q", dep.Spec.Template.Spec.Containers[0].Args, want)
+	}
+	if _, stderr, err := runHelm(t, templateArgs("lastcall", "lastcall-system", nil, []string{"injector.sidecarImage.digest=latest"})...); err == nil {
+		t.Error("a digest that is not sha256:<64 hex> was accepted")
+	} else if !strings.Contains(stderr, "digest") {
+		t.Errorf("refusal %q does not name the digest", stderr)
+	}
+}

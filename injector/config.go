@@ -37,7 +37,7 @@ const (
 	SignalAnnotation = "lastcall.dev/signal"
 	// SignalProcessAnnotation names the worker process to signal.
 	SignalProcessAnnotation = "lastcall.dev/signal-process"
-	// PortAnnotation is the loopback port of the workers' API (default 9104).
+	// PortAnnotation is the loopback port of the workers' API (default 10575).
 	PortAnnotation = "lastcall.dev/port"
 	// The sidecar's resources for one pod, overriding Config.Resources:
 	// quantities such as "20m" or "48Mi".

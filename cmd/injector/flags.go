@@ -51,7 +51,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	fs.StringVar(&o.webhookConfig, "webhook-config", "lastcall-injector", "the MutatingWebhookConfiguration whose caBundle to set")
 	fs.StringVar(&o.certDir, "cert-dir", "", "read tls.crt and tls.key from this directory (cert-manager) instead of keeping a CA")
 	fs.StringVar(&o.listen, "listen", ":9443", "HTTPS address of /mutate, /healthz and /readyz")
-	fs.StringVar(&o.metricsListen, "metrics-listen", "", "plain HTTP address of /metrics, e.g. :9102; empty: none")
+	fs.StringVar(&o.metricsListen, "metrics-listen", "", "plain HTTP address of /metrics, e.g. :10576; empty: none")
 	fs.StringVar(&o.kubeconfig, "kubeconfig", getenv("KUBECONFIG"), "kubeconfig file; empty: in-cluster config [KUBECONFIG]")
 	fs.StringVar(&o.agentUser, "agent-user", "", "the node agent's user (system:serviceaccount:NAMESPACE:NAME): /evict guards its evictions only and allows any other's without a read; empty: every eviction sent")
 	sf := addSidecarFlags(fs)

@@ -35,7 +35,7 @@ func main() {
 }
 
 const usage = `sidecar tells the workers of its pod when the node agent drains the node
-(or the pod itself terminates): GET http://127.0.0.1:9104/v1/state, the file
+(or the pod itself terminates): GET http://127.0.0.1:10575/v1/state, the file
 <dir>/state.json, the flag file <dir>/draining, an optional signal.
 
 Usage:
@@ -79,7 +79,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	fs.StringVar(&o.cfg.Namespace, "pod-namespace", getenv("POD_NAMESPACE"), "this pod's namespace [POD_NAMESPACE]")
 	fs.StringVar(&o.cfg.PodIP, "pod-ip", getenv("POD_IP"), "this pod's IP, the address the agent is called from [POD_IP]")
 	fs.StringVar(&o.cfg.Agent, "agent", agent, "the node agent's sidecar endpoint [LASTCALL_AGENT, else http://$HOST_IP:10574]")
-	fs.StringVar(&o.cfg.Listen, "listen", envOr(getenv, "LASTCALL_LISTEN", "127.0.0.1:9104"), "address of the workers' API [LASTCALL_LISTEN]")
+	fs.StringVar(&o.cfg.Listen, "listen", envOr(getenv, "LASTCALL_LISTEN", "127.0.0.1:10575"), "address of the workers' API [LASTCALL_LISTEN]")
 	fs.StringVar(&o.cfg.Dir, "dir", getenv("LASTCALL_DIR"), "shared emptyDir for state.json and the draining flag file; empty: no files [LASTCALL_DIR]")
 	fs.StringVar(&o.signal, "signal", getenv("LASTCALL_SIGNAL"), "signal sent to --signal-process when draining starts, e.g. TSTP [LASTCALL_SIGNAL]")
 	fs.StringVar(&o.cfg.SignalProcess, "signal-process", getenv("LASTCALL_SIGNAL_PROCESS"), "name of the worker process to signal; needs shareProcessNamespace [LASTCALL_SIGNAL_PROCESS]")
@@ -211,7 +211,7 @@ func run(o *options, logger *slog.Logger) error {
 func prestopMain(args []string, getenv func(string) string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("sidecar prestop", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	addr := fs.String("addr", envOr(getenv, "LASTCALL_LISTEN", "127.0.0.1:9104"), "the sidecar's workers' API [LASTCALL_LISTEN]")
+	addr := fs.String("addr", envOr(getenv, "LASTCALL_LISTEN", "127.0.0.1:10575"), "the sidecar's workers' API [LASTCALL_LISTEN]")
 	timeout := fs.Duration("timeout", 0, "how long to wait for the workers; 0: the sidecar's --prestop-timeout")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {

@@ -25,7 +25,7 @@ func TestParseFlags(t *testing.T) {
 		{"downward API only", nil, downward, "", func(t *testing.T, o *options) {
 			c := o.cfg
 			if c.Name != "w-1" || c.Namespace != "jobs" || c.PodIP != "10.1.2.3" || c.Agent != "http://10.0.0.5:10574" ||
-				c.Listen != "127.0.0.1:9104" || c.PrestopTimeout != 25*time.Second || c.Signal != nil {
+				c.Listen != "127.0.0.1:10575" || c.PrestopTimeout != 25*time.Second || c.Signal != nil {
 				t.Errorf("config %+v", c)
 			}
 		}},

@@ -17,7 +17,7 @@ import (
 func probeMain(args []string, getenv func(string) string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("sidecar probe", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	addr := fs.String("addr", envOr(getenv, "LASTCALL_LISTEN", "127.0.0.1:9104"), "the sidecar's workers' API [LASTCALL_LISTEN]")
+	addr := fs.String("addr", envOr(getenv, "LASTCALL_LISTEN", "127.0.0.1:10575"), "the sidecar's workers' API [LASTCALL_LISTEN]")
 	timeout := fs.Duration("timeout", time.Second, "how long to wait for the answer")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {

@@ -15,7 +15,7 @@
 // back moves it back.
 //
 // Environment:
-//   LASTCALL_ADDR  the sidecar's workers' API (default 127.0.0.1:9104)
+//   LASTCALL_ADDR  the sidecar's workers' API (default 127.0.0.1:10575)
 //   JOBS           the spool directory (default /jobs)
 'use strict';
 
@@ -107,7 +107,7 @@ function take(jobs) {
 }
 
 async function main() {
-  const sidecar = new Sidecar(process.env.LASTCALL_ADDR || '127.0.0.1:9104');
+  const sidecar = new Sidecar(process.env.LASTCALL_ADDR || '127.0.0.1:10575');
   const jobs = process.env.JOBS || '/jobs';
   for (const d of ['work', 'finished']) fs.mkdirSync(path.join(jobs, d), { recursive: true });
   const drain = watchDrain(sidecar);

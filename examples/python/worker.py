@@ -15,7 +15,7 @@ seconds; taking it moves it to work/, finishing to finished/, handing back
 moves it back.
 
 Environment:
-  LASTCALL_ADDR  the sidecar's workers' API (default 127.0.0.1:9104)
+  LASTCALL_ADDR  the sidecar's workers' API (default 127.0.0.1:10575)
   JOBS           the spool directory (default /jobs)
 """
 import datetime
@@ -119,7 +119,7 @@ def take(jobs):
 
 
 def main():
-    sidecar = Sidecar(os.environ.get("LASTCALL_ADDR", "127.0.0.1:9104"))
+    sidecar = Sidecar(os.environ.get("LASTCALL_ADDR", "127.0.0.1:10575"))
     jobs = os.environ.get("JOBS", "/jobs")
     for d in ("work", "finished"):
         os.makedirs(os.path.join(jobs, d), exist_ok=True)

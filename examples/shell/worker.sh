@@ -6,11 +6,11 @@
 # finish before the deadline is put back.
 #
 #   LASTCALL_DIR   the sidecar's shared emptyDir (default /lastcall)
-#   LASTCALL_ADDR  the sidecar's workers' API (default 127.0.0.1:9104)
+#   LASTCALL_ADDR  the sidecar's workers' API (default 127.0.0.1:10575)
 #   JOBS           spool directory: one file per job (default /jobs)
 set -eu
 dir=${LASTCALL_DIR:-/lastcall}
-api=http://${LASTCALL_ADDR:-127.0.0.1:9104}
+api=http://${LASTCALL_ADDR:-127.0.0.1:10575}
 jobs=${JOBS:-/jobs}
 
 draining() { [ -e "$dir/draining" ]; }

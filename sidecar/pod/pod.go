@@ -27,7 +27,7 @@ type Config struct {
 	// Agent is the base URL of the node agent's Hub, e.g.
 	// http://10.0.0.5:10574. Required.
 	Agent string
-	// Listen is the address of the workers' API. Default 127.0.0.1:9104.
+	// Listen is the address of the workers' API. Default 127.0.0.1:10575.
 	Listen string
 	// Dir, if set, receives state.json and the draining flag file.
 	Dir string
@@ -91,7 +91,7 @@ func New(cfg Config) (*Sidecar, error) {
 		return nil, fmt.Errorf("agent address: %w", err)
 	}
 	if cfg.Listen == "" {
-		cfg.Listen = "127.0.0.1:9104"
+		cfg.Listen = "127.0.0.1:10575"
 	}
 	if cfg.PrestopTimeout <= 0 {
 		cfg.PrestopTimeout = 25 * time.Second

@@ -16,7 +16,7 @@ import (
 )
 
 // DefaultAddr is where the sidecar serves its workers unless told otherwise.
-const DefaultAddr = "127.0.0.1:9104"
+const DefaultAddr = "127.0.0.1:10575"
 
 // Client talks to the sidecar of the worker's pod. It is safe for
 // concurrent use.
@@ -27,8 +27,8 @@ type Client struct {
 	Wait time.Duration
 }
 
-// NewClient returns a client of the sidecar at addr ("127.0.0.1:9104" or
-// "http://127.0.0.1:9104"; empty: DefaultAddr).
+// NewClient returns a client of the sidecar at addr ("127.0.0.1:10575" or
+// "http://127.0.0.1:10575"; empty: DefaultAddr).
 func NewClient(addr string) (*Client, error) {
 	if addr == "" {
 		addr = DefaultAddr

@@ -18,7 +18,9 @@ import (
 
 // NodePods is the agent's one watch on the apiserver: the pods bound to its
 // node (field selector spec.nodeName), kept in an informer's cache. Drains
-// read the cache instead of listing.
+// read the cache instead of listing. The cache holds each pod trimmed to the
+// fields the agent and the drainer read (see TrimPod): a new reader of
+// another field adds it there first.
 type NodePods struct {
 	node     string
 	factory  informers.SharedInformerFactory
@@ -32,7 +34,8 @@ func NewNodePods(client kubernetes.Interface, node string) *NodePods {
 	factory := informers.NewSharedInformerFactoryWithOptions(client, 0,
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 			o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", node).String()
-		}))
+		}),
+		informers.WithTransform(TrimPod))
 	return &NodePods{node: node, factory: factory, informer: factory.Core().V1().Pods().Informer()}
 }
 
@@ -96,4 +99,43 @@ func (p *NodePods) OnChange(f func()) {
 		AddFunc:    func(any) { f() },
 		DeleteFunc: func(any) { f() },
 	})
+}
+
+// TrimPod is the pod cache's transform: it returns a copy of a *corev1.Pod
+// holding only what is read from the cache, and anything else unchanged
+// (the informer also passes deletion tombstones). Its readers: the drainer's
+// plan (namespace, name, UID, owner references, deletion timestamp, the
+// mirror-pod annotation, phase, priority, priority class, grace period),
+// the sidecar holds (the injected annotation, UID), the injector check
+// (the inject label, the injected annotation), the webhook (names), and the
+// sidecar endpoint (pod IP). Dropped: managed fields, the
+// last-applied-configuration annotation, containers, volumes and the rest
+// of the spec and status, which are most of a pod's size.
+func TrimPod(obj any) (any, error) {
+	pod, ok := obj.(*corev1.Pod)
+	if !ok {
+		return obj, nil
+	}
+	annotations := pod.Annotations
+	if _, ok := annotations[corev1.LastAppliedConfigAnnotation]; ok {
+		annotations = make(map[string]string, len(pod.Annotations)-1)
+		for k, v := range pod.Annotations {
+			if k != corev1.LastAppliedConfigAnnotation {
+				annotations[k] = v
+			}
+		}
+	}
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{
+			Name: pod.Name, Namespace: pod.Namespace, UID: pod.UID, ResourceVersion: pod.ResourceVersion,
+			CreationTimestamp: pod.CreationTimestamp, DeletionTimestamp: pod.DeletionTimestamp,
+			DeletionGracePeriodSeconds: pod.DeletionGracePeriodSeconds,
+			Labels:                     pod.Labels, Annotations: annotations, OwnerReferences: pod.OwnerReferences,
+		},
+		Spec: corev1.PodSpec{
+			NodeName: pod.Spec.NodeName, Priority: pod.Spec.Priority, PriorityClassName: pod.Spec.PriorityClassName,
+			TerminationGracePeriodSeconds: pod.Spec.TerminationGracePeriodSeconds,
+		},
+		Status: corev1.PodStatus{Phase: pod.Status.Phase, PodIP: pod.Status.PodIP},
+	}, nil
 }

@@ -402,6 +402,7 @@ func TestSchemaRejects(t *testing.T) {
 		{"testdata/invalid-duration.yaml", "reserve"},
 		{"testdata/invalid-aws-poll.yaml", "awsPollInterval"},
 		{"testdata/invalid-foreign-taint.yaml", "extraTaints"},
+		{"testdata/invalid-gogc.yaml", "gogc"},
 	} {
 		t.Run(strings.TrimSuffix(strings.TrimPrefix(tc.file, "testdata/invalid-"), ".yaml"), func(t *testing.T) {
 			for _, cmd := range [][]string{
@@ -741,5 +742,35 @@ func checkFlowControl(t *testing.T, objs []*unstructured.Unstructured) {
 	}
 	if node == 0 || node >= other {
 		t.Errorf("precedences: node updates %d, the rest %d; want the node updates' schema matched first", node, other)
+	}
+}
+
+// TestAgentGoRuntime: the agent's GOMEMLIMIT is its container's memory
+// limit (downward API), and agent.gogc sets GOGC, which is left out when
+// empty.
+func TestAgentGoRuntime(t *testing.T) {
+	for _, tc := range []struct {
+		set  []string
+		gogc string
+	}{{nil, ""}, {[]string{"agent.gogc=50"}, "50"}} {
+		_, c := daemonSet(t, render(t, "lastcall", "lastcall-system", nil, tc.set))
+		var limit *corev1.ResourceFieldSelector
+		gogc := ""
+		for _, e := range c.Env {
+			switch e.Name {
+			case "GOMEMLIMIT":
+				if e.ValueFrom != nil {
+					limit = e.ValueFrom.ResourceFieldRef
+				}
+			case "GOGC":
+				gogc = e.Value
+			}
+		}
+		if limit == nil || limit.Resource != "limits.memory" {
+			t.Errorf("set %v: GOMEMLIMIT from %+v, want the container's limits.memory", tc.set, limit)
+		}
+		if gogc != tc.gogc {
+			t.Errorf("set %v: GOGC %q, want %q", tc.set, gogc, tc.gogc)
+		}
 	}
 }

@@ -9,7 +9,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/informers"
+	coreinformers "k8s.io/client-go/informers/core/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
@@ -23,27 +23,33 @@ import (
 // another field adds it there first.
 type NodePods struct {
 	node     string
-	factory  informers.SharedInformerFactory
 	informer cache.SharedIndexInformer
 }
 
 var _ drainer.PodLister = (*NodePods)(nil)
 
-// NewNodePods returns the pod cache of node; Run starts it.
+// NewNodePods returns the pod cache of node; Run starts it. It uses the
+// pod informer alone, not client-go's informer factory, which would link
+// the informers and listers of every API group into the binary.
 func NewNodePods(client kubernetes.Interface, node string) *NodePods {
-	factory := informers.NewSharedInformerFactoryWithOptions(client, 0,
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+	informer := coreinformers.NewFilteredPodInformer(client, metav1.NamespaceAll, 0, cache.Indexers{},
+		func(o *metav1.ListOptions) {
 			o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", node).String()
-		}),
-		informers.WithTransform(TrimPod))
-	return &NodePods{node: node, factory: factory, informer: factory.Core().V1().Pods().Informer()}
+		})
+	// SetTransform fails only once the informer has started.
+	_ = informer.SetTransform(TrimPod)
+	return &NodePods{node: node, informer: informer}
 }
 
 // Run keeps the cache until ctx is done. It returns an error if the first
 // list cannot complete before ctx is done.
 func (p *NodePods) Run(ctx context.Context) error {
-	p.factory.Start(ctx.Done())
-	defer p.factory.Shutdown()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		p.informer.RunWithContext(ctx)
+	}()
+	defer func() { <-done }()
 	if !cache.WaitForCacheSync(ctx.Done(), p.informer.HasSynced) {
 		return fmt.Errorf("pods on node %s: cache never synced: %w", p.node, context.Cause(ctx))
 	}

@@ -10,12 +10,19 @@ STATICCHECK_VERSION := v0.8.2
 EC2_METADATA_MOCK_VERSION := v1.13.0
 HELM_VERSION := v3.22.0
 KWOK_VERSION := v0.8.0
+# aws-node-termination-handler, which make bench measures and make e2e runs
+# beside lastcall (IMDS mode, against the EC2 metadata mock): the version
+# hack/nth/go.mod pins.
+NTH_VERSION := $(lastword $(shell grep 'aws-node-termination-handler v' hack/nth/go.mod))
 # `make fleet`: its size, the time at rest it measures, its report.
 FLEET_NODES  ?= 1000
 FLEET_IDLE   ?= 5m
 FLEET_REPORT ?= $(CURDIR)/bench/fleet.md
 # More of the benchmark's flags, for example -fleet.flowcontrol.
 FLEET_FLAGS  ?=
+# More flags of make e2e's go test, e.g. -run 'TestRealNode/(helm-install|sidecar-injected|kubectl-drain)'
+# (the steps before the one wanted set the cluster up).
+E2E_FLAGS    ?=
 
 export KUBEBUILDER_ASSETS := $(TESTBIN)
 export LASTCALL_TESTBIN := $(TESTBIN)
@@ -103,9 +110,9 @@ bench: testbin $(TOOLS)/node-termination-handler ## run the benchmarks (real con
 	$(GO) run ./bench/report -o bench/README.md < $(BIN)/bench.txt
 	@echo "wrote bench/README.md"
 
-# aws-node-termination-handler, for the peer benchmark only (not in make
-# test or CI): its version is pinned in hack/nth/go.mod, built as its
-# release build does.
+# aws-node-termination-handler, for the peer benchmark and make e2e (not in
+# make test): its version is pinned in hack/nth/go.mod, built as its release
+# build does.
 $(TOOLS)/node-termination-handler: hack/nth/go.mod hack/nth/go.sum
 	cd hack/nth && CGO_ENABLED=0 $(GO) build -trimpath -tags nthlinux -ldflags '-s -w' -o $(TOOLS)/node-termination-handler github.com/aws/aws-node-termination-handler/cmd
 
@@ -138,26 +145,30 @@ image-docker: ## build the same two images with the Dockerfile (needs a Docker e
 	docker build --build-arg VERSION=$(VERSION) --target lastcall -t $(IMAGE_REPO)/lastcall:$(IMAGE_TAG) .
 	docker build --build-arg VERSION=$(VERSION) --target sidecar -t $(IMAGE_REPO)/sidecar:$(IMAGE_TAG) .
 
-# The test-only images of the e2e cluster: its pause image and the worker.
-e2e-images:
+# The test-only images of the e2e cluster: its pause image, the worker, and
+# aws-node-termination-handler (it reads only the in-cluster config, so it
+# runs as a pod).
+e2e-images: $(TOOLS)/node-termination-handler
 	@mkdir -p $(IMAGES) $(BIN)/image
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/image/ ./hack/pause ./e2e/worker
 	$(GO) run ./hack/mkimage -o $(IMAGES)/pause.tar -tag registry.k8s.io/pause:3.10 -entrypoint /pause \
 		-user 65535:65535 -add $(BIN)/image/pause:/pause
 	$(GO) run ./hack/mkimage -o $(IMAGES)/e2e-worker.tar -tag lastcall.dev/e2e-worker:$(IMAGE_TAG) \
 		-entrypoint /worker -user 65532:65532 -add $(BIN)/image/worker:/worker
+	$(GO) run ./hack/mkimage -o $(IMAGES)/e2e-nth.tar -tag lastcall.dev/e2e-nth:$(NTH_VERSION) \
+		-entrypoint /node-termination-handler -user 65532:65532 -add $(TOOLS)/node-termination-handler:/node-termination-handler
 
 nodebin: testbin $(TOOLS)/helm
 	./hack/testbin.sh node
 
 cluster-up: image e2e-images nodebin ## start a real one-node cluster here (root; containerd, runc, CNI); KUBECONFIG=/var/lib/lastcall-e2e/admin.kubeconfig
-	./hack/cluster.sh up $(IMAGES)/pause.tar $(IMAGES)/lastcall.tar $(IMAGES)/sidecar.tar $(IMAGES)/e2e-worker.tar
+	./hack/cluster.sh up $(IMAGES)/pause.tar $(IMAGES)/lastcall.tar $(IMAGES)/sidecar.tar $(IMAGES)/e2e-worker.tar $(IMAGES)/e2e-nth.tar
 
 cluster-down: ## stop the cluster of cluster-up and remove all it made
 	./hack/cluster.sh down
 
-e2e: image e2e-images nodebin ## on a real one-node cluster: helm install, GCE and AWS preemptions, scale-down, agent killed mid-drain
-	LASTCALL_E2E_IMAGE_TAG=$(IMAGE_TAG) ./hack/e2e.sh
+e2e: image e2e-images nodebin ## on a real one-node cluster: helm install, GCE and AWS preemptions, scale-down, agent killed mid-drain, kubectl drain, NTH beside lastcall, Karpenter's and cluster-autoscaler's taints
+	LASTCALL_E2E_IMAGE_TAG=$(IMAGE_TAG) LASTCALL_E2E_NTH_TAG=$(NTH_VERSION) LASTCALL_KUBECTL=$(TESTBIN)/kubectl ./hack/e2e.sh $(E2E_FLAGS)
 
 clean: ## remove build outputs (keeps .testbin/)
 	rm -rf $(BIN)

@@ -63,6 +63,8 @@ type cluster struct {
 	ledger     *ledger
 	published  int
 	agentRSS   []string // the output's lines about the agent's memory
+	// extraValues are more chart values (key=value) of every helm run.
+	extraValues []string
 }
 
 func TestRealNode(t *testing.T) {
@@ -77,6 +79,7 @@ func TestRealNode(t *testing.T) {
 		{"aws-spot-interruption", testAWSSpot},
 		{"scale-down", testScaleDown},
 		{"agent-killed-mid-drain", testAgentKilled},
+		{"nth-beside-lastcall", testNTHBeside},
 	} {
 		if !t.Run(step.name, func(t *testing.T) { step.fn(t, c) }) {
 			t.Fatalf("%s failed; the later steps depend on it", step.name)
@@ -173,6 +176,9 @@ func (c *cluster) helmValues(cloud string) []string {
 		"agent.metadata.awsPollInterval=500ms",
 		"agent.logFormat=text",
 	} {
+		out = append(out, "--set", v)
+	}
+	for _, v := range c.extraValues {
 		out = append(out, "--set", v)
 	}
 	return out

@@ -135,6 +135,20 @@ containerd_config() {
 }
 
 kubelet_config() {
+	# Who evicted, deleted or changed what (the e2e tells lastcall's
+	# actions from another tool's by user): those requests only.
+	cat >"$dir/audit-policy.yaml" <<-EOF
+	apiVersion: audit.k8s.io/v1
+	kind: Policy
+	omitStages: ["RequestReceived"]
+	rules:
+	- level: Metadata
+	  verbs: ["create", "update", "patch", "delete"]
+	  resources:
+	  - group: ""
+	    resources: ["pods/eviction", "pods", "nodes"]
+	- level: None
+	EOF
 	cat >"$dir/kubelet.yaml" <<-EOF
 	apiVersion: kubelet.config.k8s.io/v1beta1
 	kind: KubeletConfiguration
@@ -222,7 +236,8 @@ up() {
 		--service-account-issuer https://kubernetes.default.svc.cluster.local \
 		--service-account-key-file "$p/sa.pub" --service-account-signing-key-file "$p/sa.key" \
 		--authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction \
-		--allow-privileged --profiling=false
+		--allow-privileged --profiling=false \
+		--audit-policy-file "$dir/audit-policy.yaml" --audit-log-path "$dir/log/audit.log"
 	wait_for kube-apiserver 60 kget /readyz
 	start kube-controller-manager "$bin/kube-controller-manager" --kubeconfig "$dir/kcm.kubeconfig" \
 		--authentication-kubeconfig "$dir/kcm.kubeconfig" --authorization-kubeconfig "$dir/kcm.kubeconfig" \

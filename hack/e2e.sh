@@ -10,8 +10,9 @@ start=$SECONDS
 
 ./hack/cluster.sh down
 trap './hack/cluster.sh down' EXIT
-./hack/cluster.sh up "$images/pause.tar" "$images/lastcall.tar" "$images/sidecar.tar" "$images/e2e-worker.tar"
+./hack/cluster.sh up "$images/pause.tar" "$images/lastcall.tar" "$images/sidecar.tar" "$images/e2e-worker.tar" "$images/e2e-nth.tar"
 LASTCALL_E2E_KUBECONFIG=$dir/admin.kubeconfig \
 LASTCALL_E2E_KUBELET_LOG=$dir/log/kubelet.log \
+LASTCALL_E2E_AUDIT_LOG=$dir/log/audit.log \
 	go test -count=1 -v -timeout 25m ./e2e/ "$@"
 echo "e2e: passed; cluster up, tests and teardown took $((SECONDS - start))s" >&2

@@ -5,7 +5,8 @@
 #   hack/testbin.sh        etcd, kube-apiserver, kube-controller-manager: the
 #                          control plane of `make test` (KUBEBUILDER_ASSETS)
 #   hack/testbin.sh node   kubelet, kube-scheduler, kube-proxy as well: the
-#                          one-node cluster of `make e2e`
+#                          one-node cluster of `make e2e`; and kubectl, whose
+#                          drain its scenarios run
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -52,4 +53,5 @@ build() {
 build ".built-$kube_version" etcd kube-apiserver kube-controller-manager
 if [[ ${1:-} == node ]]; then
 	build ".built-node-$kube_version" kubelet kube-scheduler kube-proxy
+	build ".built-kubectl-$kube_version" kubectl
 fi

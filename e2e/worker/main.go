@@ -7,8 +7,10 @@
 // It pulls one message at a time while the sidecar says running; a
 // message's header Cost says how long its work takes. Once draining, it
 // finishes what fits before the deadline (less 2 s) and hands the rest
-// back (Nak), reports done, and then waits for its SIGTERM: a container
-// that exited on its own would be restarted by the kubelet.
+// back (Nak), reports done, and then waits for its SIGTERM (a container
+// that exited on its own would be restarted by the kubelet), or for the
+// drain to be called off (another tool kept the node), after which it
+// pulls again.
 package main
 
 import (
@@ -103,27 +105,56 @@ func run(log *slog.Logger, url, stream, consumer, ledger, addr string) error {
 		return err
 	}
 	w.emit("started", 0, "")
-	drain := sc.Draining(ctx)
-	context.AfterFunc(drain, func() {
-		if st, ok := sidecar.DrainingState(drain); ok {
-			w.emit("told", 0, st.Reason+" deadline "+st.Deadline.Format(time.RFC3339Nano))
+	for {
+		drain := sc.Draining(ctx)
+		context.AfterFunc(drain, func() {
+			if st, ok := sidecar.DrainingState(drain); ok {
+				w.emit("told", 0, st.Reason+" deadline "+deadline(st))
+			}
+		})
+		for drain.Err() == nil {
+			msg, err := cons.Next(jetstream.FetchContext(drain))
+			if err != nil {
+				continue // no message, or the drain started
+			}
+			w.handle(ctx, drain, msg)
+		}
+		if _, ok := sidecar.DrainingState(drain); ok {
+			if err := sc.Done(ctx); err != nil {
+				return err
+			}
+			w.emit("done", 0, "")
+		}
+		// A drain can be called off (another tool keeps the node): pull
+		// again once the sidecar says running.
+		if !w.waitRunning(ctx, sc) {
+			return nil
+		}
+		w.emit("resumed", 0, "")
+	}
+}
+
+// deadline formats a drain's deadline for the ledger.
+func deadline(st sidecar.State) string {
+	if st.Deadline.IsZero() {
+		return "none"
+	}
+	return st.Deadline.Format(time.RFC3339Nano)
+}
+
+// waitRunning blocks until the sidecar says running (true) or ctx ends
+// (false).
+func (w *worker) waitRunning(ctx context.Context, sc *sidecar.Client) bool {
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	running := false
+	_ = sc.Watch(wctx, func(st sidecar.State) {
+		if st.Phase == sidecar.PhaseRunning {
+			running = true
+			cancel()
 		}
 	})
-	for drain.Err() == nil {
-		msg, err := cons.Next(jetstream.FetchContext(drain))
-		if err != nil {
-			continue // no message, or the drain started
-		}
-		w.handle(ctx, drain, msg)
-	}
-	if _, ok := sidecar.DrainingState(drain); ok {
-		if err := sc.Done(ctx); err != nil {
-			return err
-		}
-		w.emit("done", 0, "")
-	}
-	<-ctx.Done()
-	return nil
+	return running && ctx.Err() == nil
 }
 
 // handle works on one message and acknowledges it, or hands it back when

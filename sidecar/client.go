@@ -30,6 +30,9 @@ func NewClient(addr string) (*Client, error) { return worker.NewClient(addr) }
 // DrainingState is worker.DrainingState.
 func DrainingState(ctx context.Context) (State, bool) { return worker.DrainingState(ctx) }
 
+// WaitResumed is worker.WaitResumed.
+func WaitResumed(ctx, drain context.Context) error { return worker.WaitResumed(ctx, drain) }
+
 // UntilDeadline is worker.UntilDeadline.
 func UntilDeadline(ctx, drain context.Context, margin time.Duration) (context.Context, context.CancelFunc) {
 	return worker.UntilDeadline(ctx, drain, margin)

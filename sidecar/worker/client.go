@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -84,55 +83,6 @@ func (c *Client) Watch(ctx context.Context, fn func(State)) error {
 	return context.Cause(ctx)
 }
 
-// ErrDraining is the cause of a context returned by Client.Draining once
-// draining has started; errors.Is(context.Cause(ctx), ErrDraining).
-var ErrDraining = errors.New("sidecar: draining")
-
-// DrainingError is the cause of a context returned by Client.Draining: the
-// state that started the drain.
-type DrainingError struct {
-	State State
-}
-
-// Error describes the drain.
-func (e *DrainingError) Error() string {
-	if e.State.Deadline.IsZero() {
-		return fmt.Sprintf("sidecar: draining (%s), no deadline", e.State.Reason)
-	}
-	return fmt.Sprintf("sidecar: draining (%s), deadline %s", e.State.Reason, e.State.Deadline.Format(time.RFC3339))
-}
-
-// Is reports whether target is ErrDraining.
-func (e *DrainingError) Is(target error) bool { return target == ErrDraining }
-
-// Draining returns a context that is cancelled when draining starts (its
-// cause is a *DrainingError with the state, deadline included) or when ctx
-// is done. Pull messages with it; a worker that sees it done stops pulling
-// and finishes or hands back what it holds. The goroutine that watches the
-// sidecar ends with the returned context.
-func (c *Client) Draining(ctx context.Context) context.Context {
-	dctx, cancel := context.WithCancelCause(ctx)
-	go func() {
-		_ = c.Watch(dctx, func(st State) {
-			if st.Draining() {
-				cancel(&DrainingError{State: st})
-			}
-		})
-		cancel(nil)
-	}()
-	return dctx
-}
-
-// DrainingState returns the state that cancelled a context from
-// Client.Draining, if draining cancelled it.
-func DrainingState(ctx context.Context) (State, bool) {
-	var de *DrainingError
-	if errors.As(context.Cause(ctx), &de) {
-		return de.State, true
-	}
-	return State{}, false
-}
-
 // Done tells the sidecar that the pod's workers are done: the agent may
 // evict the pod now.
 func (c *Client) Done(ctx context.Context) error {
@@ -194,32 +144,4 @@ func checkStatus(resp *http.Response) error {
 	}
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 	return fmt.Errorf("%s: %s", resp.Status, bytes.TrimSpace(b))
-}
-
-// ErrDeadline is the cause of a context from UntilDeadline that ended
-// because the drain's deadline (less the margin) came.
-var ErrDeadline = errors.New("sidecar: drain deadline")
-
-// UntilDeadline returns a context for work on a message already pulled: it
-// is not cancelled when draining starts (the work may still finish), but
-// ends margin before the drain's deadline, with cause ErrDeadline, so that
-// work that cannot finish stops in time to be handed back. drain is a
-// context from Client.Draining. The returned context also ends with ctx or
-// when cancel is called. A drain without a deadline (another tool is
-// taking the node away) does not end it: finish the work promptly, or hand
-// it back when ctx ends (the pod's SIGTERM).
-func UntilDeadline(ctx, drain context.Context, margin time.Duration) (context.Context, context.CancelFunc) {
-	wctx, cancel := context.WithCancelCause(ctx)
-	stop := context.AfterFunc(drain, func() {
-		st, ok := DrainingState(drain)
-		if !ok || st.Deadline.IsZero() {
-			return
-		}
-		t := time.AfterFunc(time.Until(st.Deadline)-margin, func() { cancel(ErrDeadline) })
-		context.AfterFunc(wctx, func() { t.Stop() })
-	})
-	return wctx, func() {
-		stop()
-		cancel(context.Canceled)
-	}
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/lastcall-dev/lastcall/sidecar/sidecartest"
 	"github.com/lastcall-dev/lastcall/sidecar/sidecartest/jstest"
+	"github.com/lastcall-dev/lastcall/watcher"
 )
 
 // sidecarBin is the sidecar binary TestMain builds; empty under -short.
@@ -159,5 +160,67 @@ func TestJetStreamScaleDown(t *testing.T) {
 	}
 	if expired != 0 {
 		t.Errorf("%d redeliveries after an ack wait ran out", expired)
+	}
+}
+
+// TestJetStreamCalledOffDrain: a notice drains the node while the example
+// worker holds a message; the worker finishes it and says done; then the
+// notice is canceled and the agent calls the drain off. The same worker
+// process must pull again: it may not exit (the kubelet would restart the
+// container, and a worker that keeps exiting ends in CrashLoopBackOff), and
+// messages published after the drain was called off are acked by it.
+// (Before the fix the example returned after saying done, and the
+// messages published later were never acked.)
+func TestJetStreamCalledOffDrain(t *testing.T) {
+	if sidecarBin == "" {
+		t.Skip("runs the sidecar binary: not under -short")
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	workerBin := filepath.Join(t.TempDir(), "jetstream")
+	if out, err := exec.CommandContext(ctx, "go", "build", "-o", workerBin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build the example: %v\n%s", err, out)
+	}
+	srv := jstest.Start(ctx, t, jetstream.ConsumerConfig{AckWait: 2 * time.Second, SampleFrequency: "100%"})
+	led := subscribeLedger(t, srv.Conn)
+	publish := func(data string) {
+		t.Helper()
+		if _, err := srv.JS.Publish(ctx, "jobs.resize", []byte(data)); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	a := sidecartest.StartNode(ctx, t, sidecarBin, "js-c", "127.0.13.3")
+	wa := sidecartest.StartProc(t, "jetstream worker", workerBin, []string{"--nats", srv.URL, "--sidecar", a.Sidecar.Addr}, nil, false)
+	publish("ab")
+	publish(strings.Repeat("x", 10)) // 1 s of work, under way when the notice comes
+	sidecartest.WaitFor(ctx, t, "the first message acked", func() bool { return led.acked() >= 1 })
+
+	notice := sidecartest.Notice(watcher.SourceAWS, watcher.KindMaintenance, time.Now().Add(time.Hour))
+	if told, err := a.Hub.Hub.Draining(ctx, notice); err != nil || told != 1 {
+		t.Fatalf("Draining: told %d, %v", told, err)
+	}
+	select {
+	case <-a.Done:
+	case <-ctx.Done():
+		t.Fatal("the hub never heard the worker was done")
+	}
+	if got := led.acked(); got != 2 {
+		t.Errorf("acked %d messages when done, want 2 (the one under way fit before the deadline)", got)
+	}
+
+	if told, err := a.Hub.Hub.Resumed(ctx, notice); err != nil || told != 1 {
+		t.Fatalf("Resumed: told %d, %v", told, err)
+	}
+	for range 3 {
+		publish("ab")
+	}
+	sidecartest.WaitFor(ctx, t, "the messages published after the drain was called off acked", func() bool { return led.acked() == 5 })
+	if _, _, err := wa.WaitLine(ctx, 0, func(l string) bool { return strings.Contains(l, "drain called off; pulling again") }); err != nil {
+		t.Errorf("the worker did not log that it pulls again: %v", err)
+	}
+	wa.Signal(syscall.SIGTERM)
+	if err := wa.Wait(ctx); err != nil {
+		t.Fatalf("worker: %v", err)
 	}
 }

@@ -1,7 +1,9 @@
 // Command jetstream is a NATS JetStream worker that follows lastcall's
 // sidecar: it pulls one message at a time, keeps long work alive with
 // InProgress, and when the node drains finishes what fits before the
-// deadline and Naks the rest for immediate redelivery.
+// deadline and Naks the rest for immediate redelivery. It says done and
+// waits: when the drain is called off (the notice was canceled) it pulls
+// again, without exiting; SIGTERM ends it.
 package main
 
 import (
@@ -53,7 +55,33 @@ func run(ctx context.Context, log *slog.Logger, url, stream, consumer, addr stri
 	if err != nil {
 		return err
 	}
-	drain := sc.Draining(ctx)
+	for {
+		drain := sc.Draining(ctx)
+		if err := round(ctx, log, cons, drain); err != nil {
+			return err
+		}
+		if _, ok := worker.DrainingState(drain); !ok {
+			if ctx.Err() != nil {
+				return nil // SIGTERM
+			}
+			continue // the drain was called off while finishing
+		}
+		if err := sc.Done(ctx); err != nil {
+			return err
+		}
+		log.Info("drained; waiting for the drain to be called off or for SIGTERM")
+		// Exiting here would have the kubelet restart the container, and
+		// a worker that keeps exiting ends in CrashLoopBackOff: wait.
+		if err := worker.WaitResumed(ctx, drain); err != nil {
+			return nil // SIGTERM
+		}
+		log.Info("drain called off; pulling again")
+	}
+}
+
+// round pulls and works until drain ends, then returns once nothing is
+// held.
+func round(ctx context.Context, log *slog.Logger, cons jetstream.Consumer, drain context.Context) error {
 	for drain.Err() == nil {
 		// A short pull that the drain does not cancel: a pull cancelled
 		// while the server answers it would strand the message until its
@@ -78,9 +106,6 @@ func run(ctx context.Context, log *slog.Logger, url, stream, consumer, addr stri
 		if err := msg.DoubleAck(ctx); err != nil {
 			log.Warn("ack failed; the message will be redelivered", "err", err)
 		}
-	}
-	if _, ok := worker.DrainingState(drain); ok {
-		return sc.Done(ctx)
 	}
 	return nil
 }

@@ -70,7 +70,7 @@ func run(ctx context.Context, log *slog.Logger, project, subID, addr string) err
 		Subscription: "projects/" + project + "/subscriptions/" + subID,
 		Process:      simulate, Export: func(context.Context, *pb.PubsubMessage) error { return nil },
 	}
-	return w.Run(ctx)
+	return w.Serve(ctx)
 }
 
 // Worker pulls from one subscription and follows the sidecar.
@@ -114,7 +114,36 @@ var ErrWontFit = errors.New("the work does not fit before the deadline")
 // after handing back what it holds.
 func (w *Worker) Run(ctx context.Context) error {
 	w.defaults()
-	drain := w.Sidecar.Draining(ctx)
+	return w.round(ctx, w.Sidecar.Draining(ctx))
+}
+
+// Serve is Run again and again until ctx ends (SIGTERM): after a drain,
+// once done is reported, it waits until the drain is called off (the
+// notice was canceled) and then goes back to work, without exiting. A
+// worker process that exited would be restarted by the kubelet, and one
+// that keeps exiting ends in CrashLoopBackOff.
+func (w *Worker) Serve(ctx context.Context) error {
+	w.defaults()
+	for {
+		drain := w.Sidecar.Draining(ctx)
+		if err := w.round(ctx, drain); err != nil {
+			return err
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		if _, ok := worker.DrainingState(drain); ok {
+			w.Log.Info("waiting for the drain to be called off or for SIGTERM")
+			if err := worker.WaitResumed(ctx, drain); err != nil {
+				return nil
+			}
+		}
+		w.Log.Info("drain called off; pulling again")
+	}
+}
+
+// round works until drain ends; see Run.
+func (w *Worker) round(ctx, drain context.Context) error {
 	held := make(chan struct{}, w.MaxOutstanding) // a token per message held
 	queue := make(chan *pb.ReceivedMessage, w.MaxOutstanding)
 	var wg sync.WaitGroup

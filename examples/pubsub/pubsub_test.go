@@ -270,3 +270,50 @@ func TestPubSubExportBackoff(t *testing.T) {
 		t.Errorf("worker counted %d export failures, the downstream %d", w.ExportFailures.Load(), failed)
 	}
 }
+
+// TestPubSubServeCalledOffDrain: a notice drains the node, the worker says
+// done, then the notice is canceled and the drain called off. Serve (what
+// main runs) must go back to pulling in the same process: messages
+// published after the drain was called off are acked, and Serve returns
+// only when its context ends (SIGTERM).
+func TestPubSubServeCalledOffDrain(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	a := startNode(ctx, t, "pubsub-resume", "127.0.11.4")
+	f := newFakePubSub(t)
+	quick := func(int) time.Duration { return 5 * time.Millisecond }
+	f.publish(t, 5, quick)
+	w := newWorker(t, f, a)
+	wctx, wcancel := context.WithCancel(ctx)
+	defer wcancel()
+	errc := make(chan error, 1)
+	go func() { errc <- w.Serve(wctx) }()
+	f.waitAcked(ctx, t, 5)
+
+	notice := sidecartest.Notice(watcher.SourceGCE, watcher.KindMaintenance, time.Now().Add(time.Minute))
+	if told, err := a.Hub.Hub.Draining(ctx, notice); err != nil || told != 1 {
+		t.Fatalf("Draining: told %d, %v", told, err)
+	}
+	select {
+	case <-a.Done:
+	case <-ctx.Done():
+		t.Fatal("the hub never heard the worker was done")
+	}
+	if told, err := a.Hub.Hub.Resumed(ctx, notice); err != nil || told != 1 {
+		t.Fatalf("Resumed: told %d, %v", told, err)
+	}
+	f.publish(t, 5, quick)
+	f.waitAcked(ctx, t, 10)
+	select {
+	case err := <-errc:
+		t.Fatalf("Serve returned before its context ended: %v", err)
+	default:
+	}
+	wcancel()
+	if err := <-errc; err != nil {
+		t.Fatalf("Serve: %v", err)
+	}
+	if c := f.tally(); c.ackedOnce != 10 || c.lost != 0 {
+		t.Errorf("%+v: want 10 messages each acked exactly once", c)
+	}
+}

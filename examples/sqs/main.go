@@ -61,7 +61,7 @@ func run(ctx context.Context, log *slog.Logger, queue, addr string) error {
 		return err
 	}
 	w := &Worker{Log: log, Sidecar: sc, SQS: sqs.NewFromConfig(cfg), QueueURL: queue, Process: simulate}
-	return w.Run(ctx)
+	return w.Serve(ctx)
 }
 
 // Worker receives from one queue and follows the sidecar.
@@ -103,7 +103,36 @@ var ErrWontFit = errors.New("the work does not fit before the deadline")
 // ends (SIGTERM), after handing back what it holds.
 func (w *Worker) Run(ctx context.Context) error {
 	w.defaults()
-	drain := w.Sidecar.Draining(ctx)
+	return w.round(ctx, w.Sidecar.Draining(ctx))
+}
+
+// Serve is Run again and again until ctx ends (SIGTERM): after a drain,
+// once done is reported, it waits until the drain is called off (the
+// notice was canceled) and then goes back to work, without exiting. A
+// worker process that exited would be restarted by the kubelet, and one
+// that keeps exiting ends in CrashLoopBackOff.
+func (w *Worker) Serve(ctx context.Context) error {
+	w.defaults()
+	for {
+		drain := w.Sidecar.Draining(ctx)
+		if err := w.round(ctx, drain); err != nil {
+			return err
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		if _, ok := worker.DrainingState(drain); ok {
+			w.Log.Info("waiting for the drain to be called off or for SIGTERM")
+			if err := worker.WaitResumed(ctx, drain); err != nil {
+				return nil
+			}
+		}
+		w.Log.Info("drain called off; receiving again")
+	}
+}
+
+// round works until drain ends; see Run.
+func (w *Worker) round(ctx, drain context.Context) error {
 	for drain.Err() == nil {
 		out, err := w.receive(ctx, drain)
 		if err != nil {

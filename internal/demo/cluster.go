@@ -73,7 +73,7 @@ type Event struct {
 	// Pod is the pod it concerns, if any.
 	Pod string
 	// What happened: "notice", "cordoned", "told", "stopped pulling", "idle",
-	// "finished", "handed back", "done", "evicted", "gone", "died".
+	// "finished", "handed back", "done", "resumed", "evicted", "gone", "died".
 	What string
 	// Detail says more (a message id, a deadline).
 	Detail string

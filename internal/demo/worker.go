@@ -27,33 +27,42 @@ func newSidecarClient(addr string) (*sidecar.Client, error) {
 // runPod runs the pod's workers until its node dies or the cluster closes:
 // they pull while the sidecar says running; once it says draining they stop
 // pulling, finish or hand back what they hold, and the pod reports done.
+// If the drain is then called off, they pull again.
 func (c *Cluster) runPod(n *Node, p *Pod, sc *sidecar.Client) {
 	ctx := n.ctx
-	drain := sc.Draining(ctx)
-	var told sync.Once
-	context.AfterFunc(drain, func() {
-		if st, ok := sidecar.DrainingState(drain); ok {
-			told.Do(func() {
-				now := time.Now()
-				c.emit(Event{Time: now, Node: n.Name, Pod: p.Name, What: "told", Detail: "sidecar says draining, deadline " + st.Deadline.Format("15:04:05.000")})
-				c.emit(Event{Time: now, Node: n.Name, Pod: p.Name, What: "stopped pulling", Detail: "pull requests cancelled"})
-			})
+	for ctx.Err() == nil {
+		drain := sc.Draining(ctx)
+		var told sync.Once
+		context.AfterFunc(drain, func() {
+			if st, ok := sidecar.DrainingState(drain); ok {
+				told.Do(func() {
+					now := time.Now()
+					c.emit(Event{Time: now, Node: n.Name, Pod: p.Name, What: "told", Detail: "sidecar says draining, deadline " + st.Deadline.Format("15:04:05.000")})
+					c.emit(Event{Time: now, Node: n.Name, Pod: p.Name, What: "stopped pulling", Detail: "pull requests cancelled"})
+				})
+			}
+		})
+		var wg sync.WaitGroup
+		for range c.opts.WorkersPerPod {
+			wg.Go(func() { c.work(ctx, drain, n, p) })
 		}
-	})
-	var wg sync.WaitGroup
-	for range c.opts.WorkersPerPod {
-		wg.Go(func() { c.work(ctx, drain, n, p) })
+		wg.Wait()
+		if ctx.Err() != nil {
+			return
+		}
+		if _, ok := sidecar.DrainingState(drain); ok {
+			c.emit(Event{Time: time.Now(), Node: n.Name, Pod: p.Name, What: "idle", Detail: "workers hold nothing"})
+			if err := sc.Done(ctx); err != nil {
+				c.log.Warn("report done", "pod", p.Name, "err", err)
+			} else {
+				c.emit(Event{Time: time.Now(), Node: n.Name, Pod: p.Name, What: "done", Detail: "reported to the sidecar"})
+			}
+			if sidecar.WaitResumed(ctx, drain) != nil {
+				return
+			}
+		}
+		c.emit(Event{Time: time.Now(), Node: n.Name, Pod: p.Name, What: "resumed", Detail: "the drain was called off: pulling again"})
 	}
-	wg.Wait()
-	if _, ok := sidecar.DrainingState(drain); !ok || ctx.Err() != nil {
-		return
-	}
-	c.emit(Event{Time: time.Now(), Node: n.Name, Pod: p.Name, What: "idle", Detail: "workers hold nothing"})
-	if err := sc.Done(ctx); err != nil {
-		c.log.Warn("report done", "pod", p.Name, "err", err)
-		return
-	}
-	c.emit(Event{Time: time.Now(), Node: n.Name, Pod: p.Name, What: "done", Detail: "reported to the sidecar"})
 }
 
 // work is one worker: it pulls one message at a time while drain is not

@@ -71,6 +71,13 @@ type Options struct {
 	// allowed by the group's lifecycle hook. Default 0: the deadline is the
 	// moment of detection.
 	ASGTerminationNotice time.Duration
+	// ScheduledGoneReads is how many reads in a row of PathScheduled must
+	// miss an active event (a 404, an empty list, a list without it) before
+	// the event counts as over. One such read is not enough: a metadata
+	// service that answers 404 or [] once, while the event stands, would
+	// otherwise cancel a live maintenance for good. An event the answer (or
+	// the history) shows canceled or completed is over at once. Default 3.
+	ScheduledGoneReads int
 	// Paths are the paths to watch. Default: PathSpot, PathRebalance,
 	// PathScheduled, PathHistory and PathASG.
 	Paths []string
@@ -93,6 +100,7 @@ type Watcher struct {
 	mu       sync.Mutex                // guards the maps below
 	firstIDs map[string]string         // sort of notice -> ID of the first one seen
 	live     map[string]watcher.Notice // scheduled events last seen active, by EventId
+	missing  map[string]int            // live events: reads in a row of PathScheduled without them
 	seenOver map[string]bool           // scheduled events seen canceled or completed
 }
 
@@ -105,6 +113,12 @@ func New(opts Options) (*Watcher, error) {
 	}
 	if opts.PollInterval < 0 || opts.RotateInterval < 0 || opts.RequestTimeout < 0 || opts.ASGTerminationNotice < 0 {
 		return nil, errors.New("ec2 options: negative duration")
+	}
+	if opts.ScheduledGoneReads < 0 {
+		return nil, errors.New("ec2 options: negative ScheduledGoneReads")
+	}
+	if opts.ScheduledGoneReads == 0 {
+		opts.ScheduledGoneReads = 3
 	}
 	if opts.PollInterval == 0 {
 		opts.PollInterval = DefaultPollInterval
@@ -158,6 +172,7 @@ func New(opts Options) (*Watcher, error) {
 		errs:     &poll.Errors{Source: watcher.SourceAWS, Logger: logger, Metrics: opts.Metrics},
 		firstIDs: make(map[string]string),
 		live:     make(map[string]watcher.Notice),
+		missing:  make(map[string]int),
 		seenOver: make(map[string]bool),
 	}, nil
 }
@@ -305,12 +320,14 @@ func (w *Watcher) pollOnce(ctx context.Context, out chan<- watcher.Notice, path 
 //     rescheduled it), is sent as active with its deadline;
 //   - an event the answer says canceled or completed, in either list, is
 //     sent as canceled if it was active, and is over for good;
-//   - an active event missing from a complete read of the scheduled list
-//     is over (AWS moves canceled and completed events to the history):
-//     it is sent as canceled.
+//   - an active event missing from ScheduledGoneReads complete reads of the
+//     scheduled list in a row is over (AWS moves canceled and completed
+//     events to the history): it is sent as canceled. One read is not
+//     enough: a 404 or an empty list while the event stands must not
+//     cancel it.
 //
 // complete says the whole answer was understood; only then does a missing
-// event count as over.
+// event count as missing.
 func (w *Watcher) scheduled(ctx context.Context, path string, events []watcher.Notice, complete bool, detected time.Time) []watcher.Notice {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -334,6 +351,7 @@ func (w *Watcher) scheduled(ctx context.Context, path string, events []watcher.N
 			ns = append(ns, n)
 		case n.State == watcher.StateCanceled && live:
 			delete(w.live, n.ID)
+			delete(w.missing, n.ID)
 			ns = append(ns, n)
 		case n.State == watcher.StateCanceled && path == PathScheduled && !w.seenOver[n.ID]:
 			// Canceled before this watcher saw it active: say so once; a
@@ -346,12 +364,21 @@ func (w *Watcher) scheduled(ctx context.Context, path string, events []watcher.N
 	}
 	if path == PathScheduled && complete {
 		for id, n := range w.live {
-			if !present[id] {
-				delete(w.live, id)
-				w.seenOver[id] = true
-				n.State, n.Detected, n.Deadline = watcher.StateCanceled, detected, time.Time{}
-				ns = append(ns, n)
+			if present[id] {
+				delete(w.missing, id)
+				continue
 			}
+			w.missing[id]++
+			if w.missing[id] < w.opts.ScheduledGoneReads {
+				w.logger.InfoContext(ctx, "scheduled event missing from the list", "id", id, "reads", w.missing[id], "needed", w.opts.ScheduledGoneReads)
+				continue
+			}
+			// Not marked seenOver: should it come back, it is active
+			// again.
+			delete(w.live, id)
+			delete(w.missing, id)
+			n.State, n.Detected, n.Deadline = watcher.StateCanceled, detected, time.Time{}
+			ns = append(ns, n)
 		}
 	}
 	return ns

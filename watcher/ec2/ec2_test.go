@@ -498,3 +498,60 @@ func TestSpotSeenWithinInterval(t *testing.T) {
 		})
 	}
 }
+// A live scheduled event is not canceled by a read or two that miss it (a
+// 404 or an empty list from a metadata service having a bad moment): only
+// ScheduledGoneReads misses in a row, or the event shown canceled, end it.
+// Before the fix one such read canceled the event for good: the next reads
+// showing it active again were ignored.
+func TestScheduledMissingReadsConfirmed(t *testing.T) {
+	const id = "instance-event-0d59937288b749b32"
+	for _, tc := range []struct {
+		name   string
+		faults []fault
+	}{
+		{"one 404", []fault{{status: http.StatusNotFound, body: "<html>404 - Not Found</html>"}}},
+		{"one empty list", []fault{{status: http.StatusOK, body: "[]"}}},
+		{"a 404 then an empty list", []fault{{status: http.StatusNotFound}, {status: http.StatusOK, body: "[]"}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fake := newFake()
+			fake.set(PathScheduled, sprintf(scheduled, "active"))
+			e := start(t, fake, Options{Paths: []string{PathScheduled}})
+			if n := e.next(t); n.State != watcher.StateActive || n.ID != id {
+				t.Fatalf("got %v", n)
+			}
+			for _, f := range tc.faults {
+				fake.fail(PathScheduled, 1, f)
+			}
+			e.quiet(t, 500*time.Millisecond) // about 100 reads
+			// Still live: its cancellation is reported.
+			fake.set(PathScheduled, sprintf(scheduled, "canceled"))
+			if n := e.next(t); n.State != watcher.StateCanceled || n.ID != id {
+				t.Fatalf("got %v, want the event canceled", n)
+			}
+			e.settle(t, PathScheduled, 3)
+		})
+	}
+	t.Run("missing from ScheduledGoneReads reads in a row", func(t *testing.T) {
+		fake := newFake()
+		fake.set(PathScheduled, sprintf(scheduled, "active"))
+		e := start(t, fake, Options{Paths: []string{PathScheduled}, ScheduledGoneReads: 5})
+		if n := e.next(t); n.State != watcher.StateActive {
+			t.Fatalf("got %v", n)
+		}
+		before := fake.getsOf(PathScheduled)
+		fake.unset(PathScheduled)
+		n := e.next(t)
+		if n.State != watcher.StateCanceled || n.ID != id {
+			t.Fatalf("got %v, want the event canceled", n)
+		}
+		if reads := fake.getsOf(PathScheduled) - before; reads < 5 {
+			t.Errorf("canceled after %d reads without the event, want at least 5", reads)
+		}
+		// It comes back: active again.
+		fake.set(PathScheduled, sprintf(scheduled, "active"))
+		if n := e.next(t); n.State != watcher.StateActive || n.ID != id {
+			t.Fatalf("got %v, want the event active again", n)
+		}
+	})
+}

@@ -1,6 +1,11 @@
 package ec2
 
 import (
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -144,5 +149,51 @@ func TestMockDelayedSpot(t *testing.T) {
 	n := e.nextWithin(t, 15*time.Second)
 	if n.ID != "aws-spot-terminate-2026-03-01T12:02:00Z" {
 		t.Fatalf("got %v", n)
+	}
+}
+
+// TestMockScheduledBlip puts a proxy in front of the real mock that answers
+// the scheduled-events path with a 404, then an empty list, while the
+// mock's event stands: the watcher reports the event once and does not
+// cancel it.
+func TestMockScheduledBlip(t *testing.T) {
+	port := ec2mock.FreePort(t)
+	ec2mock.Start(t, port, "events", "-o", "instance-stop", "-t", "active")
+	target, err := url.Parse("http://127.0.0.1:" + port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	var blips atomic.Int32 // answers still to fake
+	var reads atomic.Int32 // reads of the path
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/latest/meta-data/"+PathScheduled {
+			reads.Add(1)
+			switch blips.Add(-1) {
+			case 1:
+				http.NotFound(w, r)
+				return
+			case 0:
+				_, _ = w.Write([]byte("[]"))
+				return
+			}
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+
+	e := startWith(t, nil, Options{Endpoint: srv.URL, PollInterval: 50 * time.Millisecond, Paths: []string{PathScheduled}})
+	n := e.nextWithin(t, 10*time.Second)
+	if n.Kind != watcher.KindMaintenance || n.State != watcher.StateActive {
+		t.Fatalf("got %v", n)
+	}
+	blips.Store(2)
+	start := reads.Load()
+	e.quiet(t, time.Second)
+	if got := reads.Load() - start; got < 6 {
+		t.Fatalf("only %d reads of the path in 1 s", got)
+	}
+	if blips.Load() > 0 {
+		t.Fatal("the faked answers were not served")
 	}
 }

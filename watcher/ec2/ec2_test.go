@@ -498,6 +498,7 @@ func TestSpotSeenWithinInterval(t *testing.T) {
 		})
 	}
 }
+
 // A live scheduled event is not canceled by a read or two that miss it (a
 // 404 or an empty list from a metadata service having a bad moment): only
 // ScheduledGoneReads misses in a row, or the event shown canceled, end it.

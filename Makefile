@@ -98,7 +98,7 @@ lint: $(TOOLS)/staticcheck ## gofmt, go vet and staticcheck
 	$(TOOLS)/staticcheck ./...
 	cd examples && $(GO) mod tidy -diff && $(GO) vet ./... && $(TOOLS)/staticcheck ./...
 
-bench: testbin $(TOOLS)/node-termination-handler ## run the benchmarks (real control plane, real binaries; root, for the peer benchmark's cgroups) and write bench/README.md; takes about 7 minutes
+bench: testbin $(TOOLS)/node-termination-handler ## run the benchmarks (real control plane, real binaries; root, for the peer benchmark's cgroups) and write bench/README.md; takes about 11 minutes
 	@rm -f $(BIN)/bench.txt; mkdir -p $(BIN)
 	$(GO) test -run '^$$' -bench . ./watcher/gce 2>&1 | tee -a $(BIN)/bench.txt
 	$(GO) test -run '^$$' -bench . -benchtime 100x ./watcher/ec2 2>&1 | tee -a $(BIN)/bench.txt

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -42,6 +43,19 @@ type Record struct {
 	Source string `json:"source"`
 	// Time is when lastcall first cordoned the node.
 	Time time.Time `json:"time"`
+	// Seen holds, by notice ID, when each notice the cordon is for was
+	// first detected, so that an agent that restarts works to the deadline
+	// the first sighting gave (a GCE notice carries no time of its own),
+	// not to one counted from its own start or from another notice's.
+	Seen map[string]time.Time `json:"seen,omitempty"`
+}
+
+// Sighting is a notice's first detection, kept in Record.Seen.
+type Sighting struct {
+	// ID is the notice's stable ID.
+	ID string
+	// Detected is when the notice was first detected.
+	Detected time.Time
 }
 
 // RecordOf returns the record lastcall left on node, and whether there is
@@ -71,10 +85,14 @@ func TaintValue(source, kind string) string {
 // TaintValue(source, kind)) and ExcludeLBLabel, and records which of them
 // lastcall added; what was already there is left alone and not recorded.
 // It is safe to call again: a second call re-applies anything removed since
-// and keeps the first record. It retries conflicts and transient apiserver
-// errors until ctx is done. changed reports whether the node was updated.
-func (d *Drainer) Cordon(ctx context.Context, node, source, kind string) (changed bool, err error) {
-	changed, err = d.updateNode(ctx, node, func(n *corev1.Node) bool { return d.cordon(n, source, kind) })
+// and keeps the first record. seen, when given, are the first sightings of
+// the notices the cordon is for, as the caller knows them (it reads them
+// back from the record, and tells a notice that ended from one that came
+// again under the same ID): Record.Seen becomes exactly those. It retries conflicts and transient
+// apiserver errors until ctx is done. changed reports whether the node was
+// updated.
+func (d *Drainer) Cordon(ctx context.Context, node, source, kind string, seen ...Sighting) (changed bool, err error) {
+	changed, err = d.updateNode(ctx, node, func(n *corev1.Node) bool { return d.cordon(n, source, kind, seen) })
 	if err != nil {
 		return false, fmt.Errorf("cordon node %s: %w", node, err)
 	}
@@ -82,13 +100,24 @@ func (d *Drainer) Cordon(ctx context.Context, node, source, kind string) (change
 }
 
 // cordon applies a cordon to n and reports whether it changed anything.
-func (d *Drainer) cordon(n *corev1.Node, source, kind string) bool {
+func (d *Drainer) cordon(n *corev1.Node, source, kind string, seen []Sighting) bool {
 	rec, _ := RecordOf(n)
+	mutated := false
 	if rec.Source == "" {
 		rec.Source = source
 		rec.Time = d.now().UTC()
+		mutated = true // the record itself is news
 	}
-	mutated := false
+	if len(seen) > 0 {
+		next := make(map[string]time.Time, len(seen))
+		for _, s := range seen {
+			next[s.ID] = s.Detected.UTC()
+		}
+		if !maps.EqualFunc(next, rec.Seen, time.Time.Equal) {
+			rec.Seen = next
+			mutated = true
+		}
+	}
 	if !n.Spec.Unschedulable {
 		n.Spec.Unschedulable = true
 		rec.Unschedulable = true
@@ -130,7 +159,7 @@ func (d *Drainer) CheckCordon(ctx context.Context, node, source, kind string) er
 	if err != nil {
 		return fmt.Errorf("check cordon of node %s: %w", node, err)
 	}
-	d.cordon(n, source, kind)
+	d.cordon(n, source, kind, nil)
 	if _, err := d.client.CoreV1().Nodes().Update(cctx, n, metav1.UpdateOptions{DryRun: []string{metav1.DryRunAll}}); err != nil {
 		return fmt.Errorf("check cordon of node %s (dry run): %w", node, err)
 	}

@@ -34,6 +34,10 @@ const (
 	// Failed: the apiserver did not accept the eviction before the deadline,
 	// or refused it for good (for example RBAC).
 	Failed Outcome = "failed"
+	// Canceled: the drain was called off (the notice canceled or
+	// superseded, the agent stopping) before the pod was asked to leave.
+	// Nothing was refused: it is not counted as a failure.
+	Canceled Outcome = "canceled"
 )
 
 // PodResult is what a drain did with one pod.
@@ -113,7 +117,23 @@ func (r Report) Count(o Outcome) int {
 // again. The error is non-nil only when the pods could not be listed or ctx
 // was canceled before the deadline.
 func (d *Drainer) Drain(ctx context.Context, node string, deadline time.Time, policy Policy) (Report, error) {
-	policy = policy.WithDefaults()
+	plan, err := d.Plan(ctx, node, deadline, policy)
+	if err != nil {
+		now := d.now()
+		rep := Report{Node: node, Deadline: deadline, Started: now, Finished: now}
+		return rep, fmt.Errorf("drain node %s: %w", node, err)
+	}
+	return d.DrainPlan(ctx, node, plan)
+}
+
+// DrainPlan is Drain with a plan made beforehand (NewPlan, or Plan): the
+// caller that tells each pod's workers when the pod will be stopped
+// (Plan.StopBy) drains with the very plan it told them of. Pods that land
+// after the plan was made are evicted as in Drain; the plan's tiers, and so
+// each pod's StopBy, do not change during the drain.
+func (d *Drainer) DrainPlan(ctx context.Context, node string, plan Plan) (Report, error) {
+	plan.Policy = plan.Policy.WithDefaults()
+	policy, deadline := plan.Policy, plan.Deadline
 	start := d.now()
 	end := deadline
 	if late := start.Add(policy.Overtime); end.Before(late) {
@@ -122,11 +142,6 @@ func (d *Drainer) Drain(ctx context.Context, node string, deadline time.Time, po
 	ctx, cancel := context.WithDeadline(ctx, end)
 	defer cancel()
 	rep := Report{Node: node, Deadline: deadline, Started: start, Late: deadline.Before(start.Add(policy.Reserve))}
-	plan, err := d.Plan(ctx, node, deadline, policy)
-	if err != nil {
-		rep.Finished = d.now()
-		return rep, fmt.Errorf("drain node %s: %w", node, err)
-	}
 	log := d.log.With("node", node)
 	log.Info("drain started", "pods", plan.Len(), "critical", len(plan.Tiers[TierCritical]),
 		"skipped", len(plan.Skipped), "deadline_in", deadline.Sub(start).Round(time.Millisecond).String(), "late", rep.Late)
@@ -148,7 +163,9 @@ func (d *Drainer) Drain(ctx context.Context, node string, deadline time.Time, po
 		mu.Unlock()
 		wg.Go(func() {
 			res := d.evict(ctx, log, plan, pod)
-			d.m.observe(res.Outcome)
+			if res.Outcome != Canceled {
+				d.m.observe(res.Outcome)
+			}
 			mu.Lock()
 			defer mu.Unlock()
 			inflight--
@@ -237,6 +254,12 @@ func (d *Drainer) Drain(ctx context.Context, node string, deadline time.Time, po
 	return rep, nil
 }
 
+// calledOff reports whether ctx was canceled, rather than having reached
+// the drain's deadline.
+func calledOff(ctx context.Context) bool {
+	return ctx.Err() != nil && !errors.Is(context.Cause(ctx), context.DeadlineExceeded)
+}
+
 // noneOf reports whether no UID of want is present.
 func noneOf(present, want map[types.UID]bool) bool {
 	for uid := range want {
@@ -265,6 +288,10 @@ func (d *Drainer) evict(ctx context.Context, log *slog.Logger, plan Plan, pod co
 			start := d.now()
 			res.Released = d.waitHeld(ctx, plan, &pod, done)
 			res.Held = d.now().Sub(start)
+			if calledOff(ctx) {
+				res.Outcome, res.At = Canceled, d.now()
+				return res
+			}
 			log.Debug("held pod released", "held", res.Held.String(), "workers_done", res.Released)
 		}
 	}
@@ -300,6 +327,17 @@ func (d *Drainer) evict(ctx context.Context, log *slog.Logger, plan Plan, pod co
 		}
 		cancel()
 		switch {
+		case calledOff(ctx):
+			// The drain was called off while the request was out: whatever
+			// the answer, it is not a refusal.
+			res.Outcome, res.At = Canceled, d.now()
+			if err == nil {
+				res.Outcome, res.Grace = Evicted, grace
+				if deleting {
+					res.Outcome = Deleted
+				}
+			}
+			return res
 		case err == nil:
 			res.Outcome, res.At, res.Grace = Evicted, d.now(), grace
 			if deleting {
@@ -353,6 +391,10 @@ func (d *Drainer) evict(ctx context.Context, log *slog.Logger, plan Plan, pod co
 			wait = cut.Sub(now) // act on the policy as soon as the cut-off comes
 		}
 		if !sleep(ctx, wait) {
+			if calledOff(ctx) {
+				res.Outcome, res.At = Canceled, d.now()
+				return res
+			}
 			res.Outcome, res.At = Failed, d.now()
 			if refused {
 				res.Outcome = Blocked

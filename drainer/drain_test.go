@@ -2,12 +2,16 @@ package drainer_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
@@ -772,4 +776,63 @@ func (a adminPods) ListPods(ctx context.Context, node string) ([]corev1.Pod, err
 		return nil, err
 	}
 	return l.Items, nil
+}
+
+// A drain called off (the notice canceled or superseded, the agent
+// stopping) while it holds a pod for its workers sends no eviction, and
+// counts none as refused: no Refused call (the EvictionRefused Events), no
+// failed outcome in lastcall_evictions_total. Before, the canceled context
+// was counted as a refusal for good, which paged on-call for an eviction
+// never sent.
+func TestDrainCalledOffIsNotARefusal(t *testing.T) {
+	f := newFixture(t, kubetest.KubeletOptions{FinishAtOnce: true})
+	f.pods(t, 2, "held", kubetest.WithGrace(1))
+	f.waitRunning(t, 2)
+	never := make(chan struct{})
+	var refused atomic.Int32
+	reg := prometheus.NewRegistry()
+	d := f.drainer(drainer.Options{
+		Logger:  testLogger(t),
+		Hold:    func(context.Context, *corev1.Pod) <-chan struct{} { return never },
+		Refused: func(*corev1.Pod, error) { refused.Add(1) },
+		Metrics: drainer.NewMetrics(reg),
+	})
+	ctx, cancel := context.WithCancel(t.Context())
+	time.AfterFunc(500*time.Millisecond, cancel)
+	rep, err := d.Drain(ctx, f.node, time.Now().Add(time.Minute), drainer.Policy{})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("Drain = %v, want canceled", err)
+	}
+	if n := refused.Load(); n != 0 {
+		t.Errorf("Refused called %d times for evictions never sent", n)
+	}
+	if got := rep.Count(drainer.Canceled); got != 2 || rep.Count(drainer.Failed) != 0 {
+		t.Errorf("report: %d canceled, %d failed; want 2 canceled, none failed: %+v", got, rep.Count(drainer.Failed), rep.Pods)
+	}
+	if v := failedCount(t, reg); v != 0 {
+		t.Errorf("lastcall_evictions_total{outcome=failed} = %v, want 0", v)
+	}
+	for _, p := range []string{"held-0", "held-1"} {
+		if got, ok := getPod(t, f.env.Client, f.ns, p); !ok || got.DeletionTimestamp != nil {
+			t.Errorf("pod %s was evicted by a drain called off before its time", p)
+		}
+	}
+}
+
+// failedCount returns lastcall_evictions_total{outcome="failed"} in reg.
+func failedCount(t *testing.T, reg *prometheus.Registry) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			if mf.GetName() == "lastcall_evictions_total" && m.GetLabel()[0].GetValue() == "failed" {
+				return m.GetCounter().GetValue()
+			}
+		}
+	}
+	t.Fatal("no lastcall_evictions_total{outcome=failed}")
+	return 0
 }

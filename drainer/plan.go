@@ -109,6 +109,12 @@ type Plan struct {
 	Skipped []Skipped
 	// Policy is the policy the plan was made with, defaults applied.
 	Policy Policy
+	// Critical says workload pods must be gone by CriticalStart, to leave
+	// the critical tier its window: NewPlan sets it when the node has
+	// critical pods. It is part of the plan, not read from Tiers each time,
+	// so that a drain run again with fresh pods (Refresh) keeps the stop
+	// times its workers were told.
+	Critical bool
 }
 
 // Skipped is a pod a drain leaves alone.
@@ -133,7 +139,17 @@ func NewPlan(pods []corev1.Pod, self types.NamespacedName, deadline time.Time, p
 		tier := TierOf(&pod)
 		plan.Tiers[tier] = append(plan.Tiers[tier], pod)
 	}
+	plan.Critical = len(plan.Tiers[TierCritical]) > 0
 	return plan
+}
+
+// Refresh returns the plan for pods, the node's pods now, with p's deadline,
+// policy and Critical: a drain run again (pods landed after the last one)
+// keeps every pod's StopBy.
+func (p Plan) Refresh(pods []corev1.Pod, self types.NamespacedName) Plan {
+	q := NewPlan(pods, self, p.Deadline, p.Policy)
+	q.Critical = p.Critical
+	return q
 }
 
 // Len returns how many pods the plan evicts.
@@ -147,22 +163,38 @@ func (p Plan) Cutoff() time.Time { return p.Deadline.Add(-p.Policy.BlockedCutoff
 
 // Grace returns the grace period, in seconds, that pod gets when asked to
 // leave at now: its own terminationGracePeriodSeconds (default 30), capped
-// so that it ends Reserve before the deadline, or, for a workload pod on a
-// node with critical pods, Reserve before the critical tier starts. It is
-// never below 1: a grace of 0 would delete the pod from etcd at once,
-// without the kubelet stopping its containers.
+// so that it ends at StopBy: Reserve before the deadline, or, for a
+// workload pod on a node with critical pods, Reserve before the critical
+// tier starts. The time left is rounded up to a whole second, so that a
+// pod asked to leave at or after its LatestEviction is never stopped
+// before StopBy, the time its workers were told (rounding down stopped it
+// up to a second before; the Reserve absorbs the second). It is never
+// below 1: a grace of 0 would delete the pod from etcd at once, without
+// the kubelet stopping its containers.
 func (p Plan) Grace(pod *corev1.Pod, now time.Time) int64 {
-	left := int64(p.end(pod).Add(-p.Policy.Reserve).Sub(now) / time.Second)
-	return max(1, min(ownGrace(pod), left))
+	left := (p.StopBy(pod).Sub(now) + time.Second - 1) / time.Second
+	return max(1, min(ownGrace(pod), int64(left)))
 }
 
 // end is when pod must be gone: the deadline, or, for a workload pod on a
 // node with critical pods, the start of the critical tier.
 func (p Plan) end(pod *corev1.Pod) time.Time {
-	if TierOf(pod) == TierWorkload && len(p.Tiers[TierCritical]) > 0 {
+	if TierOf(pod) == TierWorkload && p.Critical {
 		return p.CriticalStart()
 	}
 	return p.Deadline
+}
+
+// StopBy is when pod's containers are stopped at the latest if this plan's
+// drain asks it to leave: its tier's end less Reserve (Grace never lets a
+// grace period run past it, and a pod held back for its workers is asked
+// to leave at LatestEviction, whose grace ends there). This is the deadline
+// its workers are told. A pod stopped earlier is one whose workers said
+// they were done, or one with no sidecar to tell. Only an eviction sent
+// after StopBy (a budget refused it until the cut-off, or the drain started
+// late) stops the pod later, never earlier than its workers were told.
+func (p Plan) StopBy(pod *corev1.Pod) time.Time {
+	return p.end(pod).Add(-p.Policy.Reserve)
 }
 
 // ownGrace is the pod's terminationGracePeriodSeconds, default 30.
@@ -190,6 +222,13 @@ func TierOf(pod *corev1.Pod) Tier {
 		return TierCritical
 	}
 	return TierWorkload
+}
+
+// SkipReasonOf says whether a drain leaves pod alone, and why; self is the
+// agent's own pod. A pod already terminating is left to finish (its
+// deletion's grace holds).
+func SkipReasonOf(pod *corev1.Pod, self types.NamespacedName) (SkipReason, bool) {
+	return skipReason(pod, self)
 }
 
 func skipReason(pod *corev1.Pod, self types.NamespacedName) (SkipReason, bool) {

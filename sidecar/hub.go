@@ -40,12 +40,19 @@ type HubOptions struct {
 	// Pods authenticates callers: a call naming a pod is served only when it
 	// comes from that pod's IP. Required.
 	Pods PodIPs
-	// OnDone, if set, is called once for every pod whose sidecar reports
-	// that its workers are done, until Resumed clears the reports. It is
+	// OnDone, if set, is called for every report of a pod's sidecar that
+	// says its workers are done: not only the first, since a pod that takes
+	// the name of one that said done (a StatefulSet replica) reports under
+	// the same name, and the callee tells pods apart by UID. It is
 	// called from the request's goroutine, so it must return quickly (start
 	// an eviction in a goroutine the agent owns, for example). A pod may also
 	// report done outside a node drain, when the pod itself is terminating.
 	OnDone func(PodRef)
+	// OnUndone, if set, is called when a pod whose sidecar had reported
+	// done reports not done: its workers took the report back (a sidecar
+	// that restarted re-sends what it saved, then what holds now). Like
+	// OnDone it must return quickly.
+	OnUndone func(PodRef)
 	// Logger receives the Hub's log. Default: discard.
 	Logger *slog.Logger
 	// Registerer, if set, gets the Hub's metrics (lastcall_sidecars_*).
@@ -78,19 +85,23 @@ const maxPollsPerPod = 4
 // A Hub is safe for concurrent use. Its zero value is not usable: create it
 // with NewHub.
 type Hub struct {
-	pods   PodIPs
-	onDone func(PodRef)
-	log    *slog.Logger
-	quiet  *slog.Logger // rate-limited, for what any client can cause
-	now    func() time.Time
-	linger time.Duration
+	pods     PodIPs
+	onDone   func(PodRef)
+	onUndone func(PodRef)
+	log      *slog.Logger
+	quiet    *slog.Logger // rate-limited, for what any client can cause
+	now      func() time.Time
+	linger   time.Duration
 
 	refused prometheus.Counter // nil without a Registerer
 
 	mu        sync.Mutex // guards the fields below
 	state     wire.NodeState
-	changed   chan struct{} // closed and replaced when state changes or the Hub closes
-	progress  chan struct{} // closed and replaced when a sidecar is told, subscribes or leaves
+	maxGen    uint64               // the latest generation handed out, node-wide or to one pod
+	podDL     map[PodRef]time.Time // each pod's stop time, where known (SetPodDeadlines)
+	podGen    map[PodRef]uint64    // the generation of each pod's own last change
+	changed   chan struct{}        // closed and replaced when state changes or the Hub closes
+	progress  chan struct{}        // closed and replaced when a sidecar is told, subscribes or leaves
 	closed    bool
 	subs      map[PodRef]*subscriber
 	lastSweep time.Time
@@ -119,13 +130,16 @@ func NewHub(o HubOptions) (*Hub, error) {
 		o.Linger = 2 * time.Second
 	}
 	h := &Hub{
-		pods: o.Pods, onDone: o.OnDone, log: o.Logger, quiet: httpguard.NewQuietLogger(o.Logger), now: o.Now, linger: o.Linger,
+		pods: o.Pods, onDone: o.OnDone, onUndone: o.OnUndone, log: o.Logger, quiet: httpguard.NewQuietLogger(o.Logger), now: o.Now, linger: o.Linger,
 		changed:  make(chan struct{}),
 		progress: make(chan struct{}),
 		subs:     map[PodRef]*subscriber{},
+		podDL:    map[PodRef]time.Time{},
+		podGen:   map[PodRef]uint64{},
 	}
 	if !o.Unknown {
 		h.state = wire.NodeState{Generation: wire.NextGeneration(0, h.now()), Phase: wire.PhaseRunning}
+		h.maxGen = h.state.Generation
 	}
 	if o.Registerer != nil {
 		if err := h.register(o.Registerer); err != nil {
@@ -204,7 +218,9 @@ func (h *Hub) Resumed(ctx context.Context, n watcher.Notice) (told int, err erro
 func (h *Hub) Tell(st wire.NodeState) (generation uint64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	st.Generation = wire.NextGeneration(h.state.Generation, h.now())
+	st.Generation = wire.NextGeneration(h.maxGen, h.now())
+	st.PodDeadline = time.Time{} // per pod: SetPodDeadlines
+	h.maxGen = st.Generation
 	h.state = st
 	if st.Phase == wire.PhaseRunning {
 		for _, s := range h.subs {
@@ -214,6 +230,66 @@ func (h *Hub) Tell(st wire.NodeState) (generation uint64) {
 	close(h.changed)
 	h.changed = make(chan struct{})
 	return st.Generation
+}
+
+// SetPodDeadlines makes deadlines the stop times of the pods it names
+// (wire.NodeState.PodDeadline): each pod's sidecar is handed its own, and,
+// while the node drains, a Deadline no later than it. Pods it does not
+// name have none. Each call replaces the last (level-triggered); the
+// sidecars of pods whose stop time changed get a new generation at once,
+// the others are not woken with anything new.
+func (h *Hub) SetPodDeadlines(deadlines map[PodRef]time.Time) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	changed := false
+	bump := func(ref PodRef) {
+		h.maxGen = wire.NextGeneration(h.maxGen, h.now())
+		h.podGen[ref] = h.maxGen
+		changed = true
+	}
+	for ref, old := range h.podDL {
+		if _, ok := deadlines[ref]; !ok {
+			delete(h.podDL, ref)
+			bump(ref)
+		} else if t := deadlines[ref]; !t.Equal(old) {
+			h.podDL[ref] = t
+			bump(ref)
+		}
+	}
+	for ref, t := range deadlines {
+		if _, ok := h.podDL[ref]; !ok {
+			h.podDL[ref] = t
+			bump(ref)
+		}
+	}
+	for ref, g := range h.podGen {
+		if _, ok := h.podDL[ref]; !ok && g <= h.state.Generation {
+			delete(h.podGen, ref) // the node-wide state is newer: nothing of its own left
+		}
+	}
+	if changed {
+		close(h.changed)
+		h.changed = make(chan struct{})
+	}
+}
+
+// viewLocked is what the sidecar of ref is handed: the node's state with
+// the pod's own stop time. Call with h.mu held.
+func (h *Hub) viewLocked(ref PodRef) wire.NodeState {
+	st := h.state
+	if st.Phase == "" {
+		return st
+	}
+	if g := h.podGen[ref]; g > st.Generation {
+		st.Generation = g
+	}
+	if t, ok := h.podDL[ref]; ok {
+		st.PodDeadline = t
+		if st.Phase == wire.PhaseDraining && (st.Deadline.IsZero() || t.Before(st.Deadline)) {
+			st.Deadline = t
+		}
+	}
+	return st
 }
 
 // Told blocks until every subscribed sidecar (a long-poll open, or one
@@ -454,12 +530,12 @@ func (h *Hub) serveState(w http.ResponseWriter, r *http.Request) {
 	}
 	s.open++
 	s.lastSeen = h.now()
-	if q.Generation == h.state.Generation {
+	if q.Generation == h.viewLocked(ref).Generation {
 		s.told = max(s.told, q.Generation) // it has the current state
 	}
 	h.progressed()
 wait:
-	for q.Wait > 0 && (q.Generation == h.state.Generation || h.state.Phase == "") && !h.closed {
+	for q.Wait > 0 && (q.Generation == h.viewLocked(ref).Generation || h.state.Phase == "") && !h.closed {
 		changed := h.changed
 		h.mu.Unlock()
 		select {
@@ -473,7 +549,7 @@ wait:
 		}
 		h.mu.Lock()
 	}
-	st := h.state
+	st := h.viewLocked(ref)
 	h.mu.Unlock()
 
 	if st.Phase == "" {
@@ -510,10 +586,18 @@ func (h *Hub) serveReport(w http.ResponseWriter, r *http.Request) {
 	s.report = rep
 	h.mu.Unlock()
 	w.WriteHeader(http.StatusNoContent)
-	if rep.Done && !wasDone {
-		h.log.Info("pod reported done", "pod", ref.String(), "inflight", rep.InFlight)
+	switch {
+	case rep.Done:
+		if !wasDone {
+			h.log.Info("pod reported done", "pod", ref.String(), "inflight", rep.InFlight)
+		}
 		if h.onDone != nil {
 			h.onDone(ref)
+		}
+	case wasDone:
+		h.log.Info("pod took its done report back", "pod", ref.String(), "inflight", rep.InFlight)
+		if h.onUndone != nil {
+			h.onUndone(ref)
 		}
 	}
 }

@@ -188,9 +188,12 @@ func TestHubReports(t *testing.T) {
 	}{
 		{"10.0.0.1", "a", `{"done":false,"inflight":3}`, 204, 0},
 		{"10.0.0.1", "a", `{"done":true,"inflight":0}`, 204, 1},
-		{"10.0.0.1", "a", `{"done":true,"inflight":0}`, 204, 1}, // sent again: no second call
-		{"10.0.0.2", "a", `{"done":true}`, 403, 1},
-		{"[::ffff:10.0.0.2]", "b", `{"done":true}`, 204, 2}, // IPv4-mapped address
+		// Sent again: called again, for the callee tells pods by UID (a
+		// StatefulSet pod that took the name of one that said done reports
+		// done under the same name, and must be released too).
+		{"10.0.0.1", "a", `{"done":true,"inflight":0}`, 204, 2},
+		{"10.0.0.2", "a", `{"done":true}`, 403, 2},
+		{"[::ffff:10.0.0.2]", "b", `{"done":true}`, 204, 3}, // IPv4-mapped address
 	}
 	for i, s := range steps {
 		if code := put(s.ip, s.name, s.body); code != s.wantCode {
@@ -211,9 +214,73 @@ func TestHubReports(t *testing.T) {
 	if hub.Done("ns", "a") || hub.State().Phase != wire.PhaseRunning {
 		t.Error("Resumed kept the done reports or the drain")
 	}
-	if put("10.0.0.1", "a", `{"done":true}`); len(calls) != 3 {
-		t.Errorf("a done report after Resumed: OnDone calls %v, want 3", calls)
+	if put("10.0.0.1", "a", `{"done":true}`); len(calls) != 4 {
+		t.Errorf("a done report after Resumed: OnDone calls %v, want 4", calls)
 	}
+}
+
+// A report that takes done back calls OnUndone: a restarted sidecar
+// re-sends its saved done, then what holds now.
+func TestHubUndone(t *testing.T) {
+	ips := newPodIPs()
+	ips.set(sidecar.PodRef{Namespace: "ns", Name: "a"}, "10.0.0.1")
+	var undone []sidecar.PodRef
+	hub, err := sidecar.NewHub(sidecar.HubOptions{Pods: ips, OnUndone: func(p sidecar.PodRef) { undone = append(undone, p) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := hub.Handler()
+	for _, body := range []string{`{"done":false}`, `{"done":true}`, `{"done":false}`, `{"done":false}`} {
+		req := httptest.NewRequest(http.MethodPut, "/v1/pods/ns/a/report", strings.NewReader(body))
+		req.RemoteAddr = "10.0.0.1:1234"
+		h.ServeHTTP(httptest.NewRecorder(), req)
+	}
+	if len(undone) != 1 || undone[0].Name != "a" {
+		t.Errorf("OnUndone calls %v, want one for ns/a", undone)
+	}
+}
+
+// Each pod's sidecar is handed its own stop time (SetPodDeadlines): while
+// draining, a Deadline no later than it, and a new generation when it
+// changes; the other sidecars are not woken with anything new.
+func TestHubPodDeadlines(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		hub, _ := newTestHub(t, time.Second, nil)
+		h := hub.Handler()
+		node := time.Now().Add(30 * time.Second)
+		hub.Tell(wire.NodeState{Phase: wire.PhaseDraining, Reason: "preemption", Deadline: node})
+		stopA := time.Now().Add(18 * time.Second)
+		hub.SetPodDeadlines(map[sidecar.PodRef]time.Time{{Namespace: "ns", Name: "a"}: stopA})
+		a := startPoll(h, "10.0.0.1", "/v1/pods/ns/a/state").state(t)
+		b := startPoll(h, "10.0.0.2", "/v1/pods/ns/b/state").state(t)
+		if !a.Deadline.Equal(stopA) || !a.PodDeadline.Equal(stopA) {
+			t.Errorf("pod a handed %+v, want its own stop time %v as deadline", a, stopA)
+		}
+		if !b.Deadline.Equal(node) || !b.PodDeadline.IsZero() {
+			t.Errorf("pod b handed %+v, want the node's deadline %v", b, node)
+		}
+		// a's stop time moves earlier: a's poll is answered, b's is not.
+		pa := startPoll(h, "10.0.0.1", "/v1/pods/ns/a/state?"+wire.PollQuery{Generation: a.Generation, Wait: time.Minute}.Encode())
+		pb := startPoll(h, "10.0.0.2", "/v1/pods/ns/b/state?"+wire.PollQuery{Generation: b.Generation, Wait: time.Minute}.Encode())
+		synctest.Wait()
+		earlier := stopA.Add(-5 * time.Second)
+		hub.SetPodDeadlines(map[sidecar.PodRef]time.Time{{Namespace: "ns", Name: "a"}: earlier})
+		synctest.Wait()
+		if !pa.answered() || pb.answered() {
+			t.Fatalf("after a's change: a answered %v, b answered %v; want only a", pa.answered(), pb.answered())
+		}
+		if st := pa.state(t); st.Generation <= a.Generation || !st.Deadline.Equal(earlier) {
+			t.Errorf("a handed %+v, want a new generation with deadline %v", st, earlier)
+		}
+		// A node-wide change after a pod's own one still reaches everyone.
+		hub.Tell(wire.NodeState{Phase: wire.PhaseRunning})
+		if st := pb.state(t); st.Phase != wire.PhaseRunning {
+			t.Errorf("b handed %+v after the resume", st)
+		}
+		if st := startPoll(h, "10.0.0.1", "/v1/pods/ns/a/state").state(t); st.Phase != wire.PhaseRunning || !st.Deadline.IsZero() || !st.PodDeadline.Equal(earlier) {
+			t.Errorf("a handed %+v while running, want no deadline and its pod deadline", st)
+		}
+	})
 }
 
 func TestHubClose(t *testing.T) {

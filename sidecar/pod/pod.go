@@ -63,6 +63,7 @@ type Sidecar struct {
 	mu           sync.Mutex // guards the fields below
 	node         wire.NodeState
 	connected    bool
+	heard        bool // the agent has answered since this process started
 	terminating  bool
 	termDeadline time.Time
 	done         bool
@@ -221,17 +222,33 @@ func (s *Sidecar) derive() wire.State {
 	switch {
 	case s.node.Phase == wire.PhaseDraining:
 		v.Phase, v.Reason, v.Source, v.Deadline = wire.PhaseDraining, s.node.Reason, s.node.Source, s.node.Deadline
-		if s.terminating && (v.Deadline.IsZero() || s.termDeadline.Before(v.Deadline)) {
-			v.Deadline = s.termDeadline
+		v.Deadline = earlier(v.Deadline, s.node.PodDeadline)
+		if s.terminating {
+			v.Deadline = earlier(v.Deadline, s.termDeadline)
 		}
 	case s.terminating:
-		v.Phase, v.Reason, v.Deadline = wire.PhaseDraining, wire.ReasonPodTerminating, s.termDeadline
+		v.Phase, v.Reason, v.Deadline = wire.PhaseDraining, wire.ReasonPodTerminating, s.termBy()
 	case s.connected && s.node.Phase == wire.PhaseRunning:
 		v.Phase = wire.PhaseRunning
 	default:
 		v.Phase = wire.PhaseUnknown
 	}
 	return v
+}
+
+// earlier returns the earlier of a and b, a zero time counting as none.
+func earlier(a, b time.Time) time.Time {
+	if a.IsZero() || (!b.IsZero() && b.Before(a)) {
+		return b
+	}
+	return a
+}
+
+// termBy is when a pod-terminating drain ends: the preStop timeout, or
+// earlier, the pod's stop time as the agent last said (its deletion's grace
+// can be shorter than the pod's own). Call with s.mu held.
+func (s *Sidecar) termBy() time.Time {
+	return earlier(s.termDeadline, s.node.PodDeadline)
 }
 
 // commitLocked recomputes the view; when it changed (or force), it takes a
@@ -276,8 +293,15 @@ func (s *Sidecar) setNode(st wire.NodeState) {
 		s.reportVer++
 		s.wakeReporter()
 	}
-	s.node, s.connected = st, true
+	podDeadline := !s.node.PodDeadline.Equal(st.PodDeadline)
+	s.node, s.connected, s.heard = st, true, true
 	s.commitLocked(false)
+	if podDeadline {
+		// Wake a pod-terminating drain waiting for the stop time, even
+		// when what the workers see has not changed.
+		close(s.changed)
+		s.changed = make(chan struct{})
+	}
 }
 
 func (s *Sidecar) setDisconnected() {
@@ -325,12 +349,16 @@ func (s *Sidecar) Terminate(ctx context.Context, timeout time.Duration) bool {
 	}
 	s.mu.Lock()
 	if !s.terminating {
-		s.terminating = true
-		s.termDeadline = s.now().Add(timeout)
-		s.log.Info("pod terminating: draining", "timeout", timeout.String())
-		s.commitLocked(false)
+		start := s.now()
+		s.awaitPodDeadlineLocked(ctx, min(PodDeadlineWait, timeout/4))
+		if !s.terminating { // another call may have got here while this one waited
+			s.terminating = true
+			s.termDeadline = start.Add(timeout)
+			s.log.Info("pod terminating: draining", "timeout", timeout.String(), "pod_deadline", s.node.PodDeadline)
+			s.commitLocked(false)
+		}
 	}
-	deadline := s.termDeadline
+	deadline := s.termBy()
 	s.mu.Unlock()
 
 	timer := time.NewTimer(max(deadline.Sub(s.now()), 0))
@@ -344,6 +372,10 @@ func (s *Sidecar) Terminate(ctx context.Context, timeout time.Duration) bool {
 	for {
 		s.mu.Lock()
 		done, ch := s.done, s.changed
+		if by := s.termBy(); by.Before(deadline) {
+			deadline = by // the agent named an earlier stop time
+			timer.Reset(max(deadline.Sub(s.now()), 0))
+		}
 		s.mu.Unlock()
 		if done {
 			return true
@@ -361,6 +393,42 @@ func (s *Sidecar) Terminate(ctx context.Context, timeout time.Duration) bool {
 		case <-ctx.Done():
 			return false
 		}
+	}
+}
+
+// PodDeadlineWait is how long at most a pod-terminating drain waits for
+// the agent to name the pod's stop time before it tells the workers
+// anything (a quarter of the preStop timeout, if that is shorter): the
+// agent sees the pod's deletion, with its grace period, on its watch about
+// when the kubelet does, so usually it has named it before the preStop
+// hook runs; and a deletion's grace (an eviction's, a kubectl delete
+// --grace-period) can be shorter than the pod's own, which is all the
+// sidecar knows by itself. Without an answer (the agent unreachable) the
+// workers are told the preStop timeout.
+const PodDeadlineWait = 500 * time.Millisecond
+
+// awaitPodDeadlineLocked waits, while the agent is connected and has named
+// no stop time for the pod, until it does, wait passes or ctx is done.
+// Call with s.mu held; it is released while waiting.
+func (s *Sidecar) awaitPodDeadlineLocked(ctx context.Context, wait time.Duration) {
+	if !s.connected || !s.node.PodDeadline.IsZero() {
+		return
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	for s.connected && s.node.PodDeadline.IsZero() {
+		ch := s.changed
+		s.mu.Unlock()
+		select {
+		case <-ch:
+		case <-t.C:
+			s.mu.Lock()
+			return
+		case <-ctx.Done():
+			s.mu.Lock()
+			return
+		}
+		s.mu.Lock()
 	}
 }
 

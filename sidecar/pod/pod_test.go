@@ -1,7 +1,9 @@
 package pod
 
 import (
+	"context"
 	"encoding/json"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -49,6 +51,9 @@ func TestDerive(t *testing.T) {
 		{"both, node first", wire.NodeState{Phase: wire.PhaseDraining, Reason: "preemption", Deadline: deadline}, true, true, later, wire.PhaseDraining, "preemption", deadline},
 		{"another tool's drain, no deadline", wire.NodeState{Phase: wire.PhaseDraining, Reason: "karpenter", Source: "node"}, true, false, time.Time{}, wire.PhaseDraining, "karpenter", time.Time{}},
 		{"another tool's drain, then the pod's termination gives the deadline", wire.NodeState{Phase: wire.PhaseDraining, Reason: "cordon", Source: "node"}, true, true, term, wire.PhaseDraining, "cordon", term},
+		// The agent's word on when this pod stops caps every deadline.
+		{"draining, pod stops first", wire.NodeState{Phase: wire.PhaseDraining, Reason: "preemption", Deadline: deadline, PodDeadline: term}, true, false, time.Time{}, wire.PhaseDraining, "preemption", term},
+		{"pod terminating, its deletion ends first", wire.NodeState{Phase: wire.PhaseRunning, PodDeadline: term}, true, true, later, wire.PhaseDraining, wire.ReasonPodTerminating, term},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -122,8 +127,11 @@ func TestTerminate(t *testing.T) {
 		s.setNode(wire.NodeState{Generation: 1, Phase: wire.PhaseRunning})
 		result := make(chan bool)
 		go func() { result <- s.Terminate(t.Context(), 0) }()
+		// The agent names no stop time for the pod: after PodDeadlineWait,
+		// the workers are told the preStop timeout, counted from the hook.
+		time.Sleep(PodDeadlineWait)
 		synctest.Wait()
-		if st := s.State(); st.Phase != wire.PhaseDraining || st.Reason != wire.ReasonPodTerminating || *st.RemainingSeconds != 10 {
+		if st := s.State(); st.Phase != wire.PhaseDraining || st.Reason != wire.ReasonPodTerminating || *st.RemainingSeconds != 9.5 {
 			t.Errorf("terminating: %+v", st)
 		}
 		// The agent resuming does not end a pod's own drain.
@@ -257,5 +265,97 @@ func TestFilesNoDeadline(t *testing.T) {
 	s2 := newTestSidecar(t, dir)
 	if got := s2.State(); got.Phase != wire.PhaseDraining || got.Reason != "cluster-autoscaler" || !got.Deadline.IsZero() || got.RemainingSeconds != nil {
 		t.Errorf("restored: %+v", got)
+	}
+}
+
+// A pod deleted with a grace shorter than its own (an eviction near a
+// deadline, kubectl delete --grace-period): the preStop hook waits for the
+// agent to name the pod's stop time, and tells the workers that, not its
+// own timeout; it returns by then, so SIGTERM comes no earlier than told.
+func TestTerminateTakesThePodDeadline(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := newTestSidecar(t, "")
+		s.setNode(wire.NodeState{Generation: 1, Phase: wire.PhaseRunning})
+		start := time.Now()
+		stop := start.Add(3 * time.Second)
+		result := make(chan bool)
+		go func() { result <- s.Terminate(t.Context(), 0) }()
+		time.Sleep(50 * time.Millisecond)
+		synctest.Wait()
+		if st := s.State(); st.Phase != wire.PhaseRunning {
+			t.Fatalf("workers told %+v before the agent named the pod's stop time", st)
+		}
+		s.setNode(wire.NodeState{Generation: 2, Phase: wire.PhaseRunning, PodDeadline: stop})
+		synctest.Wait()
+		if st := s.State(); st.Phase != wire.PhaseDraining || !st.Deadline.Equal(stop) {
+			t.Errorf("terminating: %+v, want the pod's stop time %v (not the 10 s timeout)", st, stop)
+		}
+		if <-result {
+			t.Error("Terminate reported done")
+		}
+		if took := time.Since(start); took != 3*time.Second {
+			t.Errorf("preStop returned after %v, want at the pod's stop time (3 s)", took)
+		}
+	})
+}
+
+// A sidecar that restarts reads the done its workers reported from its
+// state file, but sends nothing to the agent before the agent's first
+// answer: the drain may have been called off meanwhile, and a stale done
+// released the pod while its workers held a task again.
+func TestRestoredDoneWaitsForTheAgent(t *testing.T) {
+	dir := t.TempDir()
+	s := newTestSidecar(t, dir)
+	s.setNode(wire.NodeState{Generation: 8, Phase: wire.PhaseDraining, Reason: "preemption", Deadline: time.Now().Add(time.Minute)})
+	s.SetDone()
+	_ = s.ln.Close()
+
+	reports := make(chan string, 10)
+	answer := make(chan struct{})
+	agent := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPut {
+			b, _ := io.ReadAll(r.Body)
+			reports <- string(b)
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		select {
+		case <-answer: // the drain was called off while the sidecar was down
+			_ = json.NewEncoder(w).Encode(wire.NodeState{Generation: 9, Phase: wire.PhaseRunning})
+		case <-r.Context().Done():
+		case <-time.After(200 * time.Millisecond):
+			http.Error(w, "agent starting", http.StatusServiceUnavailable)
+		}
+	}))
+	defer agent.Close()
+	s2, err := New(Config{Namespace: "ns", Name: "p", Agent: agent.URL, Listen: "127.0.0.1:0", Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error)
+	go func() { done <- s2.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	select {
+	case r := <-reports:
+		t.Fatalf("report %s sent before the agent answered", r)
+	case <-time.After(time.Second):
+	}
+	close(answer)
+	// The agent says running: the workers are back at work, and the
+	// sidecar never claims done (a zero report need not be sent at all).
+	for {
+		select {
+		case r := <-reports:
+			var rep wire.Report
+			if err := json.Unmarshal([]byte(r), &rep); err != nil || rep.Done {
+				t.Fatalf("report after the agent said running: %s, want not done", r)
+			}
+		case <-time.After(time.Second):
+			if st := s2.State(); st.Phase != wire.PhaseRunning || st.Done {
+				t.Errorf("sidecar shows %+v after the agent said running", st)
+			}
+			return
+		}
 	}
 }

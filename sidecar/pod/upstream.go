@@ -117,8 +117,15 @@ func (s *Sidecar) report(ctx context.Context) {
 	// pending returns the report to send, if one is due.
 	pending := func() (uint64, wire.Report, bool) {
 		s.mu.Lock()
-		ver, rep := s.reportVer, wire.Report{Done: s.done, InFlight: s.inflight}
+		ver, rep, heard := s.reportVer, wire.Report{Done: s.done, InFlight: s.inflight}, s.heard
 		s.mu.Unlock()
+		if !heard {
+			// Nothing is sent before the agent's first answer: a done
+			// restored from an earlier run may no longer stand (the drain
+			// was called off meanwhile), and a stale done released the
+			// pod of workers back at work.
+			return ver, rep, false
+		}
 		if ver == sent || (!everSent && rep == wire.Report{}) {
 			sent = ver
 			return ver, rep, false

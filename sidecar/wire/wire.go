@@ -43,10 +43,19 @@ type NodeState struct {
 	Source string `json:"source,omitempty"`
 	// NoticeID is the notice's stable ID.
 	NoticeID string `json:"notice_id,omitempty"`
-	// Deadline is when the machine goes away; zero while running, and
-	// zero while draining when no one says when (another tool's drain
-	// with no cloud notice): see State.Deadline.
+	// Deadline is when the workers' time ends: while draining, the
+	// machine's end or, earlier, PodDeadline; zero while running, and zero
+	// while draining when nothing says when the node goes (another tool
+	// drains it, with no cloud notice): see State.Deadline.
 	Deadline time.Time `json:"deadline,omitzero"`
+	// PodDeadline is when this pod's containers are stopped at the latest,
+	// as the agent knows it: the end of the grace period the drain will give
+	// it (its plan), or of its deletion once it is being deleted; zero when
+	// nothing is known. It is per pod: the kubelet stops a pod when its
+	// eviction's grace runs out, which can be well before the machine goes
+	// (a node with critical pods evicts the workloads first). A sidecar
+	// never tells its workers a deadline later than this.
+	PodDeadline time.Time `json:"pod_deadline,omitzero"`
 }
 
 // Report is what a sidecar tells the Hub about its pod. It is the whole

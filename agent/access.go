@@ -37,6 +37,8 @@ func (p Permission) String() string {
 func Permissions() []Permission {
 	return []Permission{
 		{Verb: "get", Resource: "nodes", Why: "read its node"},
+		{Verb: "list", Resource: "nodes", Why: "watch its node (field selector metadata.name)"},
+		{Verb: "watch", Resource: "nodes", Why: "watch its node (field selector metadata.name)"},
 		{Verb: "update", Resource: "nodes", Why: "cordon, taint and label its node"},
 		{Verb: "patch", Resource: "nodes", Subresource: "status", Why: "set the PreemptionImminent condition"},
 		{Verb: "list", Resource: "pods", Why: "list the pods on its node"},

@@ -5,25 +5,26 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/record"
 
 	"github.com/lastcall-dev/lastcall/drainer"
+	"github.com/lastcall-dev/lastcall/sidecar"
 	"github.com/lastcall-dev/lastcall/sidecar/wire"
 	"github.com/lastcall-dev/lastcall/watcher"
 )
 
 // Drainer empties the node. *drainer.Drainer implements it.
 type Drainer interface {
-	// Cordon cordons and taints node for a notice of kind from source; see
-	// drainer.Drainer.Cordon.
-	Cordon(ctx context.Context, node, source, kind string) (bool, error)
+	// Cordon cordons and taints node for a notice of kind from source, and
+	// records the notices' first sightings; see drainer.Drainer.Cordon.
+	Cordon(ctx context.Context, node, source, kind string, seen ...drainer.Sighting) (bool, error)
 	// OutOfService adds node.kubernetes.io/out-of-service to the node it
 	// cordoned; see drainer.Drainer.OutOfService.
 	OutOfService(ctx context.Context, node string) (bool, error)
@@ -31,11 +32,37 @@ type Drainer interface {
 	Uncordon(ctx context.Context, node string) (bool, error)
 	// Plan says what Drain would do, changing nothing.
 	Plan(ctx context.Context, node string, deadline time.Time, p drainer.Policy) (drainer.Plan, error)
-	// Drain evicts the node's pods before deadline.
-	Drain(ctx context.Context, node string, deadline time.Time, p drainer.Policy) (drainer.Report, error)
+	// DrainPlan evicts the node's pods as plan says, before its deadline.
+	DrainPlan(ctx context.Context, node string, plan drainer.Plan) (drainer.Report, error)
 }
 
 var _ Drainer = (*drainer.Drainer)(nil)
+
+// PodSource is what the agent knows of the pods on its node. *NodePods
+// implements it from an informer's cache.
+type PodSource interface {
+	drainer.PodLister
+	// Synced reports whether the first list has completed.
+	Synced() bool
+	// OnChange calls f, which must not block, whenever the pods on the
+	// node change.
+	OnChange(f func())
+}
+
+// NodeSource is the agent's view of its own Node. *NodeWatch implements it
+// from an informer's cache.
+type NodeSource interface {
+	// Node returns the node as last seen, or nil when it is not known
+	// yet. The caller must not modify it.
+	Node() *corev1.Node
+	// OnChange calls f, which must not block, whenever the node changes.
+	OnChange(f func())
+}
+
+var (
+	_ PodSource  = (*NodePods)(nil)
+	_ NodeSource = (*NodeWatch)(nil)
+)
 
 // Notifier tells the workers on the node, through their sidecars, what the
 // node is doing. *sidecar.Hub implements it.
@@ -46,13 +73,18 @@ type Notifier interface {
 	// Told blocks until every connected sidecar has generation gen or a
 	// later one, or ctx is done, and returns how many have it.
 	Told(ctx context.Context, gen uint64) (told int, err error)
+	// SetPodDeadlines tells each pod's sidecar when its pod will be
+	// stopped at the latest; pods not named have no such time. Each call
+	// replaces the last. It never blocks.
+	SetPodDeadlines(deadlines map[sidecar.PodRef]time.Time)
 }
 
 // noSidecars is the Notifier of a node agent that serves no sidecars.
 type noSidecars struct{}
 
-func (noSidecars) Tell(wire.NodeState) uint64                { return 0 }
-func (noSidecars) Told(context.Context, uint64) (int, error) { return 0, nil }
+func (noSidecars) Tell(wire.NodeState) uint64                   { return 0 }
+func (noSidecars) Told(context.Context, uint64) (int, error)    { return 0, nil }
+func (noSidecars) SetPodDeadlines(map[sidecar.PodRef]time.Time) {}
 
 // Config is what the agent needs to know, parsed from flags by cmd/node-agent.
 type Config struct {
@@ -70,9 +102,17 @@ type Config struct {
 	// Webhook, when its URL is set, is told of every notice as it arrives.
 	Webhook Webhook
 	// OutOfService adds node.kubernetes.io/out-of-service:NoExecute once a
-	// drain has ended, so that the volumes of pods left behind detach at
-	// once when the machine stops; the uncordon removes it.
+	// drain has ended and its deadline has passed (the machine is stopping:
+	// Kubernetes asks for the taint only on a node that is shut down), so
+	// that the volumes of pods left behind detach at once; the uncordon
+	// removes it.
 	OutOfService bool
+	// DrainLead is how long before its deadline a drain starts: a drain
+	// notice further ahead (an AWS scheduled event days away) cordons the
+	// node at once, but its workers keep working and its pods stay until
+	// then. Default 10 min (DefaultDrainLead); it must leave room for the
+	// longest grace period of the node's pods.
+	DrainLead time.Duration
 	// CordonWait is how long a drain waits for the cordon, from the
 	// notice's detection: the drain starts once the cordon is done or
 	// failed, or when CordonWait has passed, whichever is first. The cordon
@@ -91,6 +131,9 @@ type Config struct {
 // DefaultCordonWait is Config.CordonWait's default.
 const DefaultCordonWait = 2 * time.Second
 
+// DefaultDrainLead is Config.DrainLead's default.
+const DefaultDrainLead = 10 * time.Minute
+
 // Deps are the agent's collaborators.
 type Deps struct {
 	// Client talks to the apiserver. Build it without a client-side rate
@@ -103,8 +146,12 @@ type Deps struct {
 	// Holds, if set, learns which pods are on the node, so that done
 	// reports of pods that are gone are forgotten.
 	Holds *Holds
-	// Pods lists the pods on the node from the agent's one watch.
-	Pods *NodePods
+	// Pods lists the pods on the node from the agent's watch of them
+	// (*NodePods).
+	Pods PodSource
+	// Node is the agent's view of its own node; nil: New makes a NodeWatch
+	// from Client, and Run runs it.
+	Node NodeSource
 	// Events records Kubernetes Events on the node.
 	Events record.EventRecorder
 	// Metrics records the agent's metrics; nil records none.
@@ -150,23 +197,29 @@ type Agent struct {
 	cfg Config
 	Deps
 
+	ownNode *NodeWatch // the watch New made, which Run runs; nil: the caller's
+
 	// Fields below are owned by the Run goroutine.
 	obs         Observed
-	conditionOn bool               // the node condition is (or may be) True
-	condFor     string             // the notice the condition was last set for
-	cordoned    bool               // Cordon succeeded since the last Uncordon
-	cordonTry   bool               // Cordon was tried for the current notices
-	nodeBusy    bool               // a node update (cordon, uncordon, condition) is under way
-	cordonTimer *time.Timer        // pokes when a drain waiting for the cordon may start anyway
-	retryAt     time.Time          // no node update before this (after a failure)
-	failures    int                // node updates failed in a row
-	outOfSvc    bool               // the out-of-service taint is on (since the last uncordon)
-	noSidecar   map[types.UID]bool // pods seen without the sidecar they asked for
-	told        *wire.NodeState    // what sidecars were last told
-	run         *drainRun          // the drain under way or last finished
-	acked       map[string]bool    // Azure events acknowledged
-	inbox       chan func()        // results of the work started by reconcile
-	kick        chan struct{}      // buffered(1): something observed changed
+	cordonTry   bool                    // a cordon for the current notices ended (done or failed)
+	nodeBusy    bool                    // a node update (cordon, uncordon, condition) is under way
+	wroteRV     string                  // the node's resourceVersion before the last successful update
+	wroteAt     time.Time               // when that update ended
+	cordonTimer *time.Timer             // pokes when a drain waiting for the cordon may start anyway
+	wakeTimer   *time.Timer             // pokes at Desired.Wake or a drain's deadline
+	wakeAt      time.Time               // when wakeTimer fires
+	retryAt     time.Time               // no node update before this (after a failure)
+	failures    int                     // node updates failed in a row
+	noSidecar   map[types.UID]bool      // pods seen without the sidecar they asked for
+	told        *wire.NodeState         // what sidecars were last told
+	plan        *drainer.Plan           // the plan of the drain towards the current target, told to the sidecars
+	planFor     string                  // the ID of that target
+	podTold     map[types.UID]time.Time // each pod's stop time as told, while a drain holds: it only moves earlier
+	run         *drainRun               // the drain under way or last finished
+	acked       map[string]bool         // Azure events acknowledged
+	synced      bool                    // the pod cache has synced (Holds was told)
+	inbox       chan func()             // results of the work started by reconcile
+	kick        chan struct{}           // buffered(1): something observed changed
 
 	wg sync.WaitGroup // work started by reconcile
 }
@@ -174,6 +227,7 @@ type Agent struct {
 // drainRun is one run of the drainer towards a notice's deadline.
 type drainRun struct {
 	notice   watcher.Notice
+	plan     drainer.Plan
 	cancel   context.CancelFunc
 	finished bool
 	// covered holds the pods the run acted on or skipped: a pod that
@@ -196,6 +250,14 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	if cfg.CordonWait <= 0 {
 		cfg.CordonWait = DefaultCordonWait
 	}
+	if cfg.DrainLead <= 0 {
+		cfg.DrainLead = DefaultDrainLead
+	}
+	var own *NodeWatch
+	if deps.Node == nil {
+		own = NewNodeWatch(deps.Client, cfg.Node)
+		deps.Node = own
+	}
 	if deps.Notifier == nil {
 		deps.Notifier = noSidecars{}
 	}
@@ -207,17 +269,18 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	}
 	deps.Logger = deps.Logger.With("node", cfg.Node)
 	return &Agent{
-		cfg: cfg, Deps: deps,
-		obs:   Observed{Notices: map[string]Tracked{}},
-		acked: map[string]bool{}, noSidecar: map[types.UID]bool{},
+		cfg: cfg, Deps: deps, ownNode: own,
+		obs:   Observed{Notices: map[string]Tracked{}, Lead: cfg.DrainLead},
+		acked: map[string]bool{}, noSidecar: map[types.UID]bool{}, podTold: map[types.UID]time.Time{},
 		inbox: make(chan func()),
 		kick:  make(chan struct{}, 1),
 	}, nil
 }
 
 // Run handles notices until ctx is done or notices is closed, then cancels
-// and waits for the work it started. It reads its node first to learn
-// whether an earlier run left a cordon; it tells the sidecars nothing until
+// and waits for the work it started. It watches its node, whose cordon
+// record says whether an earlier run left a cordon, and changes nothing on
+// it before that watch has listed it; it tells the sidecars nothing until
 // a drain notice is active or the watcher has sent watcher.StateSynced. It
 // returns nil when ctx is canceled.
 func (a *Agent) Run(ctx context.Context, notices <-chan watcher.Notice) error {
@@ -225,7 +288,14 @@ func (a *Agent) Run(ctx context.Context, notices <-chan watcher.Notice) error {
 	defer a.wg.Wait()
 	defer cancel()
 	a.Pods.OnChange(a.poke)
-	a.readNode(ctx)
+	a.Node.OnChange(a.poke)
+	if a.ownNode != nil {
+		a.wg.Go(func() {
+			if err := a.ownNode.Run(ctx); err != nil && ctx.Err() == nil {
+				a.Logger.Error("watching own node failed", "err", err)
+			}
+		})
+	}
 	for {
 		a.reconcile(ctx)
 		select {
@@ -259,33 +329,6 @@ func (a *Agent) post(ctx context.Context, f func()) {
 	}
 }
 
-// readNode learns whether an earlier run left its cordon on the node. If
-// the node cannot be read, the record stays unknown; an uncordon then reads
-// it again.
-func (a *Agent) readNode(ctx context.Context) {
-	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	node, err := a.Client.CoreV1().Nodes().Get(cctx, a.cfg.Node, metav1.GetOptions{})
-	if err != nil {
-		a.Logger.Warn("cannot read own node at start", "err", err)
-		a.Metrics.fail("read_node")
-		a.conditionOn = true // unknown: clear it once no notice holds
-		return
-	}
-	a.obs.RecordKnown = true
-	if rec, ok := drainer.RecordOf(node); ok {
-		a.obs.Record = &rec
-		a.cordoned = true
-		a.Logger.Info("node was cordoned by an earlier run; kept until the metadata says whether the notice still holds",
-			"source", rec.Source, "cordoned_at", rec.Time)
-	}
-	for _, c := range node.Status.Conditions {
-		if c.Type == ConditionType && c.Status == corev1.ConditionTrue {
-			a.conditionOn = true
-		}
-	}
-}
-
 // observe records one notice from the watcher.
 func (a *Agent) observe(ctx context.Context, n watcher.Notice) {
 	if n.Detected.IsZero() {
@@ -316,14 +359,12 @@ func (a *Agent) observe(ctx context.Context, n watcher.Notice) {
 		a.event(corev1.EventTypeNormal, EventReason(n.Kind)+"Canceled", "%s notice %s from %s canceled", n.Kind, n.ID, n.Source)
 	default:
 		action := a.cfg.Policies.For(n.Kind)
-		n = withDeadline(n, a.obs.Record)
 		prev, seen := a.obs.Notices[n.ID]
-		if seen && prev.Notice.Deadline.Equal(n.Deadline) {
-			return
+		if seen && (prev.Notice.Deadline.Equal(n.Deadline) || n.Source == watcher.SourceGCE) {
+			return // GCE deadlines are ours: the first sighting's holds
 		}
-		if seen && n.Source == watcher.SourceGCE {
-			n.Deadline = prev.Notice.Deadline // GCE deadlines are ours; keep the first
-			return
+		if seen {
+			n.Detected = prev.Notice.Detected // moved, not new
 		}
 		a.Metrics.notice(n, action)
 		log = log.With("action", action, "deadline_in", n.Deadline.Sub(a.Now()).Round(time.Millisecond).String())
@@ -339,7 +380,7 @@ func (a *Agent) observe(ctx context.Context, n watcher.Notice) {
 			return
 		}
 		a.obs.Notices[n.ID] = Tracked{Notice: n, Action: action}
-		a.cordonTry = a.cordoned // a new notice waits for a cordon unless one is on
+		a.cordonTry = false // a new notice waits for its cordon (CordonWait at most)
 		a.event(corev1.EventTypeWarning, EventReason(n.Kind), "%s notice from %s (id %s): node goes away at %s; action %s",
 			n.Kind, n.Source, n.ID, n.Deadline.UTC().Format(time.RFC3339), action)
 		if a.cfg.Webhook.Enabled() {
@@ -356,12 +397,85 @@ func (a *Agent) reconcile(ctx context.Context) {
 		return
 	}
 	a.obs.Now = a.Now()
+	a.obs.Node = a.Node.Node()
 	d := Decide(a.obs)
 	a.Metrics.deadlines(a.obs.Notices)
+	if !a.synced && a.Pods.Synced() {
+		a.synced = true
+		if a.Holds != nil {
+			a.Holds.Synced(a.Now())
+		}
+	}
+	a.reconcilePlan(ctx, d)
 	a.reconcileSidecars(ctx, d)
 	a.reconcileNode(ctx, d)
 	a.reconcileDrain(ctx, d)
 	a.reconcilePods(ctx)
+	a.wakeFor(ctx, d)
+}
+
+// wakeFor pokes the loop at the next moment the decision changes by the
+// clock alone: a drain notice coming within DrainLead, or the drain's
+// deadline (the out-of-service taint waits for it).
+func (a *Agent) wakeFor(ctx context.Context, d Desired) {
+	at := d.Wake
+	if d.Drain != nil && a.cfg.OutOfService && d.Drain.Deadline.After(a.obs.Now) && (at.IsZero() || d.Drain.Deadline.Before(at)) {
+		at = d.Drain.Deadline
+	}
+	if at.IsZero() || at.Equal(a.wakeAt) {
+		return
+	}
+	if a.wakeTimer != nil {
+		a.wakeTimer.Stop()
+	}
+	a.wakeAt = at
+	a.wakeTimer = time.AfterFunc(at.Sub(a.Now()), func() {
+		a.post(ctx, func() { a.wakeAt = time.Time{} })
+	})
+}
+
+// reconcilePlan keeps the drain plan of Desired.Drain, made once per
+// target, and tells each pod's sidecar when the pod will be stopped: the
+// plan's StopBy for the pods it evicts, or the end of the pod's deletion
+// once it is being deleted (by lastcall or by anyone), whichever is first
+// (PodDeadlines). The drain runs with this very plan, so no worker is told
+// a later time than its pod gets. While a drain holds, a pod's time only
+// moves earlier: a target that changes does not undo what an earlier one
+// may already have set in motion.
+func (a *Agent) reconcilePlan(ctx context.Context, d Desired) {
+	if !a.Pods.Synced() {
+		return
+	}
+	pods, err := a.Pods.ListPods(ctx, a.cfg.Node)
+	if err != nil {
+		return
+	}
+	switch {
+	case d.Drain == nil:
+		a.plan, a.planFor = nil, ""
+	case a.plan == nil || a.planFor != d.Drain.ID || !a.plan.Deadline.Equal(d.Drain.Deadline):
+		p := drainer.NewPlan(pods, a.cfg.Self, d.Drain.Deadline, a.cfg.Drain)
+		a.plan, a.planFor = &p, d.Drain.ID
+	}
+	deadlines := PodDeadlines(a.plan, pods, a.cfg.Self)
+	told := make(map[types.UID]time.Time, len(pods))
+	out := make(map[sidecar.PodRef]time.Time, len(pods))
+	for i := range pods {
+		p := &pods[i]
+		t, ok := deadlines[p.UID]
+		if prev, was := a.podTold[p.UID]; was && a.plan != nil && (!ok || prev.Before(t)) {
+			t, ok = prev, true
+		}
+		if !ok {
+			continue
+		}
+		if a.plan != nil {
+			told[p.UID] = t
+		}
+		out[sidecar.PodRef{Namespace: p.Namespace, Name: p.Name}] = t
+	}
+	a.podTold = told
+	a.Notifier.SetPodDeadlines(out)
 }
 
 func (a *Agent) reconcileSidecars(ctx context.Context, d Desired) {
@@ -399,50 +513,65 @@ func (a *Agent) reconcileSidecars(ctx context.Context, d Desired) {
 
 // reconcileNode runs at most one node update at a time: cordon, then the
 // condition, or, once the metadata confirms no notice holds, uncordon and
-// clear the condition.
+// clear the condition. What is on the node is read from the node's watch
+// (Observed.Node), never assumed from a write's reply: an update applied
+// whose reply was lost is seen there, and undone when no longer wanted.
+// Nothing is changed before the watch has listed the node.
 func (a *Agent) reconcileNode(ctx context.Context, d Desired) {
-	if a.nodeBusy || a.Now().Before(a.retryAt) {
+	node := a.obs.Node
+	if node == nil || a.nodeBusy || a.Now().Before(a.retryAt) {
 		return
 	}
+	if a.wroteRV != "" {
+		// The last update succeeded: wait for the watch to show it (or a
+		// second, if another update raced it and won).
+		if node.ResourceVersion == a.wroteRV && a.Now().Sub(a.wroteAt) < time.Second {
+			time.AfterFunc(time.Second, a.poke)
+			return
+		}
+		a.wroteRV = ""
+	}
+	rec, recorded := drainer.RecordOf(node)
+	cond, _ := conditionOf(node)
+	seen := d.Seen
+	if !a.obs.Synced {
+		seen = withRecorded(seen, rec) // notices not read again yet keep their sightings
+	}
+	if recorded && sameSightings(rec, seen) {
+		a.cordonTry = true
+	}
 	switch {
-	case d.Cordon && !a.cordoned:
+	case d.Cordon && (!recorded || !sameSightings(rec, seen)):
 		n := d.Condition
-		a.nodeOp(ctx, "cordon", func(ctx context.Context) error {
-			_, err := a.Drainer.Cordon(ctx, a.cfg.Node, string(n.Source), string(n.Kind))
+		a.nodeOp(ctx, node, "cordon", func(ctx context.Context) error {
+			_, err := a.Drainer.Cordon(ctx, a.cfg.Node, string(n.Source), string(n.Kind), seen...)
 			return err
 		}, func(err error) {
 			a.cordonTry = true
-			if err == nil {
-				a.cordoned = true
-				a.obs.RecordKnown, a.obs.Record = true, &drainer.Record{Source: string(n.Source), Time: a.Now()}
+			if err == nil && !recorded {
 				took := a.Now().Sub(n.Detected)
 				a.Metrics.cordoned(*n, took)
 				a.Logger.Info("node cordoned", "since_notice", took.Round(time.Millisecond).String())
 			}
 		})
-	case d.Condition != nil && a.condFor != d.Condition.ID:
+	case d.Condition != nil && (cond.Status != corev1.ConditionTrue || cond.Message != conditionMessage(*d.Condition)):
 		n := *d.Condition
-		a.nodeOp(ctx, "condition", func(ctx context.Context) error {
+		a.nodeOp(ctx, node, "condition", func(ctx context.Context) error {
 			return a.setCondition(ctx, n, true)
-		}, func(err error) {
-			if err == nil {
-				a.condFor, a.conditionOn = n.ID, true
-			}
-		})
-	case a.cfg.OutOfService && d.Drain != nil && a.cordoned && !a.outOfSvc && a.run != nil && a.run.finished &&
-		a.run.notice.ID == d.Drain.ID:
-		a.nodeOp(ctx, "out_of_service", func(ctx context.Context) error {
+		}, nil)
+	case a.cfg.OutOfService && d.Drain != nil && recorded && !rec.OutOfService && a.run != nil && a.run.finished &&
+		a.run.notice.ID == d.Drain.ID && !a.Now().Before(d.Drain.Deadline):
+		a.nodeOp(ctx, node, "out_of_service", func(ctx context.Context) error {
 			_, err := a.Drainer.OutOfService(ctx, a.cfg.Node)
 			return err
 		}, func(err error) {
 			if err == nil {
-				a.outOfSvc = true
-				a.Logger.Info("node tainted out of service: volumes detach as soon as it stops")
+				a.Logger.Info("node tainted out of service: the machine is stopping, volumes detach at once")
 			}
 		})
-	case d.Uncordon && (a.cordoned || !a.obs.RecordKnown || a.obs.Record != nil):
+	case d.Uncordon && recorded:
 		changed := false // set by the operation, read once it is done
-		a.nodeOp(ctx, "uncordon", func(ctx context.Context) error {
+		a.nodeOp(ctx, node, "uncordon", func(ctx context.Context) error {
 			var err error
 			changed, err = a.Drainer.Uncordon(ctx, a.cfg.Node)
 			if err == nil && changed {
@@ -450,41 +579,62 @@ func (a *Agent) reconcileNode(ctx context.Context, d Desired) {
 			}
 			return err
 		}, func(err error) {
-			if err != nil {
-				return
-			}
-			a.cordoned, a.cordonTry, a.outOfSvc = false, false, false
-			a.obs.RecordKnown, a.obs.Record = true, nil
-			if changed {
-				a.Logger.Info("no notice is active: lastcall's cordon undone")
-			} else {
-				a.Logger.Debug("no notice is active and the node carries no cordon of lastcall's")
-			}
-		})
-	case d.Uncordon && a.conditionOn:
-		a.nodeOp(ctx, "condition", func(ctx context.Context) error {
-			return a.setCondition(ctx, watcher.Notice{}, false)
-		}, func(err error) {
 			if err == nil {
-				a.conditionOn, a.condFor = false, ""
+				a.cordonTry = false
+				if changed {
+					a.Logger.Info("no notice is active: lastcall's cordon undone")
+				}
 			}
 		})
+	case d.Uncordon && cond.Status == corev1.ConditionTrue:
+		a.nodeOp(ctx, node, "condition", func(ctx context.Context) error {
+			return a.setCondition(ctx, watcher.Notice{}, false)
+		}, nil)
 	}
 }
 
-// nodeOp runs do in the background, then done on the Run goroutine with
-// its error; a failure is logged, counted and retried with backoff.
-func (a *Agent) nodeOp(ctx context.Context, op string, do func(context.Context) error, done func(error)) {
+// withRecorded returns seen with the sightings of rec that seen lacks.
+func withRecorded(seen []drainer.Sighting, rec drainer.Record) []drainer.Sighting {
+	out := slices.Clone(seen)
+	for id, t := range rec.Seen {
+		if !slices.ContainsFunc(seen, func(s drainer.Sighting) bool { return s.ID == id }) {
+			out = append(out, drainer.Sighting{ID: id, Detected: t})
+		}
+	}
+	return out
+}
+
+// sameSightings reports whether rec holds exactly the sightings seen.
+func sameSightings(rec drainer.Record, seen []drainer.Sighting) bool {
+	if len(rec.Seen) != len(seen) {
+		return false
+	}
+	for _, s := range seen {
+		if t, ok := rec.Seen[s.ID]; !ok || !t.Equal(s.Detected) {
+			return false
+		}
+	}
+	return true
+}
+
+// nodeOp runs do in the background, then done (if set) on the Run
+// goroutine with its error; a failure is logged, counted and retried with
+// backoff. node is the node as seen when the update was decided.
+func (a *Agent) nodeOp(ctx context.Context, node *corev1.Node, op string, do func(context.Context) error, done func(error)) {
 	a.nodeBusy = true
+	rv := node.ResourceVersion
 	a.wg.Go(func() {
 		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		err := do(cctx)
 		cancel()
 		a.post(ctx, func() {
 			a.nodeBusy = false
-			done(err)
+			if done != nil {
+				done(err)
+			}
 			if err == nil {
 				a.failures = 0
+				a.wroteRV, a.wroteAt = rv, a.Now()
 				return
 			}
 			a.failures++
@@ -527,6 +677,10 @@ func (a *Agent) reconcileDrain(ctx context.Context, d Desired) {
 		}
 		a.Logger.Warn("cordon not done yet: draining without waiting for it", "waited", a.cfg.CordonWait.String())
 	}
+	if a.plan == nil {
+		return // the pod cache has not synced: nothing to plan with yet
+	}
+	plan := *a.plan
 	switch {
 	case cur == nil:
 	case cur.notice.ID != want.ID || !cur.notice.Deadline.Equal(want.Deadline):
@@ -538,8 +692,13 @@ func (a *Agent) reconcileDrain(ctx context.Context, d Desired) {
 		return
 	default:
 		a.Logger.Info("pods landed on the node after the drain: draining again")
+		pods, err := a.Pods.ListPods(ctx, a.cfg.Node)
+		if err != nil {
+			return
+		}
+		plan = plan.Refresh(pods, a.cfg.Self)
 	}
-	a.startDrain(ctx, want)
+	a.startDrain(ctx, want, plan)
 }
 
 // newPods reports whether the node has pods to evict that run did not
@@ -552,7 +711,7 @@ func (a *Agent) newPods(ctx context.Context, run *drainRun) bool {
 	if err != nil {
 		return false
 	}
-	plan := drainer.NewPlan(pods, a.cfg.Self, run.notice.Deadline, a.cfg.Drain)
+	plan := run.plan.Refresh(pods, a.cfg.Self)
 	for _, tier := range plan.Tiers {
 		for _, p := range tier {
 			if !run.covered[p.UID] {
@@ -563,14 +722,14 @@ func (a *Agent) newPods(ctx context.Context, run *drainRun) bool {
 	return false
 }
 
-func (a *Agent) startDrain(ctx context.Context, n watcher.Notice) {
+func (a *Agent) startDrain(ctx context.Context, n watcher.Notice, plan drainer.Plan) {
 	dctx, cancel := context.WithCancel(ctx)
-	run := &drainRun{notice: n, cancel: cancel}
+	run := &drainRun{notice: n, plan: plan, cancel: cancel}
 	a.run = run
 	log := a.Logger.With("source", n.Source, "kind", n.Kind, "id", n.ID)
 	a.wg.Go(func() {
 		defer cancel()
-		rep, err := a.Drainer.Drain(dctx, a.cfg.Node, n.Deadline, a.cfg.Drain)
+		rep, err := a.Drainer.DrainPlan(dctx, a.cfg.Node, plan)
 		stopped := dctx.Err() != nil
 		a.post(ctx, func() {
 			run.finished = true

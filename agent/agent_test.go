@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/record"
 
 	corev1 "k8s.io/api/core/v1"
@@ -20,6 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/lastcall-dev/lastcall/drainer"
+	"github.com/lastcall-dev/lastcall/sidecar/wire"
 	"github.com/lastcall-dev/lastcall/watcher"
 )
 
@@ -34,6 +35,9 @@ type call struct {
 }
 
 type recDrainer struct {
+	// real applies cordons to the node for real (on a fake clientset: the
+	// agent reads them back from its watch of the node); set by use.
+	real  *drainer.Drainer
 	mu    sync.Mutex
 	calls []call
 	block bool // Drain waits for ctx
@@ -57,22 +61,28 @@ func (r *recDrainer) ops() []string {
 	return out
 }
 
-func (r *recDrainer) Cordon(context.Context, string, string, string) (bool, error) {
+// use makes r cordon the nodes of client.
+func (r *recDrainer) use(client kubernetes.Interface) *recDrainer {
+	r.real = drainer.New(client, drainer.Options{})
+	return r
+}
+
+func (r *recDrainer) Cordon(ctx context.Context, node, source, kind string, seen ...drainer.Sighting) (bool, error) {
 	r.record("cordon", time.Time{})
 	if r.failCordon {
 		return false, errors.New("nodes is forbidden")
 	}
-	return true, nil
+	return r.real.Cordon(ctx, node, source, kind, seen...)
 }
 
-func (r *recDrainer) OutOfService(context.Context, string) (bool, error) {
+func (r *recDrainer) OutOfService(ctx context.Context, node string) (bool, error) {
 	r.record("out-of-service", time.Time{})
-	return true, nil
+	return r.real.OutOfService(ctx, node)
 }
 
-func (r *recDrainer) Uncordon(context.Context, string) (bool, error) {
+func (r *recDrainer) Uncordon(ctx context.Context, node string) (bool, error) {
 	r.record("uncordon", time.Time{})
-	return true, nil
+	return r.real.Uncordon(ctx, node)
 }
 
 func (r *recDrainer) Plan(_ context.Context, _ string, d time.Time, p drainer.Policy) (drainer.Plan, error) {
@@ -80,8 +90,8 @@ func (r *recDrainer) Plan(_ context.Context, _ string, d time.Time, p drainer.Po
 	return drainer.NewPlan(nil, types.NamespacedName{}, d, p), nil
 }
 
-func (r *recDrainer) Drain(ctx context.Context, _ string, d time.Time, _ drainer.Policy) (drainer.Report, error) {
-	r.record("drain", d)
+func (r *recDrainer) DrainPlan(ctx context.Context, _ string, plan drainer.Plan) (drainer.Report, error) {
+	r.record("drain", plan.Deadline)
 	if r.block {
 		<-ctx.Done()
 		return drainer.Report{}, ctx.Err()
@@ -91,9 +101,10 @@ func (r *recDrainer) Drain(ctx context.Context, _ string, d time.Time, _ drainer
 
 func newTestAgent(t *testing.T, d *recDrainer) (*Agent, *record.FakeRecorder) {
 	t.Helper()
-	client := fake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}})
+	tr := newTracked(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}})
+	client := tr.client
 	events := record.NewFakeRecorder(100)
-	a, err := New(Config{Node: "n1"}, Deps{Client: client, Drainer: d, Pods: NewNodePods(client, "n1"), Events: events})
+	a, err := New(Config{Node: "n1"}, Deps{Client: client, Drainer: d.use(client), Pods: trackedPods{tr, "n1"}, Node: trackedNode{tr, "n1"}, Events: events})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -152,7 +163,7 @@ func TestEarlierDeadlineRestartsDrain(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		d := &recDrainer{block: true}
 		a, _ := newTestAgent(t, d)
-		late := notice("maint", watcher.KindMaintenance, watcher.StateActive, time.Hour)
+		late := notice("maint", watcher.KindMaintenance, watcher.StateActive, 5*time.Minute)
 		early := notice("spot", watcher.KindSpotInterruption, watcher.StateActive, 2*time.Minute)
 		later := notice("asg", watcher.KindTermination, watcher.StateActive, 3*time.Minute)
 		run(t, a, late, early, later)
@@ -197,9 +208,10 @@ func TestPolicies(t *testing.T) {
 func TestDryRunOnlyPlans(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		d := &recDrainer{}
-		client := fake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}})
+		tr := newTracked(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}})
+		client := tr.client
 		events := record.NewFakeRecorder(10)
-		a, err := New(Config{Node: "n1", DryRun: true}, Deps{Client: client, Drainer: d, Pods: NewNodePods(client, "n1"), Events: events})
+		a, err := New(Config{Node: "n1", DryRun: true}, Deps{Client: client, Drainer: d.use(client), Pods: trackedPods{tr, "n1"}, Node: trackedNode{tr, "n1"}, Events: events})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -241,9 +253,10 @@ func (r *recAck) Acknowledge(_ context.Context, id string) error {
 func TestAcknowledgeAfterDrain(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		d := &recDrainer{}
-		client := fake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}})
+		tr := newTracked(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}})
+		client := tr.client
 		ack := &recAck{}
-		a, err := New(Config{Node: "n1"}, Deps{Client: client, Drainer: d, Pods: NewNodePods(client, "n1"),
+		a, err := New(Config{Node: "n1"}, Deps{Client: client, Drainer: d.use(client), Pods: trackedPods{tr, "n1"}, Node: trackedNode{tr, "n1"},
 			Events: record.NewFakeRecorder(10), Acknowledger: ack})
 		if err != nil {
 			t.Fatal(err)
@@ -262,8 +275,9 @@ func TestAcknowledgeAfterDrain(t *testing.T) {
 func TestDeadlineGauge(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		reg := prometheus.NewRegistry()
-		client := fake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}})
-		a, err := New(Config{Node: "n1"}, Deps{Client: client, Drainer: &recDrainer{}, Pods: NewNodePods(client, "n1"),
+		tr := newTracked(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}})
+		client := tr.client
+		a, err := New(Config{Node: "n1"}, Deps{Client: client, Drainer: (&recDrainer{}).use(client), Pods: trackedPods{tr, "n1"}, Node: trackedNode{tr, "n1"},
 			Events: record.NewFakeRecorder(100), Metrics: NewMetrics(reg)})
 		if err != nil {
 			t.Fatal(err)
@@ -350,10 +364,11 @@ func TestLatencyLabels(t *testing.T) {
 func TestEventReasons(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		d := &recDrainer{failCordon: true}
-		client := fake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}})
+		tr := newTracked(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}})
+		client := tr.client
 		events := record.NewFakeRecorder(100)
 		a, err := New(Config{Node: "n1", Policies: Policies{watcher.KindRebalance: ActionNone}},
-			Deps{Client: client, Drainer: d, Pods: NewNodePods(client, "n1"), Events: events})
+			Deps{Client: client, Drainer: d.use(client), Pods: trackedPods{tr, "n1"}, Node: trackedNode{tr, "n1"}, Events: events})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -368,6 +383,54 @@ func TestEventReasons(t *testing.T) {
 		want := []string{"Warning NoticeIgnored", "Warning SpotInterruption", "Warning CordonFailed", "Normal Drained"}
 		if !slices.Equal(got, want) {
 			t.Errorf("events %q, want %q", got, want)
+		}
+	})
+}
+
+// A drain notice far ahead (an AWS scheduled event days away) cordons the
+// node at once, but tells the workers nothing and evicts nothing until
+// DrainLead before its deadline; then the drain starts. Before, workers
+// stopped pulling at once, and blocked evictions were retried for days.
+func TestDrainStartsDrainLeadBeforeTheDeadline(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		tr := newTracked(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}})
+		d := (&recDrainer{block: true}).use(tr.client)
+		sc := &modelSidecars{}
+		a, err := New(Config{Node: "n1"}, Deps{Client: tr.client, Drainer: d, Notifier: sc,
+			Pods: trackedPods{tr, "n1"}, Node: trackedNode{tr, "n1"}, Events: record.NewFakeRecorder(100)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(t.Context())
+		ch := make(chan watcher.Notice)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			_ = a.Run(ctx, ch)
+		}()
+		defer func() { cancel(); <-done }()
+		ch <- watcher.Synced(watcher.SourceAWS)
+		event := notice("instance-event-1", watcher.KindMaintenance, watcher.StateActive, 72*time.Hour)
+		ch <- event
+		synctest.Wait()
+		if got := d.ops(); !slices.Equal(got, []string{"cordon"}) {
+			t.Fatalf("ops %v three days ahead, want only the cordon", got)
+		}
+		if w := sc.current(); w == nil || w.Phase != wire.PhaseRunning {
+			t.Fatalf("workers told %+v three days ahead, want running", w)
+		}
+		time.Sleep(time.Until(event.Deadline.Add(-DefaultDrainLead)) - time.Second)
+		synctest.Wait()
+		if slices.Contains(d.ops(), "drain") {
+			t.Fatal("drain started before DrainLead")
+		}
+		time.Sleep(2 * time.Second)
+		synctest.Wait()
+		if !slices.Contains(d.ops(), "drain") {
+			t.Fatal("no drain DrainLead before the deadline")
+		}
+		if w := sc.current(); w == nil || w.Phase != wire.PhaseDraining || !w.Deadline.Equal(event.Deadline) {
+			t.Fatalf("workers told %+v at DrainLead, want draining to %v", w, event.Deadline)
 		}
 	})
 }

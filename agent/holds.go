@@ -9,6 +9,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/lastcall-dev/lastcall/drainer"
+	"github.com/lastcall-dev/lastcall/sidecar"
 	"github.com/lastcall-dev/lastcall/sidecar/wire"
 )
 
@@ -39,10 +40,10 @@ type PodUIDs interface {
 type Holds struct {
 	sidecars Sidecars
 	pods     PodUIDs
-	until    time.Time // sidecars of injected pods are waited for until then
 
-	mu   sync.Mutex // guards done
-	done map[types.UID]chan struct{}
+	mu    sync.Mutex // guards done and until
+	done  map[types.UID]chan struct{}
+	until time.Time // sidecars of injected pods are waited for until then; zero: the pod cache has not synced
 }
 
 var _ Notifier = (*Holds)(nil)
@@ -50,21 +51,39 @@ var _ drainer.HoldFunc = (*Holds)(nil).Hold
 
 // NewHolds returns Holds over sidecars; pods names the pods that report.
 func NewHolds(sidecars Sidecars, pods PodUIDs) *Holds {
-	return &Holds{sidecars: sidecars, pods: pods, until: time.Now().Add(Reconnect), done: map[types.UID]chan struct{}{}}
+	return &Holds{sidecars: sidecars, pods: pods, done: map[types.UID]chan struct{}{}}
 }
 
-// Reconnect is how long after the agent starts the sidecars of injected
-// pods are waited for before their pods count as having none: sidecars
-// retry at most a second apart.
+// Reconnect is how long after the agent's pod cache has synced the
+// sidecars of injected pods are waited for before their pods count as
+// having none: sidecars retry at most a second apart, and are refused
+// (their pods unknown) until the cache has synced, which on a busy
+// apiserver can take long after the agent started.
 const Reconnect = 10 * time.Second
+
+// Synced tells Holds that the pod cache synced at now: the window in which
+// sidecars of injected pods are waited for (Reconnect) starts then.
+func (h *Holds) Synced(now time.Time) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.until.IsZero() {
+		h.until = now.Add(Reconnect)
+	}
+}
 
 // awaitSidecar waits, for an injected pod while the agent is young, until
 // its sidecar connects; it reports whether it did.
 func (h *Holds) awaitSidecar(ctx context.Context, pod *corev1.Pod) bool {
-	if pod.Annotations[injectedAnnotation] != "true" || !time.Now().Before(h.until) {
+	h.mu.Lock()
+	until := h.until
+	h.mu.Unlock()
+	if pod.Annotations[injectedAnnotation] != "true" || (!until.IsZero() && !time.Now().Before(until)) {
 		return false
 	}
-	ctx, cancel := context.WithDeadline(ctx, h.until)
+	if until.IsZero() {
+		until = time.Now().Add(Reconnect) // not synced: no drain plans before it, but be safe
+	}
+	ctx, cancel := context.WithDeadline(ctx, until)
 	defer cancel()
 	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()
@@ -112,6 +131,24 @@ func (h *Holds) Done(namespace, name string) {
 	}
 }
 
+// Undone records that the workers of pod namespace/name took their done
+// report back: a later hold waits for them again.
+func (h *Holds) Undone(namespace, name string) {
+	uid, ok := h.pods.PodUID(namespace, name)
+	if !ok {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if ch, ok := h.done[uid]; ok {
+		select {
+		case <-ch:
+			delete(h.done, uid) // closed: the next hold gets a fresh channel
+		default:
+		}
+	}
+}
+
 // Forget drops the reports of the pods not in present.
 func (h *Holds) Forget(present map[types.UID]bool) {
 	h.mu.Lock()
@@ -149,6 +186,11 @@ func (h *Holds) Tell(st wire.NodeState) uint64 {
 		h.mu.Unlock()
 	}
 	return h.sidecars.Tell(st)
+}
+
+// SetPodDeadlines tells the sidecars their pods' stop times; see Notifier.
+func (h *Holds) SetPodDeadlines(deadlines map[sidecar.PodRef]time.Time) {
+	h.sidecars.SetPodDeadlines(deadlines)
 }
 
 // Told waits for the sidecars; see Notifier.

@@ -11,6 +11,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/lastcall-dev/lastcall/sidecar"
 	"github.com/lastcall-dev/lastcall/sidecar/wire"
 )
 
@@ -24,7 +25,8 @@ func (f *fakeSidecars) Tell(st wire.NodeState) uint64 {
 	f.told = append(f.told, st)
 	return uint64(len(f.told))
 }
-func (f *fakeSidecars) Told(context.Context, uint64) (int, error) { return 0, nil }
+func (f *fakeSidecars) Told(context.Context, uint64) (int, error)    { return 0, nil }
+func (f *fakeSidecars) SetPodDeadlines(map[sidecar.PodRef]time.Time) {}
 func (f *fakeSidecars) Subscribed(ns, name string) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -119,6 +121,7 @@ func TestHoldsWaitForReconnectingSidecars(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		sc := &fakeSidecars{subscribed: map[string]bool{}}
 		h := NewHolds(sc, fakeUIDs{})
+		h.Synced(time.Now())
 		injected := pod("ns", "w", "u1")
 		injected.Annotations = map[string]string{injectedAnnotation: "true"}
 		go func() {
@@ -145,4 +148,49 @@ func TestHoldsWaitForReconnectingSidecars(t *testing.T) {
 			t.Error("after the window, an injected pod without a sidecar was waited for")
 		}
 	})
+}
+
+// The window for reconnecting sidecars counts from when the pod cache
+// synced, not from the agent's start: on a busy apiserver the first list
+// can take longer than the window, and sidecars are refused until then.
+func TestHoldsReconnectWindowStartsAtSync(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		sc := &fakeSidecars{subscribed: map[string]bool{}}
+		h := NewHolds(sc, fakeUIDs{})
+		time.Sleep(30 * time.Second) // the pod cache takes 30 s to sync
+		h.Synced(time.Now())
+		injected := pod("ns", "w", "u1")
+		injected.Annotations = map[string]string{injectedAnnotation: "true"}
+		go func() {
+			time.Sleep(2 * time.Second)
+			sc.mu.Lock()
+			sc.subscribed["ns/w"] = true
+			sc.mu.Unlock()
+		}()
+		if h.Hold(t.Context(), injected) == nil {
+			t.Fatal("an injected pod whose sidecar reconnected 2 s after the cache synced was not held")
+		}
+	})
+}
+
+// A done report taken back (a restarted sidecar re-sends its saved done,
+// then what holds now: not done) no longer releases the pod: the next
+// drain holds it again until its workers say done anew.
+func TestHoldsRetractedDone(t *testing.T) {
+	sc := &fakeSidecars{subscribed: map[string]bool{"ns/worker": true}}
+	h := NewHolds(sc, fakeUIDs{"ns/worker": "u1"})
+	worker := pod("ns", "worker", "u1")
+	h.Done("ns", "worker")
+	if !closed(h.Hold(t.Context(), worker)) {
+		t.Fatal("done did not release the pod")
+	}
+	h.Undone("ns", "worker")
+	ch := h.Hold(t.Context(), worker)
+	if ch == nil || closed(ch) {
+		t.Fatal("a retracted done report still releases the pod")
+	}
+	h.Done("ns", "worker")
+	if !closed(ch) {
+		t.Error("a fresh done report did not release the pod held after the retraction")
+	}
 }

@@ -5,6 +5,9 @@ import (
 	"slices"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+
 	"github.com/lastcall-dev/lastcall/drainer"
 	"github.com/lastcall-dev/lastcall/sidecar/wire"
 	"github.com/lastcall-dev/lastcall/watcher"
@@ -26,14 +29,18 @@ type Observed struct {
 	// Synced says the watcher has read every value it watches once, so
 	// Notices is all that is active, not only what has been seen so far.
 	Synced bool
-	// Notices are the active notices, by ID. Their deadlines are set:
-	// notices without one (AWS rebalance) get Detected + advisoryTimeout.
+	// Notices are the active notices, by ID, as the watcher reported them
+	// (Detected: when this agent first saw each). Decide gives them their
+	// deadlines (withDeadline).
 	Notices map[string]Tracked
-	// RecordKnown says the node has been read (at start, or written since),
-	// so Record says whether lastcall's cordon is on it.
-	RecordKnown bool
-	// Record is lastcall's cordon on the node, nil when there is none.
-	Record *drainer.Record
+	// Node is the agent's Node as last seen by its watch; nil until the
+	// watch has listed it. lastcall's cordon record and condition are read
+	// from it, never assumed from the reply of a write.
+	Node *corev1.Node
+	// Lead is how long before its deadline a drain starts (Config.DrainLead):
+	// a drain notice further ahead cordons the node, but the workers are
+	// told and the pods evicted only from then on. Zero: at once.
+	Lead time.Duration
 }
 
 // Desired is what the node and the sidecars should be, given Observed.
@@ -41,41 +48,64 @@ type Desired struct {
 	// Cordon says lastcall's cordon should be on the node: some notice is
 	// active whose action is cordon or drain.
 	Cordon bool
+	// Seen are the first sightings of the active notices, which
+	// lastcall's cordon record keeps (drainer.Record.Seen), sorted by ID.
+	Seen []drainer.Sighting
 	// Uncordon says lastcall's cordon, if any, should be undone and the
 	// node condition cleared: the metadata confirms no notice is active.
 	Uncordon bool
 	// Drain is the notice whose deadline the drain works to, the earliest
-	// among the active drain notices; nil: no drain.
+	// among the active drain notices within Lead of their deadline; nil:
+	// no drain.
 	Drain *watcher.Notice
 	// Condition is the notice the node condition names while notices are
-	// active: Drain, or else the earliest cordon notice; nil: none.
+	// active: Drain, or else the earliest other notice; nil: none.
 	Condition *watcher.Notice
 	// Tell is what every sidecar should be told; nil: nothing yet (the
 	// agent does not know the node's state, and sidecars keep what they
 	// were told before).
 	Tell *wire.NodeState
+	// Wake is when this decision changes by the clock alone (a drain
+	// notice comes within Lead); zero: never.
+	Wake time.Time
 }
 
 // Decide is the agent's one decision: from everything observed to what the
 // node and the sidecars should be. It is pure. See the package
 // documentation for the lifecycle it implements and its invariants.
 func Decide(o Observed) Desired {
-	var drains, cordons []watcher.Notice
-	for _, t := range o.Notices {
-		switch t.Action {
-		case ActionDrain:
-			drains = append(drains, t.Notice)
-		case ActionCordon:
-			cordons = append(cordons, t.Notice)
+	var rec *drainer.Record
+	if o.Node != nil {
+		if r, ok := drainer.RecordOf(o.Node); ok {
+			rec = &r
 		}
 	}
 	var d Desired
-	d.Cordon = len(drains)+len(cordons) > 0
+	var drains, others, later []watcher.Notice
+	for _, t := range o.Notices {
+		n := withDeadline(t.Notice, rec)
+		d.Seen = append(d.Seen, drainer.Sighting{ID: n.ID, Detected: n.Detected})
+		switch t.Action {
+		case ActionDrain:
+			if o.Lead > 0 && n.Deadline.Sub(o.Now) > o.Lead {
+				later = append(later, n)
+				continue
+			}
+			drains = append(drains, n)
+		case ActionCordon:
+			others = append(others, n)
+		}
+	}
+	slices.SortFunc(d.Seen, func(a, b drainer.Sighting) int { return cmp.Compare(a.ID, b.ID) })
+	d.Cordon = len(d.Seen) > 0
 	d.Uncordon = o.Synced && !d.Cordon
 	d.Drain = earliest(drains)
+	if next := earliest(later); next != nil {
+		d.Wake = next.Deadline.Add(-o.Lead)
+	}
 	d.Condition = d.Drain
 	if d.Condition == nil {
-		d.Condition = earliest(cordons)
+		d.Condition = earliest(append(later, others...))
 	}
 	switch {
 	case d.Drain != nil:
@@ -86,11 +116,36 @@ func Decide(o Observed) Desired {
 		d.Tell = &st
 	case o.Synced:
 		// Cordon-only notices are advisory (an AWS rebalance
-		// recommendation): the machine may live for hours, so workers keep
-		// working; the cordon keeps new pods away.
+		// recommendation), and a drain notice far ahead (an AWS scheduled
+		// event days away) is not due yet: workers keep working; the
+		// cordon keeps new pods away.
 		d.Tell = &wire.NodeState{Phase: wire.PhaseRunning}
 	}
 	return d
+}
+
+// PodDeadlines returns, for each pod on the node, when it is stopped at the
+// latest, where that is known: the plan's StopBy for a pod the drain of
+// plan (nil: none) evicts, or the end of the pod's deletion
+// (deletionTimestamp) once it is being deleted, by lastcall or by anyone,
+// whichever is first. A pod the drain leaves (DaemonSet, mirror) has none:
+// it runs until the machine stops, the node's deadline. It is pure.
+func PodDeadlines(plan *drainer.Plan, pods []corev1.Pod, self types.NamespacedName) map[types.UID]time.Time {
+	out := make(map[types.UID]time.Time, len(pods))
+	for i := range pods {
+		p := &pods[i]
+		var t time.Time
+		if _, skip := drainer.SkipReasonOf(p, self); plan != nil && !skip {
+			t = plan.StopBy(p)
+		}
+		if del := p.DeletionTimestamp; del != nil && (t.IsZero() || del.Time.Before(t)) {
+			t = del.Time
+		}
+		if !t.IsZero() {
+			out[p.UID] = t
+		}
+	}
+	return out
 }
 
 // earliest returns the notice with the earliest deadline (ties broken by
@@ -116,25 +171,30 @@ func sameWord(a, b wire.NodeState) bool {
 		a.NoticeID == b.NoticeID && a.Deadline.Equal(b.Deadline)
 }
 
-// withDeadline returns n with the deadline the agent works to: a notice
-// without one (advisory) gets detected + advisoryTimeout; a GCE notice seen
-// again by a restarted agent keeps the deadline its first sighting gave, if
-// rec (the cordon record the earlier run left) is recent enough to be that
-// sighting.
+// withDeadline returns n with the deadline the agent works to. A notice
+// seen before, by this agent or an earlier run, counts from its first
+// sighting (rec.Seen, kept in lastcall's cordon record on the node): a GCE
+// notice's deadline is its detection plus the window, and an advisory
+// notice's (no deadline of its own) detection plus advisoryTimeout. A
+// sighting older than the notice's window is not this notice's (a
+// maintenance event that passed while its record stayed) and is ignored.
 func withDeadline(n watcher.Notice, rec *drainer.Record) watcher.Notice {
-	if n.Deadline.IsZero() {
-		n.Deadline = n.Detected.Add(advisoryTimeout)
+	window := advisoryTimeout
+	relative := n.Deadline.IsZero() || n.Source == watcher.SourceGCE
+	if !n.Deadline.IsZero() {
+		window = n.Deadline.Sub(n.Detected)
 	}
-	if rec == nil || rec.Time.IsZero() || n.Source != watcher.SourceGCE || rec.Source != string(n.Source) {
-		return n
+	if rec != nil {
+		seen, ok := rec.Seen[n.ID]
+		if !ok && rec.Seen == nil && n.Source == watcher.SourceGCE && rec.Source == string(n.Source) {
+			seen, ok = rec.Time, !rec.Time.IsZero() // a record of an earlier version: its cordon's time
+		}
+		if age := n.Detected.Sub(seen); ok && age > 0 && (!relative || age < window) {
+			n.Detected = seen
+		}
 	}
-	// GCE gives no time of its own: the deadline is detection + window.
-	// The record is that of this preemption only if it is younger than the
-	// window; an older one is left from an earlier notice (a maintenance
-	// event that passed) and would put the deadline in the past.
-	window := n.Deadline.Sub(n.Detected)
-	if age := n.Detected.Sub(rec.Time); age >= 0 && age < window {
-		n.Deadline = rec.Time.Add(window)
+	if relative {
+		n.Deadline = n.Detected.Add(window)
 	}
 	return n
 }

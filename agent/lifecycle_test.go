@@ -5,8 +5,10 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"maps"
 	"math/rand/v2"
+	"os"
 	"slices"
 	"sync"
 	"testing"
@@ -17,10 +19,10 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/tools/record"
 
 	"github.com/lastcall-dev/lastcall/drainer"
+	"github.com/lastcall-dev/lastcall/sidecar"
 	"github.com/lastcall-dev/lastcall/sidecar/wire"
 	"github.com/lastcall-dev/lastcall/watcher"
 )
@@ -32,15 +34,21 @@ var (
 )
 
 // modelDrainer cordons for real (the drainer's own code on a fake
-// clientset: pure logic, no Kubernetes behaviour claimed) and records drain
-// runs instead of evicting. Cordon fails when told to, like an apiserver
-// that refuses for a while.
+// clientset: pure logic, no Kubernetes behaviour claimed) and drains like
+// the real one in time: each pod of the plan is held for its workers (the
+// agent's real Holds) until they say done or its latest eviction, then
+// "evicted" with the plan's grace: its deletionTimestamp is set to the end
+// of that grace, when the kubelet stops it at the latest, and it is gone
+// then. Cordon fails when told to, like an apiserver that refuses for a
+// while.
 type modelDrainer struct {
-	real *drainer.Drainer
+	real  *drainer.Drainer
+	w     *world
+	holds func() drainer.HoldFunc // the running agent's
 
 	mu         sync.Mutex
 	failCordon bool
-	runs       []modelRun // every Drain call, in order
+	runs       []modelRun // every drain, in order
 }
 
 type modelRun struct {
@@ -51,14 +59,14 @@ type modelRun struct {
 
 var errRefused = errors.New("apiserver refused")
 
-func (m *modelDrainer) Cordon(ctx context.Context, node, source, kind string) (bool, error) {
+func (m *modelDrainer) Cordon(ctx context.Context, node, source, kind string, seen ...drainer.Sighting) (bool, error) {
 	m.mu.Lock()
 	fail := m.failCordon
 	m.mu.Unlock()
 	if fail {
 		return false, errRefused
 	}
-	return m.real.Cordon(ctx, node, source, kind)
+	return m.real.Cordon(ctx, node, source, kind, seen...)
 }
 
 func (m *modelDrainer) OutOfService(ctx context.Context, node string) (bool, error) {
@@ -73,9 +81,11 @@ func (m *modelDrainer) Plan(_ context.Context, _ string, d time.Time, p drainer.
 	return drainer.NewPlan(nil, types.NamespacedName{}, d, p), nil
 }
 
-// Drain works until the deadline (or Overtime after its start, if later),
-// like the real one, or until it is canceled.
-func (m *modelDrainer) Drain(ctx context.Context, _ string, d time.Time, p drainer.Policy) (drainer.Report, error) {
+// DrainPlan works until the deadline (or Overtime after its start, if
+// later), like the real one, or until it is canceled, evicting the plan's
+// pods in time as described on modelDrainer.
+func (m *modelDrainer) DrainPlan(ctx context.Context, _ string, plan drainer.Plan) (drainer.Report, error) {
+	d, p := plan.Deadline, plan.Policy
 	m.mu.Lock()
 	i := len(m.runs)
 	m.runs = append(m.runs, modelRun{deadline: d, running: true})
@@ -90,17 +100,54 @@ func (m *modelDrainer) Drain(ctx context.Context, _ string, d time.Time, p drain
 	if d.After(end) {
 		end = d
 	}
-	t := time.NewTimer(end.Sub(start))
-	defer t.Stop()
-	select {
-	case <-t.C:
+	ctx, cancel := context.WithDeadline(ctx, end)
+	defer cancel()
+	hold := m.holds()
+	var wg sync.WaitGroup
+	for _, pod := range plan.Tiers[drainer.TierWorkload] {
+		wg.Go(func() { m.evict(ctx, plan, hold, pod) })
+	}
+	if len(plan.Tiers[drainer.TierCritical]) > 0 {
+		wg.Go(func() {
+			t := time.NewTimer(time.Until(plan.CriticalStart()))
+			defer t.Stop()
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				return
+			}
+			for _, pod := range plan.Tiers[drainer.TierCritical] {
+				m.evict(ctx, plan, hold, pod)
+			}
+		})
+	}
+	wg.Wait()
+	<-ctx.Done()
+	if errors.Is(context.Cause(ctx), context.DeadlineExceeded) {
 		m.mu.Lock()
 		m.runs[i].completed = true
 		m.mu.Unlock()
 		return drainer.Report{Deadline: d, Started: start, Finished: time.Now(), Drained: true}, nil
-	case <-ctx.Done():
-		return drainer.Report{Deadline: d, Started: start, Finished: time.Now()}, ctx.Err()
 	}
+	return drainer.Report{Deadline: d, Started: start, Finished: time.Now()}, ctx.Err()
+}
+
+// evict holds pod for its workers like the real drainer, then asks it to
+// leave with the plan's grace, and records when it is stopped.
+func (m *modelDrainer) evict(ctx context.Context, plan drainer.Plan, hold drainer.HoldFunc, pod corev1.Pod) {
+	released := false
+	if ch := hold(ctx, &pod); ch != nil {
+		t := time.NewTimer(max(time.Until(plan.LatestEviction(&pod)), 0))
+		defer t.Stop()
+		select {
+		case <-ch:
+			released = true
+		case <-t.C:
+		case <-ctx.Done():
+			return // called off: nothing sent
+		}
+	}
+	m.w.evicted(pod, plan.Grace(&pod, time.Now()), released)
 }
 
 // running returns the deadlines of the drains under way.
@@ -128,12 +175,19 @@ func (m *modelDrainer) completedTo(d time.Time) bool {
 	return false
 }
 
-// modelSidecars is what a sidecar on the node believes: the last state any
-// incarnation of the agent told it. It survives agent restarts.
+// modelSidecars is what the sidecars on the node believe: the last node
+// state any incarnation of the agent told them, each pod's own stop time,
+// and every deadline each pod's workers were shown (by pod UID). It
+// survives agent restarts. All pods with a sidecar count as subscribed.
 type modelSidecars struct {
-	mu    sync.Mutex
-	word  *wire.NodeState
-	words int
+	w *world
+
+	mu     sync.Mutex
+	word   *wire.NodeState
+	words  int
+	podDL  map[sidecar.PodRef]time.Time
+	shown  map[types.UID][]time.Time // deadlines shown to each pod's workers
+	shownN int
 }
 
 func (s *modelSidecars) Tell(st wire.NodeState) uint64 {
@@ -141,10 +195,55 @@ func (s *modelSidecars) Tell(st wire.NodeState) uint64 {
 	defer s.mu.Unlock()
 	s.word = &st
 	s.words++
+	s.showLocked()
 	return uint64(s.words)
 }
 
 func (s *modelSidecars) Told(context.Context, uint64) (int, error) { return 1, nil }
+
+func (s *modelSidecars) SetPodDeadlines(d map[sidecar.PodRef]time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.podDL = maps.Clone(d)
+	s.showLocked()
+}
+
+func (s *modelSidecars) Subscribed(namespace, name string) bool {
+	return s.w != nil && s.w.hasSidecar(namespace, name)
+}
+
+// showLocked records what each pod's workers see now: while the node
+// drains, the earlier of its deadline and the pod's own stop time; while it
+// runs, the pod's stop time once it is being deleted (its preStop shows
+// it). Call with s.mu held.
+func (s *modelSidecars) showLocked() {
+	if s.w == nil {
+		return
+	}
+	for _, p := range s.w.podsNow() {
+		if p.Annotations[injectedAnnotation] != "true" {
+			continue // no sidecar: its workers are told nothing
+		}
+		ref := sidecar.PodRef{Namespace: p.Namespace, Name: p.Name}
+		var t time.Time
+		if s.word != nil && s.word.Phase == wire.PhaseDraining {
+			t = s.word.Deadline
+		}
+		if dl, ok := s.podDL[ref]; ok && (t.IsZero() || dl.Before(t)) && (!t.IsZero() || p.DeletionTimestamp != nil) {
+			t = dl
+		}
+		if t.IsZero() {
+			continue
+		}
+		if s.shown == nil {
+			s.shown = map[types.UID][]time.Time{}
+		}
+		if l := s.shown[p.UID]; len(l) == 0 || !l[len(l)-1].Equal(t) {
+			s.shown[p.UID] = append(l, t)
+			s.shownN++
+		}
+	}
+}
 
 func (s *modelSidecars) current() *wire.NodeState {
 	s.mu.Lock()
@@ -152,16 +251,27 @@ func (s *modelSidecars) current() *wire.NodeState {
 	return s.word
 }
 
-// world is one node, its metadata and the agent watching them.
+// world is one node, its pods, its metadata and the agent watching them.
 type world struct {
 	t        *testing.T
 	rng      *rand.Rand
+	tr       *tracked
 	client   kubernetes.Interface
 	drainer  *modelDrainer
 	sidecars *modelSidecars
 
 	metadata map[string]watcher.Notice // what the metadata shows as active now
 	synced   bool                      // the running agent's watcher has read it in full
+
+	mu       sync.Mutex              // guards the fields below (the model drainer writes them)
+	holds    *Holds                  // the running agent's
+	stopAt   map[types.UID]time.Time // pods evicted by lastcall: when the kubelet stops them at the latest
+	shownAt  map[types.UID]int       // ... and how many deadlines their workers had been shown then
+	released map[types.UID]bool      // ... and whether their workers had said done
+	doneBy   map[types.UID]bool      // standing done reports, by the UID that sent them
+	wrong    []string                // invariant violations seen as they happened
+	evicts   int                     // evictions sent
+	seq      int                     // for pod UIDs
 
 	notices chan watcher.Notice
 	stop    context.CancelFunc
@@ -171,27 +281,139 @@ type world struct {
 
 const node = "n1"
 
+// The pods of the world: workers with a sidecar and grace periods of
+// their own, a worker without a sidecar, and a critical pod (CoreDNS-like)
+// whose presence shortens the workers' time.
+var podNames = []string{"w-0", "w-1", "w-2", "plain", "dns"}
+
 func newWorld(t *testing.T, seed uint64) *world {
-	client := fake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: node}})
 	w := &world{
-		t: t, rng: rand.New(rand.NewPCG(seed, 0)), client: client,
-		drainer:  &modelDrainer{real: drainer.New(client, drainer.Options{})},
-		sidecars: &modelSidecars{},
+		t: t, rng: rand.New(rand.NewPCG(seed, 0)),
+		tr:       newTracked(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: node}}),
 		metadata: map[string]watcher.Notice{},
+		stopAt:   map[types.UID]time.Time{}, shownAt: map[types.UID]int{}, released: map[types.UID]bool{}, doneBy: map[types.UID]bool{},
+	}
+	w.client = w.tr.client
+	w.sidecars = &modelSidecars{w: w}
+	w.drainer = &modelDrainer{real: drainer.New(w.client, drainer.Options{}), w: w, holds: func() drainer.HoldFunc {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return w.holds.Hold
+	}}
+	for _, name := range podNames {
+		if name == "dns" && w.rng.IntN(2) == 0 {
+			continue // half the nodes have a critical pod
+		}
+		w.createPod(name)
 	}
 	w.start()
 	return w
 }
 
+// createPod creates pod name, with a new UID (a StatefulSet replica that
+// takes the name of one that left gets a new one).
+func (w *world) createPod(name string) {
+	w.mu.Lock()
+	w.seq++
+	uid := types.UID(fmt.Sprintf("%s-%d", name, w.seq))
+	w.mu.Unlock()
+	grace := int64(5 + w.rng.IntN(40))
+	p := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name, UID: uid, Annotations: map[string]string{}},
+		Spec:       corev1.PodSpec{NodeName: node, TerminationGracePeriodSeconds: &grace},
+		Status:     corev1.PodStatus{Phase: corev1.PodRunning},
+	}
+	switch {
+	case name == "dns":
+		p.Spec.PriorityClassName = "system-cluster-critical"
+	case name != "plain":
+		p.Annotations[injectedAnnotation] = "true"
+	}
+	if _, err := w.client.CoreV1().Pods("ns").Create(context.Background(), p, metav1.CreateOptions{}); err != nil {
+		w.t.Fatal(err)
+	}
+}
+
+// podsNow lists the pods on the node.
+func (w *world) podsNow() []corev1.Pod {
+	src := trackedPods{w.tr, node}
+	pods, err := src.ListPods(context.Background(), node)
+	if err != nil {
+		w.t.Error(err)
+	}
+	return pods
+}
+
+func (w *world) hasSidecar(namespace, name string) bool {
+	obj, err := w.tr.client.Tracker().Get(corev1.SchemeGroupVersion.WithResource("pods"), namespace, name)
+	return err == nil && obj.(*corev1.Pod).Annotations[injectedAnnotation] == "true"
+}
+
+// evicted is the model drainer's eviction of pod with grace seconds: the
+// kubelet stops it at the latest when the grace ends (its preStop returns
+// by then, or SIGTERM comes then), and it is gone after. The deletion's end
+// is what the apiserver shows, in whole seconds.
+func (w *world) evicted(pod corev1.Pod, grace int64, released bool) {
+	stop := time.Now().Add(time.Duration(grace) * time.Second)
+	w.mu.Lock()
+	if _, again := w.stopAt[pod.UID]; again {
+		w.mu.Unlock()
+		return // already terminating: a second drain waits for it
+	}
+	if released && !w.doneBy[pod.UID] {
+		w.wrong = append(w.wrong, fmt.Sprintf("pod %s (%s) released with no standing done report of its own UID", pod.Name, pod.UID))
+	}
+	w.stopAt[pod.UID], w.released[pod.UID] = stop, released
+	w.evicts++
+	w.mu.Unlock()
+	w.sidecars.mu.Lock()
+	n := len(w.sidecars.shown[pod.UID])
+	w.sidecars.mu.Unlock()
+	w.mu.Lock()
+	w.shownAt[pod.UID] = n
+	w.mu.Unlock()
+	cur, err := w.client.CoreV1().Pods(pod.Namespace).Get(context.Background(), pod.Name, metav1.GetOptions{})
+	if err != nil || cur.UID != pod.UID {
+		return // gone, or replaced: the UID precondition fails
+	}
+	del := metav1.NewTime(stop.Truncate(time.Second))
+	cur.DeletionTimestamp = &del
+	if _, err := w.client.CoreV1().Pods(pod.Namespace).Update(context.Background(), cur, metav1.UpdateOptions{}); err != nil {
+		w.t.Error(err)
+	}
+	time.AfterFunc(time.Until(stop), func() {
+		cur, err := w.client.CoreV1().Pods(pod.Namespace).Get(context.Background(), pod.Name, metav1.GetOptions{})
+		if err == nil && cur.UID == pod.UID {
+			_ = w.client.CoreV1().Pods(pod.Namespace).Delete(context.Background(), pod.Name, metav1.DeleteOptions{})
+		}
+	})
+}
+
 // start runs a new agent; its watcher reads the metadata: every active
-// notice, then (now or in a later step) the synced marker.
+// notice, then (now or in a later step) the synced marker. The sidecars
+// send their reports again, as they do to an agent that restarted.
 func (w *world) start() {
+	pods := trackedPods{w.tr, node}
+	holds := NewHolds(w.sidecars, pods)
 	a, err := New(Config{Node: node}, Deps{
-		Client: w.client, Drainer: w.drainer, Notifier: w.sidecars,
-		Pods: NewNodePods(w.client, node), Events: record.NewFakeRecorder(1000),
+		Client: w.client, Drainer: w.drainer, Notifier: holds, Holds: holds,
+		Pods: pods, Node: trackedNode{w.tr, node}, Events: record.NewFakeRecorder(1000),
+		Logger: debugLogger(),
 	})
 	if err != nil {
 		w.t.Fatal(err)
+	}
+	w.mu.Lock()
+	w.holds = holds
+	var standing []string
+	for _, p := range w.podsNow() {
+		if w.doneBy[p.UID] {
+			standing = append(standing, p.Name)
+		}
+	}
+	w.mu.Unlock()
+	for _, name := range standing {
+		holds.Done("ns", name)
 	}
 	ctx, cancel := context.WithCancel(w.t.Context())
 	w.notices, w.stop, w.done, w.synced = make(chan watcher.Notice), cancel, make(chan struct{}), false
@@ -199,9 +421,25 @@ func (w *world) start() {
 		defer close(w.done)
 		_ = a.Run(ctx, w.notices)
 	}()
+	cur, err := w.client.CoreV1().Nodes().Get(context.Background(), node, metav1.GetOptions{})
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	rec, _ := drainer.RecordOf(cur)
 	for _, id := range sortedKeys(w.metadata) {
 		n := w.metadata[id]
+		first := n.Detected
 		n.Detected = time.Now()
+		if n.Source == watcher.SourceGCE {
+			n.Deadline = n.Detected.Add(30 * time.Second) // GCE gives no time: the watcher counts from now
+			if t, ok := rec.Seen[id]; !ok || !t.Equal(first) {
+				// The apiserver refused every cordon since the notice came:
+				// its first sighting is nowhere to be read back, and the
+				// agent counts from now (a limit the docs state).
+				w.metadata[id] = n
+				w.logf("gce %s: first sighting lost with the restart", id)
+			}
+		}
 		w.notices <- n
 	}
 	if w.rng.IntN(2) == 0 {
@@ -233,8 +471,18 @@ var kinds = []watcher.Kind{
 
 // step applies one random input.
 func (w *world) step() {
+	for _, id := range sortedKeys(w.metadata) {
+		// A GCE machine stops at its deadline: the notice is over (a
+		// maintenance event done, a preempted VM started again).
+		if n := w.metadata[id]; n.Source == watcher.SourceGCE && !time.Now().Before(n.Deadline) {
+			delete(w.metadata, id)
+			n.State, n.Deadline = watcher.StateCanceled, time.Time{}
+			w.notices <- n
+			w.logf("gce %s over", id)
+		}
+	}
 	switch r := w.rng.IntN(100); {
-	case r < 30: // a notice appears, or an existing one moves
+	case r < 22: // a notice appears, or an existing one moves
 		id := fmt.Sprintf("n%d", w.rng.IntN(4))
 		kind := kinds[w.rng.IntN(len(kinds))]
 		if old, ok := w.metadata[id]; ok {
@@ -247,7 +495,20 @@ func (w *world) step() {
 		w.metadata[id] = n
 		w.notices <- n
 		w.logf("notice %s %s in %v", id, kind, time.Until(n.Deadline))
-	case r < 50: // a notice is canceled
+	case r < 28: // a GCE preemption or maintenance: 30 s from its first sighting
+		id, kind := "gce-preempted", watcher.KindPreemption
+		if w.rng.IntN(2) == 0 {
+			id, kind = "gce-maintenance", watcher.KindMaintenance
+		}
+		if _, ok := w.metadata[id]; ok {
+			return // GCE shows it until the machine stops
+		}
+		now := time.Now()
+		n := watcher.Notice{Source: watcher.SourceGCE, Kind: kind, State: watcher.StateActive, ID: id, Detected: now, Deadline: now.Add(30 * time.Second)}
+		w.metadata[id] = n
+		w.notices <- n
+		w.logf("gce %s", id)
+	case r < 40: // a notice is canceled
 		ids := sortedKeys(w.metadata)
 		if len(ids) == 0 {
 			return
@@ -258,17 +519,51 @@ func (w *world) step() {
 		n.State, n.Deadline = watcher.StateCanceled, time.Time{}
 		w.notices <- n
 		w.logf("cancel %s", id)
-	case r < 60:
+	case r < 46:
 		w.sync()
 		w.logf("synced")
-	case r < 70:
+	case r < 52:
 		w.restart()
 		w.logf("restart (synced at once: %v)", w.synced)
-	case r < 80:
+	case r < 57:
 		w.drainer.mu.Lock()
 		w.drainer.failCordon = !w.drainer.failCordon
 		w.logf("cordon fails: %v", w.drainer.failCordon)
 		w.drainer.mu.Unlock()
+	case r < 62: // the apiserver applies node writes but their replies are lost, or no longer
+		lose := w.rng.IntN(2) == 0
+		if lose {
+			w.tr.setLose(func(_, res string) bool { return res == "nodes" })
+		} else {
+			w.tr.setLose(nil)
+		}
+		w.logf("node write replies lost: %v", lose)
+	case r < 72: // a pod's workers say done, or take it back
+		name := podNames[w.rng.IntN(3)]
+		pods := trackedPods{w.tr, node}
+		uid, ok := pods.PodUID("ns", name)
+		if !ok {
+			return
+		}
+		w.mu.Lock()
+		retract := w.doneBy[uid]
+		w.doneBy[uid] = !retract
+		holds := w.holds
+		w.mu.Unlock()
+		if retract {
+			holds.Undone("ns", name)
+		} else {
+			holds.Done("ns", name)
+		}
+		w.logf("%s (%s) says done: %v", name, uid, !retract)
+	case r < 78: // a pod that left comes back under its name with a new UID
+		name := podNames[w.rng.IntN(len(podNames))]
+		pods := trackedPods{w.tr, node}
+		if _, ok := pods.PodUID("ns", name); ok {
+			return
+		}
+		w.createPod(name)
+		w.logf("pod %s created again", name)
 	default:
 		d := time.Duration(w.rng.IntN(90)) * time.Second
 		time.Sleep(d)
@@ -284,16 +579,36 @@ func (w *world) logf(format string, args ...any) {
 // agent has settled (every goroutine blocked) and retries have had time.
 func (w *world) check() error {
 	synctest.Wait()
+	n, err := w.client.CoreV1().Nodes().Get(context.Background(), node, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	rec, cordoned := drainer.RecordOf(n)
 	var drains, cordons []watcher.Notice
-	for _, n := range w.metadata {
-		switch DefaultPolicies().For(n.Kind) {
+	for _, m := range w.metadata {
+		switch DefaultPolicies().For(m.Kind) {
 		case ActionDrain:
-			drains = append(drains, withDeadline(n, nil))
+			m = withDeadline(m, &rec)
+			if time.Until(m.Deadline) <= DefaultDrainLead {
+				drains = append(drains, m)
+			} else {
+				cordons = append(cordons, m)
+			}
 		case ActionCordon:
-			cordons = append(cordons, n)
+			cordons = append(cordons, m)
 		}
 	}
 	want := earliest(drains)
+
+	// GCE notices work to 30 s from their first sighting, whatever
+	// restarts came between (the cordon record keeps it).
+	for _, m := range w.metadata {
+		if m.Source == watcher.SourceGCE && cordoned {
+			if got := withDeadline(m, &rec).Deadline; !got.Equal(m.Deadline) && !w.failing() {
+				return fmt.Errorf("GCE notice %s works to %v, want 30 s from its first sighting, %v", m.ID, got, m.Deadline)
+			}
+		}
+	}
 
 	// The drain runs to the earliest deadline among active drain notices.
 	running := w.drainer.running()
@@ -323,17 +638,37 @@ func (w *world) check() error {
 		}
 	case w.synced:
 		if word == nil || word.Phase != wire.PhaseRunning {
-			return fmt.Errorf("sidecars told %+v with no drain notice active (cordon-only: %d), want running", word, len(cordons))
+			return fmt.Errorf("sidecars told %+v with no drain notice due (others: %d), want running", word, len(cordons))
+		}
+	}
+
+	// No worker is ever shown a deadline later than its pod's stop time:
+	// not the one it believed when its pod was asked to leave, nor any
+	// after (a deadline shown before a later notice moved everything
+	// earlier was true when shown); a pod is released only by a standing
+	// done report of its own UID.
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.wrong) > 0 {
+		return errors.New(w.wrong[0])
+	}
+	w.sidecars.mu.Lock()
+	defer w.sidecars.mu.Unlock()
+	for uid, stop := range w.stopAt {
+		if w.released[uid] {
+			continue // its workers said done: they hold no task
+		}
+		shown := w.sidecars.shown[uid]
+		for _, t := range shown[max(w.shownAt[uid]-1, 0):] {
+			if t.After(stop) {
+				return fmt.Errorf("pod %s: workers shown deadline %v, %v after the kubelet stops the pod (%v); shown %v, %d at the eviction",
+					uid, t, t.Sub(stop), stop, shown, w.shownAt[uid])
+			}
 		}
 	}
 
 	// The cordon: on while a notice holds, off once the metadata confirms
-	// none does.
-	n, err := w.client.CoreV1().Nodes().Get(context.Background(), node, metav1.GetOptions{})
-	if err != nil {
-		return err
-	}
-	_, cordoned := drainer.RecordOf(n)
+	// none does, whether or not the replies of lastcall's writes arrived.
 	active := len(drains)+len(cordons) > 0
 	switch {
 	case active && !cordoned && !w.failing():
@@ -411,7 +746,7 @@ func joinLines(l []string) string {
 // like a cordon queued in a busy apiserver.
 type stuckCordon struct{ *modelDrainer }
 
-func (s stuckCordon) Cordon(ctx context.Context, _, _, _ string) (bool, error) {
+func (s stuckCordon) Cordon(ctx context.Context, _, _, _ string, _ ...drainer.Sighting) (bool, error) {
 	<-ctx.Done()
 	return false, ctx.Err()
 }
@@ -421,11 +756,14 @@ func (s stuckCordon) Cordon(ctx context.Context, _, _, _ string) (bool, error) {
 // before.
 func TestDrainWaitsForTheCordonAtMostCordonWait(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		client := fake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: node}})
-		m := &modelDrainer{real: drainer.New(client, drainer.Options{})}
+		tr := newTracked(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: node}})
+		client := tr.client
+		m := &modelDrainer{real: drainer.New(client, drainer.Options{}), holds: func() drainer.HoldFunc {
+			return func(context.Context, *corev1.Pod) <-chan struct{} { return nil }
+		}}
 		a, err := New(Config{Node: node}, Deps{
 			Client: client, Drainer: stuckCordon{m}, Notifier: &modelSidecars{},
-			Pods: NewNodePods(client, node), Events: record.NewFakeRecorder(1000),
+			Pods: trackedPods{tr, node}, Node: trackedNode{tr, node}, Events: record.NewFakeRecorder(1000),
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -452,4 +790,11 @@ func TestDrainWaitsForTheCordonAtMostCordonWait(t *testing.T) {
 			t.Fatalf("drains running after CordonWait: %v, want one to the deadline", got)
 		}
 	})
+}
+
+func debugLogger() *slog.Logger {
+	if os.Getenv("LIFECYCLE_DEBUG") == "" {
+		return nil
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }

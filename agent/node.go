@@ -9,9 +9,12 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/retry"
 
 	"github.com/lastcall-dev/lastcall/drainer"
@@ -73,7 +76,7 @@ func conditionPatch(n watcher.Notice, imminent bool, at time.Time) ([]byte, erro
 		Type:               ConditionType,
 		Status:             corev1.ConditionTrue,
 		Reason:             conditionReason(n.Kind),
-		Message:            fmt.Sprintf("%s notice %s from %s; node goes away at %s", n.Kind, n.ID, n.Source, n.Deadline.UTC().Format(time.RFC3339)),
+		Message:            conditionMessage(n),
 		LastHeartbeatTime:  now,
 		LastTransitionTime: now,
 	}
@@ -110,4 +113,73 @@ func conditionReason(k watcher.Kind) string {
 		return "Termination"
 	}
 	return "Notice"
+}
+
+// NodeWatch is the agent's watch on its own Node: one object (field
+// selector metadata.name), kept in an informer's cache. What lastcall
+// applied to the node (its cordon record, taint, condition) is read from
+// it, not assumed from the replies of its writes: a write can apply while
+// its reply is lost, and other tools and operators change the node too.
+type NodeWatch struct {
+	node     string
+	factory  informers.SharedInformerFactory
+	informer cache.SharedIndexInformer
+}
+
+// NewNodeWatch returns the watch of node; Run starts it.
+func NewNodeWatch(client kubernetes.Interface, node string) *NodeWatch {
+	factory := informers.NewSharedInformerFactoryWithOptions(client, 0,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", node).String()
+		}))
+	return &NodeWatch{node: node, factory: factory, informer: factory.Core().V1().Nodes().Informer()}
+}
+
+// Run keeps the cache until ctx is done. It returns an error if the first
+// list cannot complete before ctx is done.
+func (w *NodeWatch) Run(ctx context.Context) error {
+	w.factory.Start(ctx.Done())
+	defer w.factory.Shutdown()
+	if !cache.WaitForCacheSync(ctx.Done(), w.informer.HasSynced) {
+		return fmt.Errorf("node %s: cache never synced: %w", w.node, context.Cause(ctx))
+	}
+	<-ctx.Done()
+	return nil
+}
+
+// Node returns the node as last seen, or nil before the first list (or if
+// the node does not exist). The caller must not modify it.
+func (w *NodeWatch) Node() *corev1.Node {
+	if !w.informer.HasSynced() {
+		return nil
+	}
+	obj, ok, err := w.informer.GetStore().GetByKey(w.node)
+	if err != nil || !ok {
+		return nil
+	}
+	return obj.(*corev1.Node)
+}
+
+// OnChange calls f, which must not block, whenever the node changes.
+func (w *NodeWatch) OnChange(f func()) {
+	_, _ = w.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { f() },
+		UpdateFunc: func(any, any) { f() },
+		DeleteFunc: func(any) { f() },
+	})
+}
+
+// conditionMessage is the PreemptionImminent condition's message for n.
+func conditionMessage(n watcher.Notice) string {
+	return fmt.Sprintf("%s notice %s from %s; node goes away at %s", n.Kind, n.ID, n.Source, n.Deadline.UTC().Format(time.RFC3339))
+}
+
+// conditionOf returns the node's PreemptionImminent condition, if any.
+func conditionOf(node *corev1.Node) (corev1.NodeCondition, bool) {
+	for _, c := range node.Status.Conditions {
+		if c.Type == ConditionType {
+			return c, true
+		}
+	}
+	return corev1.NodeCondition{}, false
 }

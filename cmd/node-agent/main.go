@@ -346,6 +346,7 @@ func run(ctx context.Context, o *options, logger *slog.Logger) error {
 		hub, err := sidecar.NewHub(sidecar.HubOptions{
 			Pods:       pods,
 			OnDone:     func(p sidecar.PodRef) { holds.Done(p.Namespace, p.Name) },
+			OnUndone:   func(p sidecar.PodRef) { holds.Undone(p.Namespace, p.Name) },
 			Logger:     logger.With("component", "sidecars"),
 			Registerer: reg,
 			// Until the agent knows the node's state, sidecars keep what

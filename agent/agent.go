@@ -218,6 +218,7 @@ type Agent struct {
 	run         *drainRun               // the drain under way or last finished
 	acked       map[string]bool         // Azure events acknowledged
 	synced      bool                    // the pod cache has synced (Holds was told)
+	foreignKey  string                  // the foreign signals last reported
 	inbox       chan func()             // results of the work started by reconcile
 	kick        chan struct{}           // buffered(1): something observed changed
 
@@ -270,7 +271,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 	deps.Logger = deps.Logger.With("node", cfg.Node)
 	return &Agent{
 		cfg: cfg, Deps: deps, ownNode: own,
-		obs:   Observed{Notices: map[string]Tracked{}, Lead: cfg.DrainLead},
+		obs:   Observed{Notices: map[string]Tracked{}, Lead: cfg.DrainLead, Foreign: cfg.Foreign},
 		acked: map[string]bool{}, noSidecar: map[types.UID]bool{}, podTold: map[types.UID]time.Time{},
 		inbox: make(chan func()),
 		kick:  make(chan struct{}, 1),
@@ -406,12 +407,34 @@ func (a *Agent) reconcile(ctx context.Context) {
 			a.Holds.Synced(a.Now())
 		}
 	}
+	a.reconcileForeign(d)
 	a.reconcilePlan(ctx, d)
 	a.reconcileSidecars(ctx, d)
 	a.reconcileNode(ctx, d)
 	a.reconcileDrain(ctx, d)
 	a.reconcilePods(ctx)
 	a.wakeFor(ctx, d)
+}
+
+// reconcileForeign logs and records an Event, once per change, when
+// another tool starts or stops taking the node away.
+func (a *Agent) reconcileForeign(d Desired) {
+	key := ""
+	for _, f := range d.Foreign {
+		key += f.Source + "/" + f.Signal + ";"
+	}
+	if key == a.foreignKey {
+		return
+	}
+	a.foreignKey = key
+	if len(d.Foreign) == 0 {
+		a.Logger.Info("no other tool is taking the node away any more")
+		a.event(corev1.EventTypeNormal, "ForeignDrainEnded", "no other tool is taking the node away any more")
+		return
+	}
+	l := a.cfg.Foreign.Label(d.Foreign[0])
+	a.Logger.Info("another tool is taking the node away: workers told to finish", "tool", l.Reason, "signals", len(d.Foreign))
+	a.event(corev1.EventTypeNormal, "ForeignDrain", "%s; lastcall tells the workers to finish and neither cordons nor evicts for it", l.Message)
 }
 
 // wakeFor pokes the loop at the next moment the decision changes by the

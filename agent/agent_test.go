@@ -320,8 +320,9 @@ func TestDeadlineGauge(t *testing.T) {
 func TestLatencyLabels(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		reg := prometheus.NewRegistry()
-		client := fake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}})
-		a, err := New(Config{Node: "n1"}, Deps{Client: client, Drainer: &recDrainer{}, Pods: NewNodePods(client, "n1"),
+		tr := newTracked(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}})
+		client := tr.client
+		a, err := New(Config{Node: "n1"}, Deps{Client: client, Drainer: (&recDrainer{}).use(client), Pods: trackedPods{tr, "n1"}, Node: trackedNode{tr, "n1"},
 			Events: record.NewFakeRecorder(100), Metrics: NewMetrics(reg)})
 		if err != nil {
 			t.Fatal(err)

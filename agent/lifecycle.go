@@ -37,6 +37,9 @@ type Observed struct {
 	// watch has listed it. lastcall's cordon record and condition are read
 	// from it, never assumed from the reply of a write.
 	Node *corev1.Node
+	// Foreign says which signs on Node count as another tool taking the
+	// node away (Config.Foreign).
+	Foreign ForeignConfig
 	// Lead is how long before its deadline a drain starts (Config.DrainLead):
 	// a drain notice further ahead cordons the node, but the workers are
 	// told and the pods evicted only from then on. Zero: at once.
@@ -68,6 +71,11 @@ type Desired struct {
 	// Wake is when this decision changes by the clock alone (a drain
 	// notice comes within Lead); zero: never.
 	Wake time.Time
+	// Foreign are the signs on the node that another tool is taking it
+	// away (ForeignSignals). They tell the workers to drain when no drain
+	// notice of lastcall's own does; lastcall neither cordons nor evicts
+	// for them.
+	Foreign []Foreign
 }
 
 // Decide is the agent's one decision: from everything observed to what the
@@ -107,6 +115,7 @@ func Decide(o Observed) Desired {
 	if d.Condition == nil {
 		d.Condition = earliest(append(later, others...))
 	}
+	d.Foreign = ForeignSignals(o.Node, o.Foreign)
 	switch {
 	case d.Drain != nil:
 		st := wire.NodeState{
@@ -114,6 +123,13 @@ func Decide(o Observed) Desired {
 			NoticeID: d.Drain.ID, Deadline: d.Drain.Deadline,
 		}
 		d.Tell = &st
+	case len(d.Foreign) > 0:
+		// Another tool drains the node: its evictions will come, with no
+		// time known in advance (each pod's sidecar is handed its own stop
+		// time once its deletion starts). The first sign, in a stable
+		// order, names the tool.
+		l := o.Foreign.Label(d.Foreign[0])
+		d.Tell = &wire.NodeState{Phase: wire.PhaseDraining, Reason: l.Reason, Source: l.Source, NoticeID: "node:" + d.Foreign[0].Signal}
 	case o.Synced:
 		// Cordon-only notices are advisory (an AWS rebalance
 		// recommendation), and a drain notice far ahead (an AWS scheduled

@@ -261,6 +261,7 @@ type world struct {
 	sidecars *modelSidecars
 
 	metadata map[string]watcher.Notice // what the metadata shows as active now
+	foreign  map[string]bool           // other tools' taints on the node
 	synced   bool                      // the running agent's watcher has read it in full
 
 	mu       sync.Mutex              // guards the fields below (the model drainer writes them)
@@ -290,8 +291,8 @@ func newWorld(t *testing.T, seed uint64) *world {
 	w := &world{
 		t: t, rng: rand.New(rand.NewPCG(seed, 0)),
 		tr:       newTracked(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: node}}),
-		metadata: map[string]watcher.Notice{},
-		stopAt:   map[types.UID]time.Time{}, shownAt: map[types.UID]int{}, released: map[types.UID]bool{}, doneBy: map[types.UID]bool{},
+		metadata: map[string]watcher.Notice{}, foreign: map[string]bool{},
+		stopAt: map[types.UID]time.Time{}, shownAt: map[types.UID]int{}, released: map[types.UID]bool{}, doneBy: map[types.UID]bool{},
 	}
 	w.client = w.tr.client
 	w.sidecars = &modelSidecars{w: w}
@@ -395,7 +396,7 @@ func (w *world) evicted(pod corev1.Pod, grace int64, released bool) {
 func (w *world) start() {
 	pods := trackedPods{w.tr, node}
 	holds := NewHolds(w.sidecars, pods)
-	a, err := New(Config{Node: node}, Deps{
+	a, err := New(Config{Node: node, Foreign: DefaultForeignConfig()}, Deps{
 		Client: w.client, Drainer: w.drainer, Notifier: holds, Holds: holds,
 		Pods: pods, Node: trackedNode{w.tr, node}, Events: record.NewFakeRecorder(1000),
 		Logger: debugLogger(),
@@ -556,6 +557,18 @@ func (w *world) step() {
 			holds.Done("ns", name)
 		}
 		w.logf("%s (%s) says done: %v", name, uid, !retract)
+	case r < 75: // another tool starts or stops taking the node away (its taint)
+		key := []string{"karpenter.sh/disrupted", "ToBeDeletedByClusterAutoscaler", "DeletionCandidateOfClusterAutoscaler"}[w.rng.IntN(3)]
+		effect := corev1.TaintEffectNoSchedule
+		if key == "DeletionCandidateOfClusterAutoscaler" {
+			effect = corev1.TaintEffectPreferNoSchedule // a candidate only: not a drain
+		}
+		on := !w.foreign[key]
+		if err := w.setTaint(key, effect, on); err != nil {
+			return // the reply was lost: the model tries again in a later step
+		}
+		w.foreign[key] = on
+		w.logf("taint %s: %v", key, on)
 	case r < 78: // a pod that left comes back under its name with a new UID
 		name := podNames[w.rng.IntN(len(podNames))]
 		pods := trackedPods{w.tr, node}
@@ -573,6 +586,23 @@ func (w *world) step() {
 
 func (w *world) logf(format string, args ...any) {
 	w.log = append(w.log, fmt.Sprintf(format, args...))
+}
+
+// setTaint adds or removes another tool's taint on the node.
+func (w *world) setTaint(key string, effect corev1.TaintEffect, on bool) error {
+	n, err := w.client.CoreV1().Nodes().Get(context.Background(), node, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	n.Spec.Taints = slices.DeleteFunc(n.Spec.Taints, func(t corev1.Taint) bool { return t.Key == key })
+	if on {
+		n.Spec.Taints = append(n.Spec.Taints, corev1.Taint{Key: key, Effect: effect})
+	}
+	_, err = w.client.CoreV1().Nodes().Update(context.Background(), n, metav1.UpdateOptions{})
+	if errors.Is(err, errLost) {
+		return nil // applied
+	}
+	return err
 }
 
 // check asserts the invariants of the package documentation, once the
@@ -628,13 +658,29 @@ func (w *world) check() error {
 		}
 	}
 
+	// Another tool's drain: its taints stay (lastcall never removes a
+	// taint it did not set).
+	foreign := false
+	for key, on := range w.foreign {
+		has := slices.ContainsFunc(n.Spec.Taints, func(t corev1.Taint) bool { return t.Key == key })
+		if has != on {
+			return fmt.Errorf("taint %s on the node: %v, want %v (lastcall changed another tool's taint)", key, has, on)
+		}
+		foreign = foreign || (on && key != "DeletionCandidateOfClusterAutoscaler")
+	}
+
 	// Sidecars: the earliest drain deadline; never running while a drain
-	// notice is active; running once the metadata confirms none.
+	// notice is active or another tool drains the node; running once the
+	// metadata confirms no notice and no other tool drains it.
 	word := w.sidecars.current()
 	switch {
 	case want != nil:
 		if word == nil || word.Phase != wire.PhaseDraining || !word.Deadline.Equal(want.Deadline) || word.NoticeID != want.ID {
 			return fmt.Errorf("sidecars told %+v, want draining to %v (%s)", word, want.Deadline, want.ID)
+		}
+	case foreign:
+		if word == nil || word.Phase != wire.PhaseDraining || word.Source != ForeignSource || !word.Deadline.IsZero() {
+			return fmt.Errorf("sidecars told %+v while another tool drains the node, want draining with no deadline", word)
 		}
 	case w.synced:
 		if word == nil || word.Phase != wire.PhaseRunning {

@@ -62,7 +62,20 @@
 //     if the deadline has passed (drainer.Drain), and pods landing during or
 //     after a drain get one too;
 //   - a done report belongs to the pod's UID and is dropped when the pod
-//     goes; an Azure event is acknowledged only after a complete drain.
+//     goes; a pod is released only by a done report of its own UID that
+//     still stands (a retracted one holds it again); an Azure event is
+//     acknowledged only after a complete drain;
+//   - no worker is shown a deadline later than its pod's stop time: each
+//     pod's sidecar is told the StopBy of the plan its drain runs, or its
+//     deletion's end, whichever is first (PodDeadlines), and the drain
+//     rounds grace periods up so that no pod stops before it;
+//   - what lastcall applied to the node is read back from the node's watch,
+//     and undone once nothing holds, whether or not a write's reply
+//     arrived; GCE deadlines count from each notice's first sighting, kept
+//     in the cordon record across restarts;
+//   - while another tool's drain holds (ForeignSignals) and no drain notice
+//     does, workers are told draining with no deadline; lastcall never
+//     changes that tool's taints.
 //
 // Beside Decide's node updates, reconcile adds the out-of-service taint
 // (Config.OutOfService) once the drain towards Desired.Drain has ended, and

@@ -398,6 +398,12 @@ func (a *Agent) reconcile(ctx context.Context) {
 		return
 	}
 	a.obs.Now = a.Now()
+	if node := a.Node.Node(); node != nil && a.obs.Node == nil {
+		if rec, ok := drainer.RecordOf(node); ok {
+			a.Logger.Info("node was cordoned by an earlier run; kept until the metadata says whether the notice still holds",
+				"source", rec.Source, "cordoned_at", rec.Time, "notices", len(rec.Seen))
+		}
+	}
 	a.obs.Node = a.Node.Node()
 	d := Decide(a.obs)
 	a.Metrics.deadlines(a.obs.Notices)

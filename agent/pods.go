@@ -98,11 +98,20 @@ func (p *NodePods) PodUID(namespace, name string) (types.UID, bool) {
 	return obj.(*corev1.Pod).UID, true
 }
 
-// OnChange calls f, which must not block, whenever a pod lands on the node
-// or leaves it.
+// OnChange calls f, which must not block, whenever a pod lands on the node,
+// starts being deleted, gets its IP, or leaves.
 func (p *NodePods) OnChange(f func()) {
 	_, _ = p.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { f() },
+		AddFunc: func(any) { f() },
+		UpdateFunc: func(old, cur any) {
+			// A deletion starting (its end is the pod's stop time, told
+			// to its sidecar) or its IP arriving; not every status change.
+			o, ok1 := old.(*corev1.Pod)
+			c, ok2 := cur.(*corev1.Pod)
+			if !ok1 || !ok2 || (o.DeletionTimestamp == nil) != (c.DeletionTimestamp == nil) || o.Status.PodIP != c.Status.PodIP {
+				f()
+			}
+		},
 		DeleteFunc: func(any) { f() },
 	})
 }

@@ -163,17 +163,15 @@ func (p Plan) Cutoff() time.Time { return p.Deadline.Add(-p.Policy.BlockedCutoff
 
 // Grace returns the grace period, in seconds, that pod gets when asked to
 // leave at now: its own terminationGracePeriodSeconds (default 30), capped
-// so that it ends at StopBy: Reserve before the deadline, or, for a
-// workload pod on a node with critical pods, Reserve before the critical
-// tier starts. The time left is rounded up to a whole second, so that a
-// pod asked to leave at or after its LatestEviction is never stopped
-// before StopBy, the time its workers were told (rounding down stopped it
-// up to a second before; the Reserve absorbs the second). It is never
-// below 1: a grace of 0 would delete the pod from etcd at once, without
-// the kubelet stopping its containers.
+// so that it ends Reserve before the deadline, or, for a workload pod on a
+// node with critical pods, Reserve before the critical tier starts. The
+// time left is cut to whole seconds, so a pod asked to leave after its
+// LatestEviction stops up to a second before that end (StopBy allows for
+// it). It is never below 1: a grace of 0 would delete the pod from etcd at
+// once, without the kubelet stopping its containers.
 func (p Plan) Grace(pod *corev1.Pod, now time.Time) int64 {
-	left := (p.StopBy(pod).Sub(now) + time.Second - 1) / time.Second
-	return max(1, min(ownGrace(pod), int64(left)))
+	left := int64(p.end(pod).Add(-p.Policy.Reserve).Sub(now) / time.Second)
+	return max(1, min(ownGrace(pod), left))
 }
 
 // end is when pod must be gone: the deadline, or, for a workload pod on a
@@ -186,15 +184,18 @@ func (p Plan) end(pod *corev1.Pod) time.Time {
 }
 
 // StopBy is when pod's containers are stopped at the latest if this plan's
-// drain asks it to leave: its tier's end less Reserve (Grace never lets a
-// grace period run past it, and a pod held back for its workers is asked
-// to leave at LatestEviction, whose grace ends there). This is the deadline
+// drain asks it to leave, less the second Grace may cut: its tier's end
+// less Reserve and a second (a pod held back for its workers is asked to
+// leave at LatestEviction, whose grace ends within that second). This is the deadline
 // its workers are told. A pod stopped earlier is one whose workers said
 // they were done, or one with no sidecar to tell. Only an eviction sent
 // after StopBy (a budget refused it until the cut-off, or the drain started
 // late) stops the pod later, never earlier than its workers were told.
 func (p Plan) StopBy(pod *corev1.Pod) time.Time {
-	return p.end(pod).Add(-p.Policy.Reserve)
+	// A second earlier than the grace's end: Grace cuts the time left to
+	// whole seconds, so a pod asked to leave a moment after its
+	// LatestEviction stops up to a second before the end.
+	return p.end(pod).Add(-p.Policy.Reserve - time.Second)
 }
 
 // ownGrace is the pod's terminationGracePeriodSeconds, default 30.

@@ -111,6 +111,7 @@ func TestUntilDeadlineFollowsMovedDeadline(t *testing.T) {
 		}
 		work, cancel := UntilDeadline(t.Context(), drain, time.Second)
 		defer cancel()
+		synctest.Wait() // the work follows the first deadline before it moves
 
 		moved := time.Now().Add(3 * time.Second)
 		f.set(drainingState(moved))

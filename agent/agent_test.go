@@ -435,3 +435,47 @@ func TestDrainStartsDrainLeadBeforeTheDeadline(t *testing.T) {
 		}
 	})
 }
+
+// TestOutOfServiceAfterTheDeadline: with --out-of-service, a drain that
+// ends early (its pods gone 2 s into a 2-minute spot notice) does not taint
+// the node out of service until the notice's deadline has passed: the
+// machine is still running until then and the notice may yet be withdrawn
+// (Kubernetes says to add the taint after shutdown). Before, the taint
+// came with the drain's end.
+func TestOutOfServiceAfterTheDeadline(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		tr := newTracked(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}})
+		d := (&recDrainer{}).use(tr.client)
+		a, err := New(Config{Node: "n1", OutOfService: true}, Deps{Client: tr.client, Drainer: d, Notifier: &modelSidecars{},
+			Pods: trackedPods{tr, "n1"}, Node: trackedNode{tr, "n1"}, Events: record.NewFakeRecorder(100)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(t.Context())
+		ch := make(chan watcher.Notice)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			_ = a.Run(ctx, ch)
+		}()
+		defer func() { cancel(); <-done }()
+		ch <- watcher.Synced(watcher.SourceAWS)
+		event := notice("spot-1", watcher.KindSpotInterruption, watcher.StateActive, 2*time.Minute)
+		ch <- event
+		time.Sleep(2 * time.Second)
+		synctest.Wait()
+		if got := d.ops(); !slices.Contains(got, "drain") {
+			t.Fatalf("ops %v, want a drain", got)
+		}
+		time.Sleep(time.Until(event.Deadline) - time.Second)
+		synctest.Wait()
+		if got := d.ops(); slices.Contains(got, "out-of-service") {
+			t.Fatalf("ops %v: out of service a second before the deadline, the machine still running", got)
+		}
+		time.Sleep(10 * time.Second)
+		synctest.Wait()
+		if got := d.ops(); !slices.Contains(got, "out-of-service") {
+			t.Fatalf("ops %v: not out of service after the deadline", got)
+		}
+	})
+}

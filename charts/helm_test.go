@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -21,8 +22,14 @@ import (
 const chartDir = "lastcall"
 
 // kubeVersion is the Kubernetes version charts are rendered for: the
-// version of the test apiserver.
-const kubeVersion = "1.34.4"
+// version of the test apiserver (LASTCALL_KUBE_VERSION under `make
+// test-oldest`).
+var kubeVersion = func() string {
+	if v := os.Getenv("LASTCALL_KUBE_VERSION"); v != "" {
+		return strings.TrimPrefix(v, "v")
+	}
+	return "1.34.4"
+}()
 
 // helmPath returns the helm binary: $LASTCALL_HELM, else .tools/helm at the
 // repository root. A missing helm fails the test, and skips it only under

@@ -7,11 +7,23 @@
 #   hack/testbin.sh node   kubelet, kube-scheduler, kube-proxy as well: the
 #                          one-node cluster of `make e2e`; and kubectl, whose
 #                          drain its scenarios run
+#   hack/testbin.sh oldest kube-apiserver and kube-controller-manager of the
+#                          oldest Kubernetes minor the chart supports, into
+#                          .testbin/$oldest_version/ (with a link to the etcd
+#                          above): `make test-oldest` (module hack/testbin/v1.30)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 out=.testbin
+module=hack/testbin
 kube_version=v1.34.4
+oldest_version=v1.30.14
+
+if [[ ${1:-} == oldest ]]; then
+	out=.testbin/$oldest_version
+	module=hack/testbin/v1.30
+	kube_version=$oldest_version
+fi
 
 major=${kube_version#v}; major=${major%%.*}
 minor=${kube_version#v*.}; minor=${minor%%.*}
@@ -38,7 +50,7 @@ build() {
 		[[ $b == etcd ]] || pkgs+=("k8s.io/kubernetes/cmd/$b")
 	done
 	(
-		cd hack/testbin
+		cd "$module"
 		CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$tmp/" "${pkgs[@]}"
 		if [[ " $* " == *" etcd "* ]]; then
 			CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$tmp/etcd" go.etcd.io/etcd/server/v3
@@ -50,6 +62,13 @@ build() {
 	echo "testbin: built in $(( $(date +%s) - start ))s" >&2
 }
 
+if [[ ${1:-} == oldest ]]; then
+	# etcd is that of the current release: the API of etcd 3.6 is the one
+	# the older apiserver's etcd 3.5 client speaks.
+	build ".built-$kube_version" kube-apiserver kube-controller-manager
+	ln -sf ../etcd "$out/etcd"
+	exit 0
+fi
 build ".built-$kube_version" etcd kube-apiserver kube-controller-manager
 if [[ ${1:-} == node ]]; then
 	build ".built-node-$kube_version" kubelet kube-scheduler kube-proxy

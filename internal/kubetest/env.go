@@ -66,7 +66,8 @@ func AssetsDir() (string, error) {
 
 // Start starts the control plane and waits until the apiserver serves. The
 // caller must Stop it. Missing binaries are an error that says to run
-// `make testbin`.
+// `make testbin`; so is an apiserver of another version than
+// LASTCALL_KUBE_VERSION (e.g. v1.30.14), when set.
 func Start(ctx context.Context) (*Env, error) {
 	assets, err := AssetsDir()
 	if err != nil {
@@ -100,6 +101,17 @@ func Start(ctx context.Context) (*Env, error) {
 	if e.Client, err = kubernetes.NewForConfig(e.Config); err != nil {
 		_ = e.Stop()
 		return nil, err
+	}
+	if want := os.Getenv("LASTCALL_KUBE_VERSION"); want != "" {
+		v, err := e.Client.Discovery().ServerVersion()
+		if err != nil {
+			_ = e.Stop()
+			return nil, fmt.Errorf("apiserver version: %w", err)
+		}
+		if v.GitVersion != want {
+			_ = e.Stop()
+			return nil, fmt.Errorf("kube-apiserver in %s is %s, LASTCALL_KUBE_VERSION wants %s", assets, v.GitVersion, want)
+		}
 	}
 	if err := e.startControllerManager(ctx, assets); err != nil {
 		_ = e.Stop()

@@ -4,9 +4,15 @@ GO        ?= go
 BIN       := bin
 TESTBIN   := $(CURDIR)/.testbin
 TOOLS     := $(CURDIR)/.tools
+# The release (semantic version): the chart's appVersion, which is the tag
+# of the images the chart installs by default, and of the images `make
+# image` writes. A release is tagged v$(RELEASE) in git.
+RELEASE   := $(shell sed -n 's/^appVersion: *"*\([^"]*\)"*$$/\1/p' charts/lastcall/Chart.yaml)
+# What the binaries' --version prints: the commit they are built from.
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -s -w -X main.version=$(VERSION)
 STATICCHECK_VERSION := v0.8.2
+ACTIONLINT_VERSION := v1.7.12
 EC2_METADATA_MOCK_VERSION := v1.13.0
 HELM_VERSION := v3.22.0
 KWOK_VERSION := v0.8.0
@@ -33,17 +39,30 @@ export LASTCALL_SQS_EMULATOR := $(SQS_EMULATOR)
 export LASTCALL_RULECHECK := $(TOOLS)/rulecheck
 export LASTCALL_KWOK := $(TOOLS)/kwok
 
-# Images: `make image` writes docker-archive tarballs into bin/images/
-# without a container engine or registry (`docker load -i` or `ctr images
-# import` them); `make image-docker` builds the same two with the Dockerfile.
+# Images: `make image` writes each image as a multi-platform OCI image
+# index in an OCI layout directory under bin/images/, without a container
+# engine or registry (hack/ociimage, go-containerregistry), and this
+# machine's platform's image as a docker archive beside it (`docker load`,
+# `ctr images import`: the e2e cluster's); `make push
+# REGISTRY=host:port` pushes them and the chart; `make image-docker` builds
+# the same two with the Dockerfile.
 IMAGE_REPO ?= ghcr.io/lastcall-dev
-IMAGE_TAG  ?= $(VERSION)
+IMAGE_TAG  ?= $(RELEASE)
 IMAGES     := $(BIN)/images
+PLATFORMS  ?= linux/amd64,linux/arm64
+OCIIMAGE   := $(TOOLS)/ociimage
+# `make push`: where to, e.g. 127.0.0.1:5000 or ghcr.io (credentials from
+# `docker login` / `helm registry login`). The images go to
+# $(REGISTRY)/lastcall-dev/{lastcall,sidecar}:$(IMAGE_TAG), the chart to
+# oci://$(REGISTRY)/lastcall-dev/charts/lastcall; a loopback registry is
+# spoken to over plain HTTP.
+REGISTRY   ?=
+PLAIN_HTTP  = $(if $(filter 127.% localhost%,$(REGISTRY)),--plain-http)
 # CA roots for the agent's webhook HTTPS, from the build machine
 # (Debian: ca-certificates).
 CA_BUNDLE  ?= /etc/ssl/certs/ca-certificates.crt
 
-.PHONY: help build test unit lint chart-lint testbin nodebin bench fleet demo image image-docker e2e-images cluster-up cluster-down e2e clean
+.PHONY: release-version help build test test-oldest testbin-oldest unit lint chart-lint testbin nodebin bench fleet demo image image-docker push test-images e2e-images cluster-up cluster-down e2e clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -55,6 +74,18 @@ test: testbin $(TOOLS)/helm $(SQS_EMULATOR) $(TOOLS)/rulecheck ## everything CI 
 	$(MAKE) lint
 	$(GO) test -race -count=1 -timeout 20m ./...
 	cd examples && $(GO) test -race -count=1 -timeout 10m ./...
+
+# The oldest Kubernetes minor the chart supports (Chart.yaml kubeVersion),
+# built by hack/testbin.sh oldest into .testbin/$(OLDEST_KUBE)/.
+OLDEST_KUBE := v1.30.14
+
+testbin-oldest: testbin
+	./hack/testbin.sh oldest
+
+test-oldest: testbin-oldest $(TOOLS)/helm ## the chart (install, admission policies, eviction guard), injector and drainer tests against kube-apiserver $(OLDEST_KUBE)
+	KUBEBUILDER_ASSETS=$(TESTBIN)/$(OLDEST_KUBE) LASTCALL_KUBE_VERSION=$(OLDEST_KUBE) \
+		$(GO) test -race -count=1 -timeout 20m ./charts/ ./injector/ ./drainer/
+
 
 unit: ## only the tests that need no control plane (-short)
 	$(GO) test -race -short -count=1 ./...
@@ -92,11 +123,19 @@ $(TOOLS)/rulecheck: hack/rulecheck/main.go hack/rulecheck/go.mod
 chart-lint: $(TOOLS)/helm ## helm lint the chart in charts/lastcall
 	$(TOOLS)/helm lint --strict charts/lastcall
 
-lint: $(TOOLS)/staticcheck ## gofmt, go vet and staticcheck
+$(TOOLS)/actionlint:
+	GOBIN=$(TOOLS) $(GO) install github.com/rhysd/actionlint/cmd/actionlint@$(ACTIONLINT_VERSION)
+
+lint: $(TOOLS)/staticcheck $(TOOLS)/actionlint ## gofmt, go vet, staticcheck, and actionlint on .github/workflows
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(TOOLS)/actionlint
 	$(GO) vet ./...
 	$(TOOLS)/staticcheck ./...
 	cd examples && $(GO) mod tidy -diff && $(GO) vet ./... && $(TOOLS)/staticcheck ./...
+	cd hack/ociimage && $(GO) mod tidy -diff && $(GO) vet ./... && $(TOOLS)/staticcheck ./...
+
+release-version: ## print the release (the chart's appVersion, the images' default tag)
+	@echo $(RELEASE)
 
 bench: testbin $(TOOLS)/node-termination-handler ## run the benchmarks (real control plane, real binaries; root, for the peer benchmark's cgroups) and write bench/README.md; takes about 11 minutes
 	@rm -f $(BIN)/bench.txt; mkdir -p $(BIN)
@@ -129,21 +168,48 @@ demo: ## a whole preemption on this machine (control plane, NATS JetStream, 3 no
 	@$(MAKE) --no-print-directory testbin
 	$(GO) run ./cmd/demo
 
-image: ## build the images offline into bin/images/: lastcall (agent + injector) and sidecar
+image: $(OCIIMAGE) ## build the images offline for linux/amd64 and linux/arm64 into bin/images/ (OCI layouts): lastcall (agent + injector) and sidecar
 	@test -f $(CA_BUNDLE) || { echo "no CA bundle at $(CA_BUNDLE) (apt-get install ca-certificates, or set CA_BUNDLE)"; exit 1; }
-	@mkdir -p $(IMAGES) $(BIN)/image
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/image/ ./cmd/node-agent ./cmd/injector ./cmd/sidecar
-	$(GO) run ./hack/mkimage -o $(IMAGES)/lastcall.tar -tag $(IMAGE_REPO)/lastcall:$(IMAGE_TAG) \
+	@mkdir -p $(IMAGES)
+	@for p in $$(echo $(PLATFORMS) | tr , ' '); do \
+		echo "building node-agent, injector, sidecar for $$p"; \
+		CGO_ENABLED=0 GOOS=$${p%/*} GOARCH=$${p#*/} $(GO) build -trimpath -ldflags '$(LDFLAGS)' \
+			-o $(BIN)/image/$${p%/*}-$${p#*/}/ ./cmd/node-agent ./cmd/injector ./cmd/sidecar || exit 1; \
+	done
+	$(OCIIMAGE) build -o $(IMAGES)/lastcall -tag $(IMAGE_TAG) -platforms $(PLATFORMS) \
 		-entrypoint /usr/local/bin/node-agent -user 65532:65532 \
-		-add $(BIN)/image/node-agent:/usr/local/bin/node-agent -add $(BIN)/image/injector:/usr/local/bin/injector \
-		-add $(CA_BUNDLE):/etc/ssl/certs/ca-certificates.crt
-	$(GO) run ./hack/mkimage -o $(IMAGES)/sidecar.tar -tag $(IMAGE_REPO)/sidecar:$(IMAGE_TAG) \
-		-entrypoint /usr/local/bin/sidecar -user 65532:65532 -add $(BIN)/image/sidecar:/usr/local/bin/sidecar
-	@ls -l $(IMAGES)/lastcall.tar $(IMAGES)/sidecar.tar
+		-label org.opencontainers.image.source=https://github.com/lastcall-dev/lastcall -label org.opencontainers.image.version=$(IMAGE_TAG) \
+		-add '$(BIN)/image/{os}-{arch}/node-agent:/usr/local/bin/node-agent' -add '$(BIN)/image/{os}-{arch}/injector:/usr/local/bin/injector' \
+		-add $(CA_BUNDLE):/etc/ssl/certs/ca-certificates.crt \
+		-archive $(IMAGES)/lastcall.tar -archive-ref $(IMAGE_REPO)/lastcall:$(IMAGE_TAG)
+	$(OCIIMAGE) build -o $(IMAGES)/sidecar -tag $(IMAGE_TAG) -platforms $(PLATFORMS) \
+		-entrypoint /usr/local/bin/sidecar -user 65532:65532 \
+		-label org.opencontainers.image.source=https://github.com/lastcall-dev/lastcall -label org.opencontainers.image.version=$(IMAGE_TAG) \
+		-add '$(BIN)/image/{os}-{arch}/sidecar:/usr/local/bin/sidecar' \
+		-archive $(IMAGES)/sidecar.tar -archive-ref $(IMAGE_REPO)/sidecar:$(IMAGE_TAG)
 
-image-docker: ## build the same two images with the Dockerfile (needs a Docker engine and a registry for golang)
-	docker build --build-arg VERSION=$(VERSION) --target lastcall -t $(IMAGE_REPO)/lastcall:$(IMAGE_TAG) .
-	docker build --build-arg VERSION=$(VERSION) --target sidecar -t $(IMAGE_REPO)/sidecar:$(IMAGE_TAG) .
+$(OCIIMAGE): hack/ociimage/main.go hack/ociimage/go.mod hack/ociimage/go.sum
+	cd hack/ociimage && GOBIN=$(TOOLS) $(GO) install .
+
+push: $(TOOLS)/helm $(OCIIMAGE) ## push the images of `make image` and the chart (OCI) to REGISTRY=host:port
+	@test -n "$(REGISTRY)" || { echo "usage: make push REGISTRY=host:port"; exit 1; }
+	@test -d $(IMAGES)/lastcall -a -d $(IMAGES)/sidecar || { echo "no images in $(IMAGES): run make image first"; exit 1; }
+	$(OCIIMAGE) push -layout $(IMAGES)/lastcall $(REGISTRY)/lastcall-dev/lastcall:$(IMAGE_TAG)
+	$(OCIIMAGE) push -layout $(IMAGES)/sidecar $(REGISTRY)/lastcall-dev/sidecar:$(IMAGE_TAG)
+	@rm -rf $(BIN)/chart && mkdir -p $(BIN)/chart
+	$(TOOLS)/helm package charts/lastcall -d $(BIN)/chart
+	$(TOOLS)/helm push $(BIN)/chart/lastcall-*.tgz oci://$(REGISTRY)/lastcall-dev/charts $(PLAIN_HTTP)
+
+# The images and the chart through a real registry on loopback: both
+# platforms of each image resolved by digest, each binary checked to be for
+# its architecture; the chart pushed with helm push and read back.
+test-images: image $(TOOLS)/helm
+	cd hack/ociimage && LASTCALL_IMAGES=$(CURDIR)/$(IMAGES) LASTCALL_IMAGE_TAG=$(IMAGE_TAG) \
+		LASTCALL_CHART=$(CURDIR)/charts/lastcall $(GO) test -count=1 -v ./...
+
+image-docker: ## build the same two images with the Dockerfile for PLATFORMS (needs Docker with buildx and a registry for golang)
+	docker buildx build --platform $(PLATFORMS) --build-arg VERSION=$(VERSION) --target lastcall -t $(IMAGE_REPO)/lastcall:$(IMAGE_TAG) .
+	docker buildx build --platform $(PLATFORMS) --build-arg VERSION=$(VERSION) --target sidecar -t $(IMAGE_REPO)/sidecar:$(IMAGE_TAG) .
 
 # The test-only images of the e2e cluster: its pause image, the worker, and
 # aws-node-termination-handler (it reads only the in-cluster config, so it

@@ -54,6 +54,7 @@ type cluster struct {
 	kubeconfig string
 	helm       string
 	tag        string
+	registry   string // the registry on loopback with the images and the chart
 	kubeletLog string
 	gce        *gceFake
 	ec2Port    string
@@ -109,12 +110,13 @@ func setup(t *testing.T) *cluster {
 		kubeconfig: kubeconfig,
 		helm:       os.Getenv("LASTCALL_HELM"),
 		tag:        os.Getenv("LASTCALL_E2E_IMAGE_TAG"),
+		registry:   os.Getenv("LASTCALL_E2E_REGISTRY"),
 		kubeletLog: os.Getenv("LASTCALL_E2E_KUBELET_LOG"),
 		gce:        startGCEFake(t),
 		ec2Port:    ec2mock.FreePort(t),
 	}
-	if c.helm == "" || c.tag == "" || c.kubeletLog == "" {
-		t.Fatal("LASTCALL_HELM, LASTCALL_E2E_IMAGE_TAG and LASTCALL_E2E_KUBELET_LOG must be set (make e2e sets them)")
+	if c.helm == "" || c.tag == "" || c.kubeletLog == "" || c.registry == "" {
+		t.Fatal("LASTCALL_HELM, LASTCALL_E2E_IMAGE_TAG, LASTCALL_E2E_KUBELET_LOG and LASTCALL_E2E_REGISTRY must be set (make e2e sets them)")
 	}
 
 	// NATS on the node's address (the cluster's bridge): the pods reach it
@@ -160,14 +162,13 @@ func (c *cluster) helmRun(t *testing.T, args ...string) {
 	}
 }
 
-// helmValues are the chart values of the test: the locally built images
-// (never pulled), the injector (on by default) on this one node, the agent pointed at the
-// metadata fakes on the node's loopback (it runs with hostNetwork).
+// helmValues are the chart values of the test: the injector (on by
+// default) on this one node, the agent pointed at the metadata fakes on the node's loopback (it
+// runs with hostNetwork). The images are the chart's defaults, pulled from
+// the registry on loopback (containerd's mirror of ghcr.io).
 func (c *cluster) helmValues(cloud string) []string {
 	var out []string
 	for _, v := range []string{
-		"image.tag=" + c.tag,
-		"image.pullPolicy=Never",
 		"injector.replicas=1",
 		"injector.avoidSpotNodes=false",
 		"agent.cloud=" + cloud,
@@ -186,9 +187,9 @@ func (c *cluster) helmValues(cloud string) []string {
 
 func testInstall(t *testing.T, c *cluster) {
 	start := time.Now()
-	c.helmRun(t, append([]string{"install", release, "../charts/lastcall", "-n", releaseNS, "--create-namespace",
-		"--wait", "--timeout", "3m"}, c.helmValues("gce")...)...)
-	t.Logf("helm install --wait: %.1fs (agent DaemonSet and injector ready)", time.Since(start).Seconds())
+	c.runInstallDocs(t)
+	t.Logf("the install docs' commands, with helm install --wait: %.1fs (agent DaemonSet and injector ready, images pulled from %s)",
+		time.Since(start).Seconds(), c.registry)
 	agent := c.agentPod(t)
 	mem := c.waitMemory(t, releaseNS, agent.Name, "node-agent")
 	rss, err := processRSS("node-agent")
@@ -540,7 +541,8 @@ func (c *cluster) resetNode(t *testing.T, cloud string) {
 	// A new agent, as a new machine would have; with a changed cloud the
 	// upgrade rolls the DaemonSet.
 	old := c.agentPod(t)
-	c.helmRun(t, append([]string{"upgrade", release, "../charts/lastcall", "-n", releaseNS}, c.helmValues(cloud)...)...)
+	c.helmRun(t, append([]string{"upgrade", release, "oci://" + c.registry + "/lastcall-dev/charts/lastcall", "--plain-http",
+		"-n", releaseNS}, c.helmValues(cloud)...)...)
 	if err := c.client.CoreV1().Pods(releaseNS).Delete(ctx, old.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
 		t.Fatal(err)
 	}

@@ -2,7 +2,11 @@
 # A real one-node Kubernetes cluster on this machine, for `make e2e`:
 # etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet and
 # kube-proxy v1.34.4 from .testbin/ (hack/testbin.sh node), a private
-# containerd (CRI plugin, runc) and CNI bridge networking. Run as root.
+# containerd (CRI plugin, runc) and CNI bridge networking, and an OCI
+# registry on loopback (hack/ociimage registry, at $LASTCALL_REGISTRY,
+# 127.0.0.1:25213) that containerd pulls ghcr.io's images from: `make push
+# REGISTRY=127.0.0.1:25213` puts lastcall's images and chart there. Run as
+# root.
 #
 #   hack/cluster.sh up [IMAGE.tar...]  start it, import the images, wait for Ready
 #   hack/cluster.sh down               stop everything it started, by PID, and
@@ -20,6 +24,8 @@ set -Eeuo pipefail
 
 cd "$(dirname "$0")/.."
 bin=$PWD/.testbin
+ociimage=$PWD/.tools/ociimage
+registry=${LASTCALL_REGISTRY:-127.0.0.1:25213}
 dir=${LASTCALL_CLUSTER_DIR:-/var/lib/lastcall-e2e}
 node=lastcall-e2e
 bridge=lastcall0
@@ -108,6 +114,9 @@ containerd_config() {
 	  # Without CAP_SYS_RESOURCE runc cannot set a negative oom_score_adj.
 	  restrict_oom_score_adj = true
 	  netns_mounts_under_state_dir = true
+	  [plugins."io.containerd.grpc.v1.cri".registry]
+	    # ghcr.io's images come from the registry on loopback.
+	    config_path = "$dir/certs.d"
 	  [plugins."io.containerd.grpc.v1.cri".cni]
 	    bin_dir = "/usr/lib/cni"
 	    conf_dir = "$dir/cni/net.d"
@@ -119,6 +128,18 @@ containerd_config() {
 	      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
 	        Root = "$dir/runc"
 	        SystemdCgroup = false
+	EOF
+	# The registry speaks plain HTTP on loopback; containerd (on the host's
+	# network) pulls from it as a mirror of ghcr.io, so the chart's default
+	# images resolve there; ghcr.io itself is never reached.
+	mkdir -p "$dir/certs.d/ghcr.io" "$dir/certs.d/$registry"
+	cat >"$dir/certs.d/ghcr.io/hosts.toml" <<-EOF
+	server = "https://ghcr.io"
+	[host."http://$registry"]
+	  capabilities = ["pull", "resolve"]
+	EOF
+	cat >"$dir/certs.d/$registry/hosts.toml" <<-EOF
+	server = "http://$registry"
 	EOF
 	cat >"$dir/cni/net.d/10-lastcall-e2e.conflist" <<-EOF
 	{
@@ -190,6 +211,7 @@ up() {
 		command -v "$b" >/dev/null || { log "$b missing: apt-get install containerd runc containernetworking-plugins iptables conntrack openssl iproute2"; exit 1; }
 	done
 	[[ -x /usr/lib/cni/bridge ]] || { log "/usr/lib/cni/bridge missing: apt-get install containernetworking-plugins"; exit 1; }
+	[[ -x $ociimage ]] || { log "$ociimage missing: make .tools/ociimage"; exit 1; }
 	local t0=$SECONDS
 	mkdir -p "$dir"/{pid,log,run,etcd,kubelet,pod-logs}
 	# A failed start leaves nothing behind.
@@ -217,6 +239,7 @@ up() {
 	modprobe br_netfilter 2>/dev/null || true
 	sysctl -qw net.bridge.bridge-nf-call-iptables=1 2>/dev/null || true
 
+	start registry "$ociimage" registry -addr "$registry" -dir "$dir/registry"
 	start containerd containerd --config "$dir/containerd.toml"
 	start etcd "$bin/etcd" --data-dir "$dir/etcd" --listen-client-urls "http://127.0.0.1:$etcd_port" \
 		--advertise-client-urls "http://127.0.0.1:$etcd_port" --listen-peer-urls http://127.0.0.1:23800 \
@@ -224,6 +247,7 @@ up() {
 		--unsafe-no-fsync
 	wait_for containerd 20 ctr -a "$sock" version
 	wait_for etcd 20 bash -c "exec 3<>/dev/tcp/127.0.0.1/$etcd_port"
+	wait_for registry 20 curl -sf "http://$registry/v2/"
 
 	local p=$dir/pki
 	start kube-apiserver "$bin/kube-apiserver" --etcd-servers "http://127.0.0.1:$etcd_port" \
@@ -306,6 +330,7 @@ down() {
 		done
 	fi
 	stop containerd
+	stop registry
 	stop kube-apiserver
 	stop etcd
 	# Shims that outlived containerd: only those serving this cluster's

@@ -38,11 +38,20 @@ import (
 // operator would: the node, the pods, Events, and the metrics endpoint.
 
 var (
-	env        *kubetest.Env
-	agentBin   string
-	sidecarBin string
+	env         *kubetest.Env
+	agentBin    string
+	sidecarBin  string
+	injectorBin string
+	// binExec runs the binaries above through an emulator when set
+	// (LASTCALL_EXEC, e.g. qemu-aarch64).
+	binExec string
 )
 
+// TestMain builds the node-agent, sidecar and injector binaries for this
+// machine, or takes those named by LASTCALL_AGENT_BIN, LASTCALL_SIDECAR_BIN
+// and LASTCALL_INJECTOR_BIN (`make test-arm64`: the linux/arm64 binaries of
+// `make image`, run by LASTCALL_EXEC=qemu-aarch64, checked to be for
+// LASTCALL_BIN_ARCH).
 func TestMain(m *testing.M) {
 	code := func() int {
 		dir, err := os.MkdirTemp("", "node-agent-e2e-")
@@ -51,17 +60,42 @@ func TestMain(m *testing.M) {
 			return 1
 		}
 		defer os.RemoveAll(dir)
-		agentBin = filepath.Join(dir, "node-agent")
-		sidecarBin = filepath.Join(dir, "sidecar")
-		for bin, pkg := range map[string]string{agentBin: ".", sidecarBin: "../sidecar"} {
-			if out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput(); err != nil {
-				fmt.Fprintf(os.Stderr, "build %s: %v\n%s", pkg, err, out)
+		binExec = os.Getenv("LASTCALL_EXEC")
+		for _, b := range []struct {
+			bin      *string
+			env, pkg string
+		}{
+			{&agentBin, "LASTCALL_AGENT_BIN", "."},
+			{&sidecarBin, "LASTCALL_SIDECAR_BIN", "../sidecar"},
+			{&injectorBin, "LASTCALL_INJECTOR_BIN", "../injector"},
+		} {
+			if *b.bin = os.Getenv(b.env); *b.bin != "" {
+				if err := checkArch(*b.bin, os.Getenv("LASTCALL_BIN_ARCH")); err != nil {
+					fmt.Fprintf(os.Stderr, "%s: %v\n", b.env, err)
+					return 1
+				}
+				continue
+			}
+			*b.bin = filepath.Join(dir, filepath.Base(b.pkg))
+			if b.pkg == "." {
+				*b.bin = filepath.Join(dir, "node-agent")
+			}
+			if out, err := exec.Command("go", "build", "-o", *b.bin, b.pkg).CombinedOutput(); err != nil {
+				fmt.Fprintf(os.Stderr, "build %s: %v\n%s", b.pkg, err, out)
 				return 1
 			}
 		}
 		return kubetest.Main(m, &env)
 	}()
 	os.Exit(code)
+}
+
+// command runs bin with args, through binExec when set.
+func command(bin string, args ...string) *exec.Cmd {
+	if binExec != "" {
+		return exec.Command(binExec, append([]string{bin}, args...)...)
+	}
+	return exec.Command(bin, args...)
 }
 
 // cluster is one node with worker pods, a DaemonSet pod and the agent's own
@@ -215,7 +249,7 @@ func (c *cluster) launchAgent(t testing.TB, args ...string) *agentProc {
 		"--kubeconfig=" + c.kubeconfig, "--listen=" + p.addr, "--sidecar-listen=" + p.hub, "--log-format=text",
 		"--reserve=500ms", "--blocked-cutoff=2s",
 	}, args...)
-	p.cmd = exec.Command(agentBin, args...)
+	p.cmd = command(agentBin, args...)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -34,7 +34,7 @@ func (c *cluster) startSidecar(t *testing.T, agentHub, name string) *sidecarProc
 	}
 	ip := pod.Status.PodIP
 	sp := &sidecarProc{api: ip + ":10575", out: &ec2mock.Buffer{}, done: make(chan struct{})}
-	sp.cmd = exec.Command(sidecarBin, "--pod-name="+name, "--pod-namespace="+c.ns, "--pod-ip="+ip,
+	sp.cmd = command(sidecarBin, "--pod-name="+name, "--pod-namespace="+c.ns, "--pod-ip="+ip,
 		"--agent=http://"+agentHub, "--listen="+sp.api, "--dir="+filepath.Join(t.TempDir(), name),
 		"--poll-wait=5s", "--log-format=text")
 	sp.cmd.Stdout, sp.cmd.Stderr = sp.out, sp.out

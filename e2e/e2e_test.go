@@ -66,6 +66,8 @@ type cluster struct {
 	agentRSS   []string // the output's lines about the agent's memory
 	// extraValues are more chart values (key=value) of every helm run.
 	extraValues []string
+	// root is the whole test's T, for what outlives a step.
+	root *testing.T
 }
 
 func TestRealNode(t *testing.T) {
@@ -81,6 +83,9 @@ func TestRealNode(t *testing.T) {
 		{"scale-down", testScaleDown},
 		{"agent-killed-mid-drain", testAgentKilled},
 		{"nth-beside-lastcall", testNTHBeside},
+		{"kubectl-drain", testKubectlDrain},
+		{"karpenter-taint", testKarpenter},
+		{"cluster-autoscaler-taint", testClusterAutoscaler},
 	} {
 		if !t.Run(step.name, func(t *testing.T) { step.fn(t, c) }) {
 			t.Fatalf("%s failed; the later steps depend on it", step.name)
@@ -106,6 +111,7 @@ func setup(t *testing.T) *cluster {
 		t.Fatal(err)
 	}
 	c := &cluster{
+		root:       t,
 		client:     client,
 		kubeconfig: kubeconfig,
 		helm:       os.Getenv("LASTCALL_HELM"),
@@ -357,7 +363,7 @@ func (c *cluster) poll(t *testing.T, timeout time.Duration, what string, cond fu
 		}
 		select {
 		case <-ctx.Done():
-			t.Fatalf("waiting for %s: %v (last error: %v)", what, ctx.Err(), last)
+			t.Fatalf("waiting for %s: %v (last error: %v)\n%s", what, ctx.Err(), last, c.state())
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
@@ -413,7 +419,7 @@ func (c *cluster) waitBusy(t *testing.T, pods []corev1.Pod, t0 time.Time) {
 		return true
 	})
 	if err != nil {
-		t.Fatalf("workers not busy: %v", err)
+		t.Fatalf("workers not busy: %v\n%s", err, c.state())
 	}
 }
 
@@ -538,6 +544,12 @@ func (c *cluster) resetNode(t *testing.T, cloud string) {
 		c.ec2.Stop()
 		c.ec2 = nil
 	}
+	if cloud == "aws" {
+		// A new machine's metadata, with no notice (none for a day), as a
+		// real node always has: the agent reads it and knows none holds.
+		// It runs until a step replaces it or the whole test ends.
+		c.startEC2(c.root, "spot", "--mock-delay-sec", "86400", "--rebalance-delay-sec", "86400")
+	}
 	// A new agent, as a new machine would have; with a changed cloud the
 	// upgrade rolls the DaemonSet.
 	old := c.agentPod(t)
@@ -604,4 +616,14 @@ func (c *cluster) waitProcessed(t *testing.T) {
 	for _, p := range r.problems {
 		t.Error(p)
 	}
+}
+
+// startEC2 runs the EC2 metadata mock with args on the agent's metadata
+// port, in place of the one running, until t ends.
+func (c *cluster) startEC2(t *testing.T, args ...string) {
+	t.Helper()
+	if c.ec2 != nil {
+		c.ec2.Stop()
+	}
+	c.ec2 = ec2mock.Start(t, c.ec2Port, args...)
 }

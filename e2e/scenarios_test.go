@@ -8,9 +8,8 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
-	"github.com/lastcall-dev/lastcall/internal/ec2mock"
 )
 
 // The order in which the kubelet stops a worker pod with the injected
@@ -38,6 +37,7 @@ func (c *cluster) busy(t *testing.T, costs ...time.Duration) ([]corev1.Pod, *pod
 
 func testGCEPreemption(t *testing.T, c *cluster) {
 	pods, pw := c.busy(t, append([]time.Duration{long}, repeat(time.Second, 20)...)...)
+	critical := c.criticalPod(t)
 	agent := c.agentPod(t)
 	peak := c.sampleMemory(t, agent.Name)
 
@@ -49,12 +49,26 @@ func testGCEPreemption(t *testing.T, c *cluster) {
 	c.agentRSS = append(c.agentRSS, "agent peak while draining a GCE preemption (every 0.5 s): kubelet rssBytes "+mib(mem.RSS)+
 		", workingSetBytes "+mib(mem.WorkingSet)+"; process VmRSS "+mib(rss))
 
-	tl := c.recordStopped(t, "GCE instance/preempted=TRUE (deadline +30s)", notice, pw, pods)
+	tl := c.recordStopped(t, "GCE instance/preempted=TRUE (deadline +30s), a system-cluster-critical pod on the node", notice, pw, pods)
 	for _, p := range pods {
 		tl.assertOrder(t, p.Name, append([]string{"told"}, stopOrder...)...)
 		assertBefore(t, tl, p.Name, "api: deletion requested", deadline)
 		assertBefore(t, tl, p.Name, "api: pod gone", deadline)
 	}
+	// The critical pod is evicted last, so the workers' pods get less than
+	// the 30 s: each worker is told its own pod's stop, never the node's.
+	for _, r := range deadlinesKept(t, tl, pods, notice) {
+		if !r.told.Before(deadline.Add(-5 * time.Second)) {
+			t.Errorf("%s: told %v, the node's deadline or near it (%v), though a critical pod is drained after the workers", r.pod, r.told, deadline)
+		}
+	}
+	c.poll(t, 30*time.Second, "the critical pod evicted after the workers", func(ctx context.Context) (bool, error) {
+		p, err := c.client.CoreV1().Pods(critical.Namespace).Get(ctx, critical.Name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) || (err == nil && p.UID != critical.UID) {
+			return true, nil
+		}
+		return false, err
+	})
 	c.resetNode(t, "aws")
 	c.settle(t)
 }
@@ -64,7 +78,7 @@ func testAWSSpot(t *testing.T, c *cluster) {
 
 	notice := time.Now()
 	deadline := notice.Add(2 * time.Minute).Truncate(time.Second)
-	c.ec2 = ec2mock.Start(t, c.ec2Port, "spot", "-a", "terminate", "-t", deadline.UTC().Format(time.RFC3339))
+	c.startEC2(t, "spot", "-a", "terminate", "-t", deadline.UTC().Format(time.RFC3339))
 	pw.waitGone(t, c, pods, 3*time.Minute)
 
 	tl := c.recordStopped(t, "AWS spot/instance-action terminate (deadline +2m)", notice, pw, pods)
@@ -110,13 +124,13 @@ func testAgentKilled(t *testing.T, c *cluster) {
 
 	notice := time.Now()
 	deadline := notice.Add(2 * time.Minute).Truncate(time.Second)
-	c.ec2 = ec2mock.Start(t, c.ec2Port, "spot", "-a", "terminate", "-t", deadline.UTC().Format(time.RFC3339))
+	c.startEC2(t, "spot", "-a", "terminate", "-t", deadline.UTC().Format(time.RFC3339))
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
 	if err := c.ledger.waitFor(ctx, notice, func(es []event) bool {
 		return slices.ContainsFunc(es, func(e event) bool { return e.Pod == holder && e.What == "told" })
 	}); err != nil {
-		t.Fatalf("the holder of the long message was never told: %v", err)
+		t.Fatalf("the holder of the long message, %s, was never told: %v\n%s", holder, err, c.state())
 	}
 	// kubectl delete pod --grace-period=0 --force
 	killed := time.Now()

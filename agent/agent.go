@@ -219,6 +219,7 @@ type Agent struct {
 	acked       map[string]bool         // Azure events acknowledged
 	synced      bool                    // the pod cache has synced (Holds was told)
 	foreignKey  string                  // the foreign signals last reported
+	foreignTool string                  // the tool the last foreign drain counted was by
 	inbox       chan func()             // results of the work started by reconcile
 	kick        chan struct{}           // buffered(1): something observed changed
 
@@ -434,11 +435,16 @@ func (a *Agent) reconcileForeign(d Desired) {
 	}
 	a.foreignKey = key
 	if len(d.Foreign) == 0 {
+		a.foreignTool = ""
 		a.Logger.Info("no other tool is taking the node away any more")
 		a.event(corev1.EventTypeNormal, "ForeignDrainEnded", "no other tool is taking the node away any more")
 		return
 	}
 	l := a.cfg.Foreign.Label(d.Foreign[0])
+	if a.foreignTool != l.Reason {
+		a.foreignTool = l.Reason
+		a.Metrics.foreignDrain(l)
+	}
 	a.Logger.Info("another tool is taking the node away: workers told to finish", "tool", l.Reason, "signals", len(d.Foreign))
 	a.event(corev1.EventTypeNormal, "ForeignDrain", "%s; lastcall tells the workers to finish and neither cordons nor evicts for it", l.Message)
 }

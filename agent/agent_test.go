@@ -479,3 +479,82 @@ func TestOutOfServiceAfterTheDeadline(t *testing.T) {
 		}
 	})
 }
+
+// TestForeignDrainCounted: a drain by another tool is counted once per
+// tool in lastcall_foreign_drains_total (source node, reason the tool), and
+// its sidecars are told draining with the tool as reason, then running once
+// the sign is gone.
+func TestForeignDrainCounted(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}, Spec: corev1.NodeSpec{Taints: []corev1.Taint{
+			{Key: "karpenter.sh/disrupted", Effect: corev1.TaintEffectNoSchedule}}}}
+		tr := newTracked(node)
+		reg := prometheus.NewRegistry()
+		sc := &modelSidecars{}
+		a, err := New(Config{Node: "n1", Foreign: DefaultForeignConfig()}, Deps{Client: tr.client, Drainer: (&recDrainer{}).use(tr.client), Notifier: sc,
+			Pods: trackedPods{tr, "n1"}, Node: trackedNode{tr, "n1"}, Events: record.NewFakeRecorder(100), Metrics: NewMetrics(reg)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(t.Context())
+		ch := make(chan watcher.Notice)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			_ = a.Run(ctx, ch)
+		}()
+		defer func() { cancel(); <-done }()
+		ch <- watcher.Synced(watcher.SourceAWS)
+		synctest.Wait()
+		counted := func(reason string) float64 {
+			mfs, err := reg.Gather()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, mf := range mfs {
+				if mf.GetName() != "lastcall_foreign_drains_total" {
+					continue
+				}
+				for _, m := range mf.GetMetric() {
+					labels := map[string]string{}
+					for _, l := range m.GetLabel() {
+						labels[l.GetName()] = l.GetValue()
+					}
+					if labels["source"] == ForeignSource && labels["reason"] == reason {
+						return m.GetCounter().GetValue()
+					}
+				}
+			}
+			return 0
+		}
+		if w := sc.current(); w == nil || w.Phase != wire.PhaseDraining || w.Reason != ForeignKarpenter {
+			t.Fatalf("workers told %+v under Karpenter's taint, want draining, reason %s", w, ForeignKarpenter)
+		}
+		if got := counted(ForeignKarpenter); got != 1 {
+			t.Errorf("lastcall_foreign_drains_total{reason=%q} = %v, want 1", ForeignKarpenter, got)
+		}
+		setTaints := func(taints ...corev1.Taint) {
+			n, err := tr.client.CoreV1().Nodes().Get(ctx, "n1", metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			n.Spec.Taints = taints
+			if _, err := tr.client.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(time.Second)
+			synctest.Wait()
+		}
+		setTaints()
+		if w := sc.current(); w == nil || w.Phase != wire.PhaseRunning {
+			t.Fatalf("workers told %+v once the taint was gone, want running", w)
+		}
+		setTaints(corev1.Taint{Key: "ToBeDeletedByClusterAutoscaler", Value: "1", Effect: corev1.TaintEffectNoSchedule})
+		if got, want := counted(ForeignClusterAutoscaler), 1.0; got != want {
+			t.Errorf("lastcall_foreign_drains_total{reason=%q} = %v, want %v", ForeignClusterAutoscaler, got, want)
+		}
+		if got := counted(ForeignKarpenter); got != 1 {
+			t.Errorf("lastcall_foreign_drains_total{reason=%q} = %v after another tool's drain, want still 1", ForeignKarpenter, got)
+		}
+	})
+}

@@ -24,6 +24,7 @@ type Metrics struct {
 	deadline      *prometheus.GaugeVec
 	buildInfo     *prometheus.GaugeVec
 	uninjected    prometheus.Counter
+	foreign       *prometheus.CounterVec
 }
 
 // Operations counted by lastcall_agent_errors_total; each is initialised
@@ -83,6 +84,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "lastcall_pods_without_sidecar_total",
 			Help: "Pods that asked for the sidecar (label lastcall.dev/inject=enabled) and landed on the node without it: the injector missed them.",
 		}),
+		foreign: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lastcall_foreign_drains_total",
+			Help: "Drains by another tool (source node) the workers were told of, by the tool (reason: a configured source or other).",
+		}, []string{"source", "reason"}),
 	}
 	for _, r := range []string{"drained", "incomplete"} {
 		m.drains.WithLabelValues(r)
@@ -94,7 +99,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.webhookStatus.WithLabelValues(r)
 	}
 	reg.MustRegister(m.notices, m.toCordon, m.toSidecars, m.toDrained, m.deadlineLeft, m.drains, m.errors, m.webhookStatus,
-		m.deadline, m.buildInfo, m.uninjected)
+		m.deadline, m.buildInfo, m.uninjected, m.foreign)
 	return m
 }
 
@@ -136,6 +141,12 @@ func (m *Metrics) deadlines(notices map[string]Tracked) {
 	}
 	for kind, d := range earliest {
 		m.deadline.WithLabelValues(string(kind)).Set(float64(d.UnixNano()) / 1e9)
+	}
+}
+
+func (m *Metrics) foreignDrain(l ForeignLabel) {
+	if m != nil {
+		m.foreign.WithLabelValues(l.Source, l.Reason).Inc()
 	}
 }
 

@@ -621,7 +621,13 @@ func (a *Agent) reconcileNode(ctx context.Context, d Desired) {
 				}
 			}
 		})
-	case d.Uncordon && cond.Status == corev1.ConditionTrue:
+	case d.ForeignCondition != nil && (cond.Status != corev1.ConditionTrue || cond.Reason != d.ForeignCondition.ConditionReason ||
+		cond.Message != d.ForeignCondition.Message):
+		l := *d.ForeignCondition
+		a.nodeOp(ctx, node, "condition", func(ctx context.Context) error {
+			return a.patchCondition(ctx, foreignCondition(l, a.Now()))
+		}, nil)
+	case d.Uncordon && d.ForeignCondition == nil && cond.Status == corev1.ConditionTrue:
 		a.nodeOp(ctx, node, "condition", func(ctx context.Context) error {
 			return a.setCondition(ctx, watcher.Notice{}, false)
 		}, nil)

@@ -533,6 +533,9 @@ func TestForeignDrainCounted(t *testing.T) {
 		if got := counted(ForeignKarpenter); got != 1 {
 			t.Errorf("lastcall_foreign_drains_total{reason=%q} = %v, want 1", ForeignKarpenter, got)
 		}
+		if c, _ := conditionOf(trackedNode{tr, "n1"}.Node()); c.Status != corev1.ConditionTrue || c.Reason != "DrainByKarpenter" {
+			t.Errorf("node condition %+v under Karpenter's taint, want True, reason DrainByKarpenter", c)
+		}
 		setTaints := func(taints ...corev1.Taint) {
 			n, err := tr.client.CoreV1().Nodes().Get(ctx, "n1", metav1.GetOptions{})
 			if err != nil {
@@ -548,6 +551,9 @@ func TestForeignDrainCounted(t *testing.T) {
 		setTaints()
 		if w := sc.current(); w == nil || w.Phase != wire.PhaseRunning {
 			t.Fatalf("workers told %+v once the taint was gone, want running", w)
+		}
+		if c, _ := conditionOf(trackedNode{tr, "n1"}.Node()); c.Status != corev1.ConditionFalse {
+			t.Errorf("node condition %+v once the taint was gone, want False", c)
 		}
 		setTaints(corev1.Taint{Key: "ToBeDeletedByClusterAutoscaler", Value: "1", Effect: corev1.TaintEffectNoSchedule})
 		if got, want := counted(ForeignClusterAutoscaler), 1.0; got != want {

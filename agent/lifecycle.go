@@ -76,6 +76,10 @@ type Desired struct {
 	// notice of lastcall's own does; lastcall neither cordons nor evicts
 	// for them.
 	Foreign []Foreign
+	// ForeignCondition, when no notice of lastcall's own is active and
+	// another tool takes the node, is what the node condition says: which
+	// tool (reason DrainBy<Tool>) and what was seen; nil otherwise.
+	ForeignCondition *ForeignLabel
 }
 
 // Decide is the agent's one decision: from everything observed to what the
@@ -130,6 +134,9 @@ func Decide(o Observed) Desired {
 		// order, names the tool.
 		l := o.Foreign.Label(d.Foreign[0])
 		d.Tell = &wire.NodeState{Phase: wire.PhaseDraining, Reason: l.Reason, Source: l.Source, NoticeID: "node:" + d.Foreign[0].Signal}
+		if d.Condition == nil {
+			d.ForeignCondition = &l
+		}
 	case o.Synced:
 		// Cordon-only notices are advisory (an AWS rebalance
 		// recommendation), and a drain notice far ahead (an AWS scheduled

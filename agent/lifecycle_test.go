@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -721,10 +722,23 @@ func (w *world) check() error {
 		return errors.New("a notice is active and the node is not cordoned")
 	case !active && w.synced && (cordoned || n.Spec.Unschedulable):
 		return errors.New("no notice is active, the metadata says so, and the node is still cordoned")
-	case !active && w.synced && conditionTrue(n):
-		return errors.New("no notice is active, the metadata says so, and the node condition still says imminent")
+	case !active && w.synced && !foreign && conditionTrue(n):
+		return errors.New("no notice is active, the metadata says so, no other tool drains the node, and the node condition still says imminent")
+	case !active && foreign && !conditionBy(n, "DrainBy"):
+		return fmt.Errorf("another tool drains the node and no notice of lastcall's is active, but the node condition does not name it: %+v", n.Status.Conditions)
 	}
 	return nil
+}
+
+// conditionBy reports whether n's PreemptionImminent condition is True with
+// a reason that starts with prefix.
+func conditionBy(n *corev1.Node, prefix string) bool {
+	for _, c := range n.Status.Conditions {
+		if c.Type == ConditionType {
+			return c.Status == corev1.ConditionTrue && strings.HasPrefix(c.Reason, prefix)
+		}
+	}
+	return false
 }
 
 func (w *world) failing() bool {

@@ -33,11 +33,34 @@ func (a *Agent) setCondition(ctx context.Context, n watcher.Notice, imminent boo
 	if err != nil {
 		return err
 	}
+	return a.patchStatus(ctx, patch)
+}
+
+// patchCondition sets the node's PreemptionImminent condition to cond.
+func (a *Agent) patchCondition(ctx context.Context, cond corev1.NodeCondition) error {
+	patch, err := json.Marshal(map[string]any{"status": map[string]any{"conditions": []corev1.NodeCondition{cond}}})
+	if err != nil {
+		return err
+	}
+	return a.patchStatus(ctx, patch)
+}
+
+// foreignCondition is the PreemptionImminent condition while another tool
+// takes the node away: True, its reason naming the tool (DrainByKarpenter).
+func foreignCondition(l ForeignLabel, at time.Time) corev1.NodeCondition {
+	now := metav1.NewTime(at)
+	return corev1.NodeCondition{Type: ConditionType, Status: corev1.ConditionTrue, Reason: l.ConditionReason, Message: l.Message,
+		LastHeartbeatTime: now, LastTransitionTime: now}
+}
+
+// patchStatus sends a status patch of the node, retrying transient errors
+// while ctx lasts.
+func (a *Agent) patchStatus(ctx context.Context, patch []byte) error {
 	backoff := wait.Backoff{Duration: 50 * time.Millisecond, Factor: 2, Jitter: 0.2, Steps: 12, Cap: 2 * time.Second}
 	// retry.OnError returns nil when the last error is a context error
 	// (wait.Interrupted); keep the last error to not lose it.
 	var last error
-	err = retry.OnError(backoff, transient(ctx), func() error {
+	err := retry.OnError(backoff, transient(ctx), func() error {
 		// As long as a drain's calls: a shorter timeout cancels a
 		// patch waiting its turn in the apiserver's queues
 		// (drainer.DefaultCallTimeout).

@@ -402,14 +402,7 @@ func TestDrainStartsDrainLeadBeforeTheDeadline(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ctx, cancel := context.WithCancel(t.Context())
-		ch := make(chan watcher.Notice)
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			_ = a.Run(ctx, ch)
-		}()
-		defer func() { cancel(); <-done }()
+		ch, _ := startAgent(t, a)
 		ch <- watcher.Synced(watcher.SourceAWS)
 		event := notice("instance-event-1", watcher.KindMaintenance, watcher.StateActive, 72*time.Hour)
 		ch <- event
@@ -451,14 +444,7 @@ func TestOutOfServiceAfterTheDeadline(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ctx, cancel := context.WithCancel(t.Context())
-		ch := make(chan watcher.Notice)
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			_ = a.Run(ctx, ch)
-		}()
-		defer func() { cancel(); <-done }()
+		ch, _ := startAgent(t, a)
 		ch <- watcher.Synced(watcher.SourceAWS)
 		event := notice("spot-1", watcher.KindSpotInterruption, watcher.StateActive, 2*time.Minute)
 		ch <- event
@@ -496,14 +482,7 @@ func TestForeignDrainCounted(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ctx, cancel := context.WithCancel(t.Context())
-		ch := make(chan watcher.Notice)
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			_ = a.Run(ctx, ch)
-		}()
-		defer func() { cancel(); <-done }()
+		ch, ctx := startAgent(t, a)
 		ch <- watcher.Synced(watcher.SourceAWS)
 		synctest.Wait()
 		counted := func(reason string) float64 {
@@ -563,4 +542,19 @@ func TestForeignDrainCounted(t *testing.T) {
 			t.Errorf("lastcall_foreign_drains_total{reason=%q} = %v after another tool's drain, want still 1", ForeignKarpenter, got)
 		}
 	})
+}
+
+// startAgent runs a until the test ends and returns its notice channel and
+// the context it runs with.
+func startAgent(t *testing.T, a *Agent) (chan<- watcher.Notice, context.Context) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(t.Context())
+	ch := make(chan watcher.Notice)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = a.Run(ctx, ch)
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	return ch, ctx
 }

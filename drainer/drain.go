@@ -146,6 +146,7 @@ func (d *Drainer) DrainPlan(ctx context.Context, node string, plan Plan) (Report
 	log.Info("drain started", "pods", plan.Len(), "critical", len(plan.Tiers[TierCritical]),
 		"skipped", len(plan.Skipped), "deadline_in", deadline.Sub(start).Round(time.Millisecond).String(), "late", rep.Late)
 
+	slow := &lag{}
 	var (
 		mu       sync.Mutex // guards rep.Pods, leaving and inflight
 		leaving  = map[types.UID]bool{}
@@ -162,7 +163,7 @@ func (d *Drainer) DrainPlan(ctx context.Context, node string, plan Plan) (Report
 		inflight++
 		mu.Unlock()
 		wg.Go(func() {
-			res := d.evict(ctx, log, plan, pod)
+			res := d.evict(ctx, log, plan, slow, pod)
 			if res.Outcome != Canceled {
 				d.m.observe(res.Outcome)
 			}
@@ -277,16 +278,49 @@ func (d *Drainer) listPods(ctx context.Context, node string) ([]corev1.Pod, erro
 	return d.pods.ListPods(cctx, node)
 }
 
+// lag is the longest time an eviction request of one drain took to be
+// answered. The apiserver starts a pod's grace period when it accepts the
+// eviction, not when lastcall sends it: a request that waits in API
+// Priority and Fairness queues, or while the apiserver retries a budget's
+// update that other evictions conflict with, stops the pod that much later
+// than its grace period says. Safe for concurrent use.
+type lag struct {
+	mu  sync.Mutex
+	max time.Duration
+}
+
+// observe records the round trip of one request.
+func (l *lag) observe(took time.Duration) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.max = max(l.max, took)
+}
+
+// get returns the longest round trip observed so far.
+func (l *lag) get() time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.max
+}
+
 // evict asks pod to leave: through the Eviction API with the pod's UID as a
 // precondition until the cut-off, then as the policy says. It returns when
 // the pod is asked, gone, left, or the deadline (ctx) passes.
-func (d *Drainer) evict(ctx context.Context, log *slog.Logger, plan Plan, pod corev1.Pod) PodResult {
+//
+// The grace period allows for the drain's slowest eviction answer so far
+// (slow), so that the pod stops before its tier's end even when the
+// apiserver accepts the eviction late; except for a pod whose workers were
+// told Plan.StopBy and have not said they are done: a shorter grace could
+// stop it before the time they were told, so it keeps the plan's grace.
+func (d *Drainer) evict(ctx context.Context, log *slog.Logger, plan Plan, slow *lag, pod corev1.Pod) PodResult {
 	res := PodResult{Pod: pod.Namespace + "/" + pod.Name, UID: pod.UID, Tier: TierOf(&pod)}
 	log = log.With("pod", res.Pod)
+	promised := false // workers were told StopBy and are still working
 	if d.hold != nil {
 		if done := d.hold(ctx, &pod); done != nil {
 			start := d.now()
 			res.Released = d.waitHeld(ctx, plan, &pod, done)
+			promised = !res.Released
 			res.Held = d.now().Sub(start)
 			if calledOff(ctx) {
 				res.Outcome, res.At = Canceled, d.now()
@@ -301,6 +335,9 @@ func (d *Drainer) evict(ctx context.Context, log *slog.Logger, plan Plan, pod co
 	for {
 		now := d.now()
 		grace := plan.Grace(&pod, now)
+		if !promised {
+			grace = plan.Grace(&pod, now.Add(slow.get()))
+		}
 		pastCutoff := res.Attempts > 0 && !now.Before(plan.Cutoff())
 		if pastCutoff && refused && plan.Policy.OnBlocked == Leave {
 			res.Outcome, res.At = Blocked, now
@@ -326,6 +363,13 @@ func (d *Drainer) evict(ctx context.Context, log *slog.Logger, plan Plan, pod co
 			})
 		}
 		cancel()
+		if err == nil || apierrors.IsTooManyRequests(err) || apierrors.IsConflict(err) {
+			// Answered by the eviction's own work (accepted, refused by a
+			// budget or flow control, a precondition): its round trip is
+			// what the next grace allows for. Timeouts and refused
+			// connections say nothing of when a pod would be stopped.
+			slow.observe(d.now().Sub(now))
+		}
 		switch {
 		case calledOff(ctx):
 			// The drain was called off while the request was out: whatever

@@ -5,8 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"slices"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -835,4 +838,79 @@ func failedCount(t *testing.T, reg *prometheus.Registry) float64 {
 	}
 	t.Fatal("no lastcall_evictions_total{outcome=failed}")
 	return 0
+}
+
+// slowEvictions delays every eviction request by delay before it reaches
+// the apiserver, as API Priority and Fairness queues or a budget's update
+// conflicts do under a fleet-wide preemption, and calls refused after the
+// first eviction answered 429.
+type slowEvictions struct {
+	next    http.RoundTripper
+	delay   time.Duration
+	refused func()
+	once    sync.Once
+}
+
+func (s *slowEvictions) RoundTrip(req *http.Request) (*http.Response, error) {
+	if !strings.HasSuffix(req.URL.Path, "/eviction") {
+		return s.next.RoundTrip(req)
+	}
+	select {
+	case <-time.After(s.delay):
+	case <-req.Context().Done():
+		return nil, req.Context().Err()
+	}
+	resp, err := s.next.RoundTrip(req)
+	if err == nil && resp.StatusCode == http.StatusTooManyRequests {
+		s.once.Do(s.refused)
+	}
+	return resp, err
+}
+
+// The apiserver starts a grace period when it accepts the eviction: a pod
+// whose eviction is answered late must still stop Reserve before the
+// deadline. Its first eviction is refused by a budget, slowly; the budget is
+// then removed, and the retry's grace allows for the slowness seen.
+func TestDrainGraceAllowsForSlowEvictions(t *testing.T) {
+	f := newFixture(t, kubetest.KubeletOptions{FinishAtOnce: true})
+	f.guarded(t, "slow", 1, 0)
+	f.waitRunning(t, 1)
+
+	const delay = 1500 * time.Millisecond
+	cfg := rest.CopyConfig(f.env.Config)
+	cfg.WrapTransport = func(rt http.RoundTripper) http.RoundTripper {
+		return &slowEvictions{next: rt, delay: delay, refused: func() {
+			go func() {
+				err := f.env.Client.PolicyV1().PodDisruptionBudgets(f.ns).Delete(context.Background(), "slow", metav1.DeleteOptions{})
+				if err != nil {
+					t.Errorf("remove the budget: %v", err)
+				}
+			}()
+		}}
+	}
+	d := drainer.New(kubernetes.NewForConfigOrDie(cfg), drainer.Options{Logger: testLogger(t)})
+	policy := drainer.Policy{Reserve: 2 * time.Second}
+	deadline := time.Now().Add(20 * time.Second)
+	rep, err := d.Drain(t.Context(), f.node, deadline, policy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rep.Drained || len(rep.Pods) != 1 || rep.Pods[0].Outcome != drainer.Evicted || rep.Pods[0].Attempts < 2 {
+		t.Fatalf("drained=%v pods=%+v; want slow-0 evicted on a retry", rep.Drained, rep.Pods)
+	}
+	var stop time.Time
+	for _, ev := range f.kubelet.Events() {
+		if ev.What == "terminating" && ev.Pod == f.ns+"/slow-0" {
+			stop = ev.Time.Add(time.Duration(ev.Grace) * time.Second)
+		}
+	}
+	if stop.IsZero() {
+		t.Fatalf("the kubelet never saw slow-0 terminating: %+v", f.kubelet.Events())
+	}
+	// The kubelet sees the deletion a moment after the apiserver made it.
+	const watchDelay = 300 * time.Millisecond
+	if end := deadline.Add(-policy.Reserve); stop.After(end.Add(watchDelay)) {
+		t.Errorf("slow-0 stops %v after the deadline less Reserve (grace %d s, evictions answered %v late)",
+			stop.Sub(end).Round(time.Millisecond), rep.Pods[0].Grace, delay)
+	}
 }

@@ -101,7 +101,7 @@ func TestEvictRetries(t *testing.T) {
 				plan := NewPlan([]corev1.Pod{p}, types.NamespacedName{}, deadline, tc.policy)
 				ctx, cancel := context.WithDeadline(t.Context(), deadline)
 				defer cancel()
-				res := d.evict(ctx, d.log, plan, p)
+				res := d.evict(ctx, d.log, plan, &lag{}, p)
 				if res.Outcome != tc.want {
 					t.Fatalf("outcome %s (err %v), want %s", res.Outcome, res.Err, tc.want)
 				}
@@ -148,7 +148,7 @@ func TestEvictConflictMeansReplaced(t *testing.T) {
 		d := New(client, Options{})
 		p := pod("p")
 		plan := NewPlan([]corev1.Pod{p}, types.NamespacedName{}, time.Now().Add(30*time.Second), Policy{})
-		if res := d.evict(t.Context(), d.log, plan, p); res.Outcome != Gone || res.Attempts != 1 {
+		if res := d.evict(t.Context(), d.log, plan, &lag{}, p); res.Outcome != Gone || res.Attempts != 1 {
 			t.Errorf("outcome %s after %d attempts, want gone after 1", res.Outcome, res.Attempts)
 		}
 	})
@@ -177,7 +177,7 @@ func TestEvictHeldPod(t *testing.T) {
 				start := time.Now()
 				p := pod("p", grace(10))
 				plan := NewPlan([]corev1.Pod{p}, types.NamespacedName{}, start.Add(30*time.Second), Policy{})
-				res := d.evict(t.Context(), d.log, plan, p)
+				res := d.evict(t.Context(), d.log, plan, &lag{}, p)
 				if res.Outcome != Evicted || res.Released != tc.released {
 					t.Fatalf("outcome %s released %v, want evicted, %v", res.Outcome, res.Released, tc.released)
 				}

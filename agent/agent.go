@@ -414,7 +414,7 @@ func (a *Agent) reconcile(ctx context.Context) {
 			a.Holds.Synced(a.Now())
 		}
 	}
-	a.reconcileForeign(d)
+	a.reconcileForeign(ctx, d)
 	a.reconcilePlan(ctx, d)
 	a.reconcileSidecars(ctx, d)
 	a.reconcileNode(ctx, d)
@@ -424,8 +424,9 @@ func (a *Agent) reconcile(ctx context.Context) {
 }
 
 // reconcileForeign logs and records an Event, once per change, when
-// another tool starts or stops taking the node away.
-func (a *Agent) reconcileForeign(d Desired) {
+// another tool starts or stops taking the node away; it counts the drain
+// and posts the webhook once per tool.
+func (a *Agent) reconcileForeign(ctx context.Context, d Desired) {
 	key := ""
 	for _, f := range d.Foreign {
 		key += f.Source + "/" + f.Signal + ";"
@@ -444,6 +445,14 @@ func (a *Agent) reconcileForeign(d Desired) {
 	if a.foreignTool != l.Reason {
 		a.foreignTool = l.Reason
 		a.Metrics.foreignDrain(l)
+		if a.cfg.Webhook.Enabled() {
+			var deadline time.Time
+			if d.Drain != nil {
+				deadline = d.Drain.Deadline
+			}
+			f, log := d.Foreign[0], a.Logger.With("tool", l.Reason)
+			a.wg.Go(func() { a.sendForeignWebhook(ctx, log, f, l, deadline) })
+		}
 	}
 	a.Logger.Info("another tool is taking the node away: workers told to finish", "tool", l.Reason, "signals", len(d.Foreign))
 	a.event(corev1.EventTypeNormal, "ForeignDrain", "%s; lastcall tells the workers to finish and neither cordons nor evicts for it", l.Message)

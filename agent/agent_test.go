@@ -2,8 +2,11 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"io"
 	"maps"
+	"net/http"
 	"slices"
 	"strings"
 	"sync"
@@ -477,7 +480,10 @@ func TestForeignDrainCounted(t *testing.T) {
 		tr := newTracked(node)
 		reg := prometheus.NewRegistry()
 		sc := &modelSidecars{}
-		a, err := New(Config{Node: "n1", Foreign: DefaultForeignConfig()}, Deps{Client: tr.client, Drainer: (&recDrainer{}).use(tr.client), Notifier: sc,
+		hook := &recordingHook{}
+		cfg := Config{Node: "n1", Foreign: DefaultForeignConfig(),
+			Webhook: Webhook{URL: "https://hooks.example/lastcall", Client: &http.Client{Transport: hook}}}
+		a, err := New(cfg, Deps{Client: tr.client, Drainer: (&recDrainer{}).use(tr.client), Notifier: sc,
 			Pods: trackedPods{tr, "n1"}, Node: trackedNode{tr, "n1"}, Events: record.NewFakeRecorder(100), Metrics: NewMetrics(reg)})
 		if err != nil {
 			t.Fatal(err)
@@ -541,7 +547,60 @@ func TestForeignDrainCounted(t *testing.T) {
 		if got := counted(ForeignKarpenter); got != 1 {
 			t.Errorf("lastcall_foreign_drains_total{reason=%q} = %v after another tool's drain, want still 1", ForeignKarpenter, got)
 		}
+		// One webhook per tool, none when a tool stops: Karpenter's, then
+		// cluster-autoscaler's, each naming the tool, with no deadline.
+		got := hook.payloads(t)
+		if len(got) != 2 {
+			t.Fatalf("webhooks posted: %+v; want one for Karpenter, one for cluster-autoscaler", got)
+		}
+		for i, want := range []struct{ kind, id string }{
+			{ForeignKarpenter, "node:karpenter.sh/disrupted"},
+			{ForeignClusterAutoscaler, "node:ToBeDeletedByClusterAutoscaler"},
+		} {
+			p := got[i]
+			if p.Source != ForeignSource || p.Kind != want.kind || p.ID != want.id || p.Action != ForeignAction ||
+				!p.Deadline.IsZero() || p.Remaining != 0 || p.Node != "n1" {
+				t.Errorf("webhook %d: %+v; want source %s, kind %s, id %s, action %s, no deadline", i, p, ForeignSource, want.kind, want.id, ForeignAction)
+			}
+		}
 	})
+}
+
+// recordingHook is a webhook receiver that answers 200 to every POST and
+// keeps the JSON payloads, with no network (for synctest bubbles).
+type recordingHook struct {
+	mu     sync.Mutex
+	bodies [][]byte
+}
+
+func (h *recordingHook) RoundTrip(req *http.Request) (*http.Response, error) {
+	body, err := io.ReadAll(req.Body)
+	if err != nil {
+		return nil, err
+	}
+	h.mu.Lock()
+	h.bodies = append(h.bodies, body)
+	h.mu.Unlock()
+	return &http.Response{StatusCode: http.StatusOK, Body: io.NopCloser(strings.NewReader("")), Request: req}, nil
+}
+
+// payloads decodes what was posted, in order.
+func (h *recordingHook) payloads(t *testing.T) []WebhookPayload {
+	t.Helper()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var out []WebhookPayload
+	for _, b := range h.bodies {
+		var p WebhookPayload
+		if err := json.Unmarshal(b, &p); err != nil {
+			t.Fatalf("webhook body is not a payload: %v\n%s", err, b)
+		}
+		if strings.Contains(string(b), `"deadline"`) && p.Deadline.IsZero() {
+			t.Errorf("webhook body has a zero deadline: %s", b)
+		}
+		out = append(out, p)
+	}
+	return out
 }
 
 // startAgent runs a until the test ends and returns its notice channel and

@@ -47,9 +47,11 @@ func ParseWebhookFormat(s string) (WebhookFormat, error) {
 	return "", fmt.Errorf("unknown webhook format %q: want json, slack, teams or template", s)
 }
 
-// Webhook configures the notification sent when a notice arrives.
+// Webhook configures the notification sent when a notice arrives, or when
+// another tool starts taking the node away (ForeignAction).
 type Webhook struct {
-	// URL receives a POST per notice; empty (and no URLFile) sends nothing.
+	// URL receives a POST per notice and per tool taking the node; empty
+	// (and no URLFile) sends nothing.
 	URL string
 	// URLFile, if set, holds the URL instead (a mounted Secret, so that the
 	// URL is in no command line); it is read at every notice, so a rotated
@@ -88,23 +90,31 @@ type WebhookPayload struct {
 	ID        string    `json:"id"`
 	Action    string    `json:"action"`
 	Detected  time.Time `json:"detected"`
-	Deadline  time.Time `json:"deadline"`
+	Deadline  time.Time `json:"deadline,omitzero"`
 	Remaining float64   `json:"remaining_seconds"`
 	Pods      []string  `json:"pods"`
 }
 
+// ForeignAction is the Action of the webhook sent when another tool
+// (Source ForeignSource, Kind the tool) takes the node away: lastcall tells
+// the workers to finish, and neither cordons nor evicts for it. Deadline is
+// then a notice of lastcall's own that also holds, or none (omitted from the
+// JSON, Remaining 0).
+const ForeignAction = "notify"
+
 // The built-in templates of WebhookSlack and WebhookTeams.
 const (
-	slackTemplate = `{"text": {{ json (printf ":warning: node %s: %s notice from %s, goes away at %s (in %.0fs); lastcall will %s %d pods" .Node .Kind .Source (rfc3339 .Deadline) .Remaining .Action (len .Pods)) }}}`
+	slackTemplate = `{{ if eq .Source "node" }}{"text": {{ json (printf ":warning: node %s: %s is taking the node away (%s); lastcall told the workers of %d pods to finish" .Node .Kind .ID (len .Pods)) }}}` +
+		`{{ else }}{"text": {{ json (printf ":warning: node %s: %s notice from %s, goes away at %s (in %.0fs); lastcall will %s %d pods" .Node .Kind .Source (rfc3339 .Deadline) .Remaining .Action (len .Pods)) }}}{{ end }}`
 	teamsTemplate = `{"type": "message", "attachments": [{"contentType": "application/vnd.microsoft.card.adaptive", "content": {
   "$schema": "http://adaptivecards.io/schemas/adaptive-card.json", "type": "AdaptiveCard", "version": "1.4",
   "body": [
     {"type": "TextBlock", "size": "Medium", "weight": "Bolder", "color": "Attention", "wrap": true,
-     "text": {{ json (printf "Node %s goes away in %.0fs" .Node .Remaining) }}},
+     "text": {{ if eq .Source "node" }}{{ json (printf "Node %s: %s is taking it away" .Node .Kind) }}{{ else }}{{ json (printf "Node %s goes away in %.0fs" .Node .Remaining) }}{{ end }}},
     {"type": "FactSet", "facts": [
       {"title": "Notice", "value": {{ json (printf "%s from %s (%s)" .Kind .Source .ID) }}},
-      {"title": "Deadline", "value": {{ json (rfc3339 .Deadline) }}},
-      {"title": "Action", "value": {{ json (printf "%s %d pods" .Action (len .Pods)) }}}]}]}}]}`
+      {"title": "Deadline", "value": {{ if eq .Source "node" }}"none"{{ else }}{{ json (rfc3339 .Deadline) }}{{ end }}},
+      {"title": "Action", "value": {{ if eq .Source "node" }}{{ json (printf "workers of %d pods told to finish; lastcall neither cordons nor evicts" (len .Pods)) }}{{ else }}{{ json (printf "%s %d pods" .Action (len .Pods)) }}{{ end }}}]}]}}]}`
 )
 
 // Body renders the request body for p in w's format.
@@ -245,30 +255,57 @@ type StatusError struct {
 
 func (e *StatusError) Error() string { return fmt.Sprintf("webhook answered %d", e.Code) }
 
+// foreignRetries bounds the retries of a foreign drain's webhook, which has
+// no deadline of its own to stop at.
+const foreignRetries = 2 * time.Minute
+
 // sendWebhook posts notice n, retrying until its deadline.
 func (a *Agent) sendWebhook(ctx context.Context, log *slog.Logger, n watcher.Notice, action Action) {
-	w := a.cfg.Webhook
-	var pods []string
-	if list, err := a.Pods.ListPods(ctx, a.cfg.Node); err == nil {
-		for _, p := range list {
-			pods = append(pods, p.Namespace+"/"+p.Name)
-		}
-	}
-	payload := WebhookPayload{
+	a.postWebhook(ctx, log, WebhookPayload{
 		Node: a.cfg.Node, Source: string(n.Source), Kind: string(n.Kind), State: string(n.State), ID: n.ID,
 		Action: string(action), Detected: n.Detected, Deadline: n.Deadline,
-		Remaining: n.Deadline.Sub(a.Now()).Seconds(), Pods: pods,
+		Remaining: n.Deadline.Sub(a.Now()).Seconds(),
+	}, n.Deadline)
+}
+
+// sendForeignWebhook posts that tool l is taking the node away, seen as f;
+// deadline is that of a notice of lastcall's own that also holds, or zero.
+// Retries stop at that deadline, or foreignRetries after now.
+func (a *Agent) sendForeignWebhook(ctx context.Context, log *slog.Logger, f Foreign, l ForeignLabel, deadline time.Time) {
+	now := a.Now()
+	detected := f.Since
+	if detected.IsZero() {
+		detected = now
 	}
-	body, err := w.Body(payload)
+	p := WebhookPayload{
+		Node: a.cfg.Node, Source: l.Source, Kind: l.Reason, State: "active", ID: ForeignSource + ":" + f.Signal,
+		Action: ForeignAction, Detected: detected, Deadline: deadline,
+	}
+	until := now.Add(foreignRetries)
+	if !deadline.IsZero() {
+		p.Remaining, until = deadline.Sub(now).Seconds(), deadline
+	}
+	a.postWebhook(ctx, log, p, until)
+}
+
+// postWebhook posts p with the node's pods, retrying until until.
+func (a *Agent) postWebhook(ctx context.Context, log *slog.Logger, p WebhookPayload, until time.Time) {
+	w := a.cfg.Webhook
+	if list, err := a.Pods.ListPods(ctx, a.cfg.Node); err == nil {
+		for _, pod := range list {
+			p.Pods = append(p.Pods, pod.Namespace+"/"+pod.Name)
+		}
+	}
+	body, err := w.Body(p)
 	if err != nil {
 		log.Error("webhook body", "err", err)
 		a.Metrics.webhook("error")
 		return
 	}
 	// Retries stop at the deadline: after it, the news is stale.
-	if n.Deadline.After(a.Now()) {
+	if until.After(a.Now()) {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithDeadline(ctx, n.Deadline)
+		ctx, cancel = context.WithDeadline(ctx, until)
 		defer cancel()
 	}
 	attempts, err := w.Post(ctx, body, func(attempt int, err error) {

@@ -85,6 +85,44 @@ func TestWebhookBodies(t *testing.T) {
 	}
 }
 
+// TestWebhookBodiesForeignDrain renders the built-in formats for another
+// tool taking the node: they name the tool and say lastcall only told the
+// workers, with no deadline (none in the JSON, none invented in the text).
+func TestWebhookBodiesForeignDrain(t *testing.T) {
+	p := WebhookPayload{
+		Node: "spot-7", Source: ForeignSource, Kind: ForeignKarpenter, State: "active", ID: "node:karpenter.sh/disrupted",
+		Action: ForeignAction, Detected: time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC), Pods: []string{"jobs/worker-1"},
+	}
+	for _, tc := range []struct {
+		format WebhookFormat
+		want   []string
+	}{
+		{WebhookJSON, []string{`"source":"node"`, `"kind":"karpenter"`, `"action":"notify"`, `"remaining_seconds":0`}},
+		{WebhookSlack, []string{"node spot-7: karpenter is taking the node away (node:karpenter.sh/disrupted); lastcall told the workers of 1 pods to finish"}},
+		{WebhookTeams, []string{"Node spot-7: karpenter is taking it away", `"value": "none"`, "workers of 1 pods told to finish; lastcall neither cordons nor evicts"}},
+	} {
+		t.Run(string(tc.format), func(t *testing.T) {
+			raw, err := Webhook{Format: tc.format}.Body(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !json.Valid(raw) {
+				t.Fatalf("body is not JSON: %s", raw)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(string(raw), w) {
+					t.Errorf("body lacks %q: %s", w, raw)
+				}
+			}
+			for _, bad := range []string{"deadline\":", "0001-01-01", "goes away at", "in 0s"} {
+				if strings.Contains(string(raw), bad) {
+					t.Errorf("body has %q, a deadline there is none of: %s", bad, raw)
+				}
+			}
+		})
+	}
+}
+
 func TestParseWebhookTemplateRefuses(t *testing.T) {
 	for name, text := range map[string]string{
 		"syntax":        `{"text": {{ .Node }`,

@@ -9,7 +9,8 @@ import (
 
 	authv1 "k8s.io/api/authorization/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
+
+	"github.com/lastcall-dev/lastcall/kubeclient"
 )
 
 // Permission is one thing the agent asks the apiserver to do.
@@ -53,14 +54,14 @@ func Permissions() []Permission {
 // CheckAccess asks the apiserver (SelfSubjectAccessReview) whether the
 // agent's identity may do each of Permissions on node, and returns an error
 // naming every one it may not.
-func CheckAccess(ctx context.Context, client kubernetes.Interface, node string) error {
+func CheckAccess(ctx context.Context, client kubeclient.Interface, node string) error {
 	var missing []string
 	for _, p := range Permissions() {
 		attrs := &authv1.ResourceAttributes{Verb: p.Verb, Group: p.Group, Resource: p.Resource, Subresource: p.Subresource}
 		if p.Resource == "nodes" {
 			attrs.Name = node
 		}
-		review, err := client.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx, &authv1.SelfSubjectAccessReview{
+		review, err := client.CreateSelfSubjectAccessReview(ctx, &authv1.SelfSubjectAccessReview{
 			Spec: authv1.SelfSubjectAccessReviewSpec{ResourceAttributes: attrs},
 		}, metav1.CreateOptions{})
 		if err != nil {

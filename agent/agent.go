@@ -11,10 +11,10 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/record"
 
 	"github.com/lastcall-dev/lastcall/drainer"
+	"github.com/lastcall-dev/lastcall/kubeclient"
 	"github.com/lastcall-dev/lastcall/sidecar"
 	"github.com/lastcall-dev/lastcall/sidecar/wire"
 	"github.com/lastcall-dev/lastcall/watcher"
@@ -138,7 +138,7 @@ const DefaultDrainLead = 10 * time.Minute
 type Deps struct {
 	// Client talks to the apiserver. Build it without a client-side rate
 	// limit.
-	Client kubernetes.Interface
+	Client kubeclient.Interface
 	// Drainer cordons and drains.
 	Drainer Drainer
 	// Notifier tells the sidecars; nil tells none.

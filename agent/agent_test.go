@@ -23,6 +23,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/lastcall-dev/lastcall/drainer"
+	"github.com/lastcall-dev/lastcall/kubeclient/clientset"
 	"github.com/lastcall-dev/lastcall/sidecar/wire"
 	"github.com/lastcall-dev/lastcall/watcher"
 )
@@ -66,7 +67,7 @@ func (r *recDrainer) ops() []string {
 
 // use makes r cordon the nodes of client.
 func (r *recDrainer) use(client kubernetes.Interface) *recDrainer {
-	r.real = drainer.New(client, drainer.Options{})
+	r.real = drainer.New(clientset.New(client), drainer.Options{})
 	return r
 }
 
@@ -107,7 +108,7 @@ func newTestAgent(t *testing.T, d *recDrainer) (*Agent, *record.FakeRecorder) {
 	tr := newTracked(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}})
 	client := tr.client
 	events := record.NewFakeRecorder(100)
-	a, err := New(Config{Node: "n1"}, Deps{Client: client, Drainer: d.use(client), Pods: trackedPods{tr, "n1"}, Node: trackedNode{tr, "n1"}, Events: events})
+	a, err := New(Config{Node: "n1"}, Deps{Client: clientset.New(client), Drainer: d.use(client), Pods: trackedPods{tr, "n1"}, Node: trackedNode{tr, "n1"}, Events: events})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -214,7 +215,7 @@ func TestDryRunOnlyPlans(t *testing.T) {
 		tr := newTracked(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}})
 		client := tr.client
 		events := record.NewFakeRecorder(10)
-		a, err := New(Config{Node: "n1", DryRun: true}, Deps{Client: client, Drainer: d.use(client), Pods: trackedPods{tr, "n1"}, Node: trackedNode{tr, "n1"}, Events: events})
+		a, err := New(Config{Node: "n1", DryRun: true}, Deps{Client: clientset.New(client), Drainer: d.use(client), Pods: trackedPods{tr, "n1"}, Node: trackedNode{tr, "n1"}, Events: events})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -259,7 +260,7 @@ func TestAcknowledgeAfterDrain(t *testing.T) {
 		tr := newTracked(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}})
 		client := tr.client
 		ack := &recAck{}
-		a, err := New(Config{Node: "n1"}, Deps{Client: client, Drainer: d.use(client), Pods: trackedPods{tr, "n1"}, Node: trackedNode{tr, "n1"},
+		a, err := New(Config{Node: "n1"}, Deps{Client: clientset.New(client), Drainer: d.use(client), Pods: trackedPods{tr, "n1"}, Node: trackedNode{tr, "n1"},
 			Events: record.NewFakeRecorder(10), Acknowledger: ack})
 		if err != nil {
 			t.Fatal(err)
@@ -280,7 +281,7 @@ func TestDeadlineGauge(t *testing.T) {
 		reg := prometheus.NewRegistry()
 		tr := newTracked(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}})
 		client := tr.client
-		a, err := New(Config{Node: "n1"}, Deps{Client: client, Drainer: (&recDrainer{}).use(client), Pods: trackedPods{tr, "n1"}, Node: trackedNode{tr, "n1"},
+		a, err := New(Config{Node: "n1"}, Deps{Client: clientset.New(client), Drainer: (&recDrainer{}).use(client), Pods: trackedPods{tr, "n1"}, Node: trackedNode{tr, "n1"},
 			Events: record.NewFakeRecorder(100), Metrics: NewMetrics(reg)})
 		if err != nil {
 			t.Fatal(err)
@@ -325,7 +326,7 @@ func TestLatencyLabels(t *testing.T) {
 		reg := prometheus.NewRegistry()
 		tr := newTracked(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}})
 		client := tr.client
-		a, err := New(Config{Node: "n1"}, Deps{Client: client, Drainer: (&recDrainer{}).use(client), Pods: trackedPods{tr, "n1"}, Node: trackedNode{tr, "n1"},
+		a, err := New(Config{Node: "n1"}, Deps{Client: clientset.New(client), Drainer: (&recDrainer{}).use(client), Pods: trackedPods{tr, "n1"}, Node: trackedNode{tr, "n1"},
 			Events: record.NewFakeRecorder(100), Metrics: NewMetrics(reg)})
 		if err != nil {
 			t.Fatal(err)
@@ -372,7 +373,7 @@ func TestEventReasons(t *testing.T) {
 		client := tr.client
 		events := record.NewFakeRecorder(100)
 		a, err := New(Config{Node: "n1", Policies: Policies{watcher.KindRebalance: ActionNone}},
-			Deps{Client: client, Drainer: d.use(client), Pods: trackedPods{tr, "n1"}, Node: trackedNode{tr, "n1"}, Events: events})
+			Deps{Client: clientset.New(client), Drainer: d.use(client), Pods: trackedPods{tr, "n1"}, Node: trackedNode{tr, "n1"}, Events: events})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -400,7 +401,7 @@ func TestDrainStartsDrainLeadBeforeTheDeadline(t *testing.T) {
 		tr := newTracked(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}})
 		d := (&recDrainer{block: true}).use(tr.client)
 		sc := &modelSidecars{}
-		a, err := New(Config{Node: "n1"}, Deps{Client: tr.client, Drainer: d, Notifier: sc,
+		a, err := New(Config{Node: "n1"}, Deps{Client: clientset.New(tr.client), Drainer: d, Notifier: sc,
 			Pods: trackedPods{tr, "n1"}, Node: trackedNode{tr, "n1"}, Events: record.NewFakeRecorder(100)})
 		if err != nil {
 			t.Fatal(err)
@@ -442,7 +443,7 @@ func TestOutOfServiceAfterTheDeadline(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		tr := newTracked(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}})
 		d := (&recDrainer{}).use(tr.client)
-		a, err := New(Config{Node: "n1", OutOfService: true}, Deps{Client: tr.client, Drainer: d, Notifier: &modelSidecars{},
+		a, err := New(Config{Node: "n1", OutOfService: true}, Deps{Client: clientset.New(tr.client), Drainer: d, Notifier: &modelSidecars{},
 			Pods: trackedPods{tr, "n1"}, Node: trackedNode{tr, "n1"}, Events: record.NewFakeRecorder(100)})
 		if err != nil {
 			t.Fatal(err)
@@ -483,7 +484,7 @@ func TestForeignDrainCounted(t *testing.T) {
 		hook := &recordingHook{}
 		cfg := Config{Node: "n1", Foreign: DefaultForeignConfig(),
 			Webhook: Webhook{URL: "https://hooks.example/lastcall", Client: &http.Client{Transport: hook}}}
-		a, err := New(cfg, Deps{Client: tr.client, Drainer: (&recDrainer{}).use(tr.client), Notifier: sc,
+		a, err := New(cfg, Deps{Client: clientset.New(tr.client), Drainer: (&recDrainer{}).use(tr.client), Notifier: sc,
 			Pods: trackedPods{tr, "n1"}, Node: trackedNode{tr, "n1"}, Events: record.NewFakeRecorder(100), Metrics: NewMetrics(reg)})
 		if err != nil {
 			t.Fatal(err)

@@ -23,6 +23,7 @@ import (
 	"k8s.io/client-go/tools/record"
 
 	"github.com/lastcall-dev/lastcall/drainer"
+	"github.com/lastcall-dev/lastcall/kubeclient/clientset"
 	"github.com/lastcall-dev/lastcall/sidecar"
 	"github.com/lastcall-dev/lastcall/sidecar/wire"
 	"github.com/lastcall-dev/lastcall/watcher"
@@ -297,7 +298,7 @@ func newWorld(t *testing.T, seed uint64) *world {
 	}
 	w.client = w.tr.client
 	w.sidecars = &modelSidecars{w: w}
-	w.drainer = &modelDrainer{real: drainer.New(w.client, drainer.Options{}), w: w, holds: func() drainer.HoldFunc {
+	w.drainer = &modelDrainer{real: drainer.New(clientset.New(w.client), drainer.Options{}), w: w, holds: func() drainer.HoldFunc {
 		w.mu.Lock()
 		defer w.mu.Unlock()
 		return w.holds.Hold
@@ -398,7 +399,7 @@ func (w *world) start() {
 	pods := trackedPods{w.tr, node}
 	holds := NewHolds(w.sidecars, pods)
 	a, err := New(Config{Node: node, Foreign: DefaultForeignConfig()}, Deps{
-		Client: w.client, Drainer: w.drainer, Notifier: holds, Holds: holds,
+		Client: clientset.New(w.client), Drainer: w.drainer, Notifier: holds, Holds: holds,
 		Pods: pods, Node: trackedNode{w.tr, node}, Events: record.NewFakeRecorder(1000),
 		Logger: debugLogger(),
 	})
@@ -818,11 +819,11 @@ func TestDrainWaitsForTheCordonAtMostCordonWait(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		tr := newTracked(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: node}})
 		client := tr.client
-		m := &modelDrainer{real: drainer.New(client, drainer.Options{}), holds: func() drainer.HoldFunc {
+		m := &modelDrainer{real: drainer.New(clientset.New(client), drainer.Options{}), holds: func() drainer.HoldFunc {
 			return func(context.Context, *corev1.Pod) <-chan struct{} { return nil }
 		}}
 		a, err := New(Config{Node: node}, Deps{
-			Client: client, Drainer: stuckCordon{m}, Notifier: &modelSidecars{},
+			Client: clientset.New(client), Drainer: stuckCordon{m}, Notifier: &modelSidecars{},
 			Pods: trackedPods{tr, node}, Node: trackedNode{tr, node}, Events: record.NewFakeRecorder(1000),
 		})
 		if err != nil {

@@ -10,14 +10,15 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/retry"
 
 	"github.com/lastcall-dev/lastcall/drainer"
+	"github.com/lastcall-dev/lastcall/kubeclient"
 	"github.com/lastcall-dev/lastcall/watcher"
 )
 
@@ -66,7 +67,7 @@ func (a *Agent) patchStatus(ctx context.Context, patch []byte) error {
 		// (drainer.DefaultCallTimeout).
 		cctx, cancel := context.WithTimeout(ctx, drainer.DefaultCallTimeout)
 		defer cancel()
-		_, last = a.Client.CoreV1().Nodes().Patch(cctx, a.cfg.Node, types.StrategicMergePatchType, patch, metav1.PatchOptions{}, "status")
+		_, last = a.Client.PatchNode(cctx, a.cfg.Node, types.StrategicMergePatchType, patch, metav1.PatchOptions{}, "status")
 		return last
 	})
 	if err != nil {
@@ -79,12 +80,12 @@ func (a *Agent) patchStatus(ctx context.Context, patch []byte) error {
 // condition of node as a server-side dry run (dryRun: All), which changes
 // nothing: RBAC, admission policies and webhooks that would refuse the
 // condition refuse it now.
-func CheckCondition(ctx context.Context, client kubernetes.Interface, node string) error {
+func CheckCondition(ctx context.Context, client kubeclient.Interface, node string) error {
 	patch, err := conditionPatch(watcher.Notice{}, false, time.Now())
 	if err != nil {
 		return err
 	}
-	_, err = client.CoreV1().Nodes().Patch(ctx, node, types.StrategicMergePatchType, patch, metav1.PatchOptions{DryRun: []string{metav1.DryRunAll}}, "status")
+	_, err = client.PatchNode(ctx, node, types.StrategicMergePatchType, patch, metav1.PatchOptions{DryRun: []string{metav1.DryRunAll}}, "status")
 	if err != nil {
 		return fmt.Errorf("check node condition of %s (dry run): %w", node, err)
 	}
@@ -145,24 +146,34 @@ func conditionReason(k watcher.Kind) string {
 // its reply is lost, and other tools and operators change the node too.
 type NodeWatch struct {
 	node     string
-	factory  informers.SharedInformerFactory
 	informer cache.SharedIndexInformer
 }
 
 // NewNodeWatch returns the watch of node; Run starts it.
-func NewNodeWatch(client kubernetes.Interface, node string) *NodeWatch {
-	factory := informers.NewSharedInformerFactoryWithOptions(client, 0,
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
-			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", node).String()
-		}))
-	return &NodeWatch{node: node, factory: factory, informer: factory.Core().V1().Nodes().Informer()}
+func NewNodeWatch(client kubeclient.Interface, node string) *NodeWatch {
+	only := fields.OneTermEqualSelector("metadata.name", node).String()
+	lw := &cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			o.FieldSelector = only
+			return client.ListNodes(ctx, o)
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			o.FieldSelector = only
+			return client.WatchNodes(ctx, o)
+		},
+	}
+	return &NodeWatch{node: node, informer: cache.NewSharedIndexInformer(lw, &corev1.Node{}, 0, cache.Indexers{})}
 }
 
 // Run keeps the cache until ctx is done. It returns an error if the first
 // list cannot complete before ctx is done.
 func (w *NodeWatch) Run(ctx context.Context) error {
-	w.factory.Start(ctx.Done())
-	defer w.factory.Shutdown()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		w.informer.RunWithContext(ctx)
+	}()
+	defer func() { <-done }()
 	if !cache.WaitForCacheSync(ctx.Done(), w.informer.HasSynced) {
 		return fmt.Errorf("node %s: cache never synced: %w", w.node, context.Cause(ctx))
 	}

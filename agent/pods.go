@@ -8,12 +8,13 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
-	coreinformers "k8s.io/client-go/informers/core/v1"
-	"k8s.io/client-go/kubernetes"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/lastcall-dev/lastcall/drainer"
+	"github.com/lastcall-dev/lastcall/kubeclient"
 )
 
 // NodePods is the agent's one watch on the apiserver: the pods bound to its
@@ -28,14 +29,20 @@ type NodePods struct {
 
 var _ drainer.PodLister = (*NodePods)(nil)
 
-// NewNodePods returns the pod cache of node; Run starts it. It uses the
-// pod informer alone, not client-go's informer factory, which would link
-// the informers and listers of every API group into the binary.
-func NewNodePods(client kubernetes.Interface, node string) *NodePods {
-	informer := coreinformers.NewFilteredPodInformer(client, metav1.NamespaceAll, 0, cache.Indexers{},
-		func(o *metav1.ListOptions) {
-			o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", node).String()
-		})
+// NewNodePods returns the pod cache of node; Run starts it.
+func NewNodePods(client kubeclient.Interface, node string) *NodePods {
+	bound := fields.OneTermEqualSelector("spec.nodeName", node).String()
+	lw := &cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			o.FieldSelector = bound
+			return client.ListPods(ctx, metav1.NamespaceAll, o)
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			o.FieldSelector = bound
+			return client.WatchPods(ctx, metav1.NamespaceAll, o)
+		},
+	}
+	informer := cache.NewSharedIndexInformer(lw, &corev1.Pod{}, 0, cache.Indexers{})
 	// SetTransform fails only once the informer has started.
 	_ = informer.SetTransform(TrimPod)
 	return &NodePods{node: node, informer: informer}

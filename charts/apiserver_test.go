@@ -30,6 +30,7 @@ import (
 	"github.com/lastcall-dev/lastcall/agent"
 	"github.com/lastcall-dev/lastcall/drainer"
 	"github.com/lastcall-dev/lastcall/internal/kubetest"
+	"github.com/lastcall-dev/lastcall/kubeclient/clientset"
 )
 
 // applier creates rendered objects through the dynamic client, finding each
@@ -351,7 +352,7 @@ func TestNodeRestriction(t *testing.T) {
 		if _, err := e.Client.CoreV1().Nodes().Update(t.Context(), n, metav1.UpdateOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		d := drainer.New(agentClient, drainer.Options{})
+		d := drainer.New(clientset.New(agentClient), drainer.Options{})
 		if _, err := d.Cordon(t.Context(), nodeA, "gce", "preemption"); err != nil {
 			t.Fatalf("cordon of its own node refused: %v", err)
 		}
@@ -435,7 +436,7 @@ func TestNodeRestriction(t *testing.T) {
 	t.Run("agent's own access check passes", func(t *testing.T) {
 		// What the agent checks at start (SelfSubjectAccessReviews for each
 		// of agent.Permissions) with the chart's RBAC and the real token.
-		if err := agent.CheckAccess(t.Context(), agentClient, nodeA); err != nil {
+		if err := agent.CheckAccess(t.Context(), clientset.New(agentClient), nodeA); err != nil {
 			t.Errorf("CheckAccess: %v", err)
 		}
 	})

@@ -25,6 +25,7 @@ import (
 	"github.com/lastcall-dev/lastcall/drainer"
 	"github.com/lastcall-dev/lastcall/injector"
 	"github.com/lastcall-dev/lastcall/internal/kubetest"
+	"github.com/lastcall-dev/lastcall/kubeclient/clientset"
 )
 
 // TestEvictionGuard shows the chart's eviction guard at work on the real
@@ -254,7 +255,7 @@ func TestEvictionGuardDown(t *testing.T) {
 	}
 
 	// The drain: evictions refused until the cut-off, then deleted.
-	d := drainer.New(agentClient, drainer.Options{Self: types.NamespacedName{Namespace: ns, Name: "agent"}, PollInterval: 100 * time.Millisecond})
+	d := drainer.New(clientset.New(agentClient), drainer.Options{Self: types.NamespacedName{Namespace: ns, Name: "agent"}, PollInterval: 100 * time.Millisecond})
 	start := time.Now()
 	rep, err := d.Drain(ctx, nodeA, start.Add(8*time.Second), drainer.Policy{OnBlocked: drainer.Delete, BlockedCutoff: 5 * time.Second, Reserve: time.Second, CriticalWindow: time.Second})
 	if err != nil {

@@ -18,6 +18,7 @@ import (
 
 	"github.com/lastcall-dev/lastcall/drainer"
 	"github.com/lastcall-dev/lastcall/internal/kubetest"
+	"github.com/lastcall-dev/lastcall/kubeclient/clientset"
 )
 
 // TestNodeFieldsTable tries, with the agent's pod-bound token on its own
@@ -127,7 +128,7 @@ func TestNodeFieldsTable(t *testing.T) {
 		_, err := agent.CoreV1().Nodes().Patch(ctx, node, types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{}, "status")
 		return err
 	}
-	d := drainer.New(agent, drainer.Options{})
+	d := drainer.New(clientset.New(agent), drainer.Options{})
 	lastcallCordon := func(n *corev1.Node) {
 		// What drainer.Cordon leaves, as the admin would have it stored.
 		n.Spec.Unschedulable = true

@@ -12,6 +12,7 @@ import (
 
 	"github.com/lastcall-dev/lastcall/drainer"
 	"github.com/lastcall-dev/lastcall/internal/kubetest"
+	"github.com/lastcall-dev/lastcall/kubeclient"
 )
 
 // BenchmarkDrain110 cordons and drains a node with 110 pods (the kubelet's
@@ -40,7 +41,7 @@ func BenchmarkDrain110(b *testing.B) {
 			b.Fatal(err)
 		}
 		_, stop := e.StartKubelet(context.Background(), node, kubetest.KubeletOptions{FinishAtOnce: true})
-		d := drainer.New(e.Client, drainer.Options{Logger: slog.New(slog.DiscardHandler)})
+		d := drainer.New(kubeclient.NewForConfigOrDie(e.Config), drainer.Options{Logger: slog.New(slog.DiscardHandler)})
 		b.StartTimer()
 
 		start := time.Now()

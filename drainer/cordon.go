@@ -155,12 +155,12 @@ func (d *Drainer) cordon(n *corev1.Node, source, kind string, seen []Sighting) b
 func (d *Drainer) CheckCordon(ctx context.Context, node, source, kind string) error {
 	cctx, cancel := d.callContext(ctx)
 	defer cancel()
-	n, err := d.client.CoreV1().Nodes().Get(cctx, node, metav1.GetOptions{})
+	n, err := d.client.GetNode(cctx, node, metav1.GetOptions{})
 	if err != nil {
 		return fmt.Errorf("check cordon of node %s: %w", node, err)
 	}
 	d.cordon(n, source, kind, nil)
-	if _, err := d.client.CoreV1().Nodes().Update(cctx, n, metav1.UpdateOptions{DryRun: []string{metav1.DryRunAll}}); err != nil {
+	if _, err := d.client.UpdateNode(cctx, n, metav1.UpdateOptions{DryRun: []string{metav1.DryRunAll}}); err != nil {
 		return fmt.Errorf("check cordon of node %s (dry run): %w", node, err)
 	}
 	return nil
@@ -244,14 +244,14 @@ func (d *Drainer) updateNode(ctx context.Context, name string, mutate func(*core
 				changed = false
 				cctx, cancel := d.callContext(ctx)
 				defer cancel()
-				n, err := d.client.CoreV1().Nodes().Get(cctx, name, metav1.GetOptions{})
+				n, err := d.client.GetNode(cctx, name, metav1.GetOptions{})
 				if err != nil {
 					return err
 				}
 				if !mutate(n) {
 					return nil
 				}
-				if _, err := d.client.CoreV1().Nodes().Update(cctx, n, metav1.UpdateOptions{}); err != nil {
+				if _, err := d.client.UpdateNode(cctx, n, metav1.UpdateOptions{}); err != nil {
 					return err
 				}
 				changed = true

@@ -349,12 +349,12 @@ func (d *Drainer) evict(ctx context.Context, log *slog.Logger, plan Plan, slow *
 		cctx, cancel := d.callContext(ctx)
 		var err error
 		if deleting {
-			err = d.client.CoreV1().Pods(pod.Namespace).Delete(cctx, pod.Name, metav1.DeleteOptions{
+			err = d.client.DeletePod(cctx, pod.Namespace, pod.Name, metav1.DeleteOptions{
 				GracePeriodSeconds: &grace,
 				Preconditions:      &metav1.Preconditions{UID: &pod.UID},
 			})
 		} else {
-			err = d.client.PolicyV1().Evictions(pod.Namespace).Evict(cctx, &policyv1.Eviction{
+			err = d.client.EvictPod(cctx, &policyv1.Eviction{
 				ObjectMeta: metav1.ObjectMeta{Namespace: pod.Namespace, Name: pod.Name},
 				DeleteOptions: &metav1.DeleteOptions{
 					GracePeriodSeconds: &grace,
@@ -479,7 +479,7 @@ func (d *Drainer) waitHeld(ctx context.Context, plan Plan, pod *corev1.Pod, done
 func (d *Drainer) replaced(ctx context.Context, pod corev1.Pod) bool {
 	cctx, cancel := d.callContext(ctx)
 	defer cancel()
-	got, err := d.client.CoreV1().Pods(pod.Namespace).Get(cctx, pod.Name, metav1.GetOptions{})
+	got, err := d.client.GetPod(cctx, pod.Namespace, pod.Name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		return true
 	}

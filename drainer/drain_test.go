@@ -28,6 +28,7 @@ import (
 
 	"github.com/lastcall-dev/lastcall/drainer"
 	"github.com/lastcall-dev/lastcall/internal/kubetest"
+	"github.com/lastcall-dev/lastcall/kubeclient"
 )
 
 var env *kubetest.Env
@@ -96,7 +97,7 @@ func (f *fixture) waitRunning(t *testing.T, n int) {
 }
 
 func (f *fixture) drainer(opts drainer.Options) *drainer.Drainer {
-	return drainer.New(f.env.Client, opts)
+	return drainer.New(kubeclient.NewForConfigOrDie(f.env.Config), opts)
 }
 
 func getPod(t *testing.T, c kubernetes.Interface, ns, name string) (*corev1.Pod, bool) {
@@ -114,7 +115,7 @@ func getPod(t *testing.T, c kubernetes.Interface, ns, name string) (*corev1.Pod,
 func TestCordonAndUncordon(t *testing.T) {
 	e := kubetest.Need(t, env)
 	ctx := t.Context()
-	d := drainer.New(e.Client, drainer.Options{Logger: testLogger(t)})
+	d := drainer.New(kubeclient.NewForConfigOrDie(e.Config), drainer.Options{Logger: testLogger(t)})
 
 	t.Run("undoes exactly what it did", func(t *testing.T) {
 		name := e.UniqueName("node")
@@ -233,7 +234,7 @@ func TestCordonAndUncordon(t *testing.T) {
 		if _, err := e.CreateNode(ctx, name, nil); err != nil {
 			t.Fatal(err)
 		}
-		dx := drainer.New(e.Client, drainer.Options{Logger: testLogger(t), TaintEffect: corev1.TaintEffectNoExecute})
+		dx := drainer.New(kubeclient.NewForConfigOrDie(e.Config), drainer.Options{Logger: testLogger(t), TaintEffect: corev1.TaintEffectNoExecute})
 		if changed, err := dx.OutOfService(ctx, name); err != nil || changed {
 			t.Fatalf("OutOfService before any cordon = %v, %v; want false, nil", changed, err)
 		}
@@ -573,8 +574,7 @@ func TestDrainSurvivesAPIServerOutage(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(proxy.Close)
-	client := kubernetes.NewForConfigOrDie(cfg)
-	d := drainer.New(client, drainer.Options{Logger: testLogger(t), CallTimeout: time.Second})
+	d := drainer.New(kubeclient.NewForConfigOrDie(cfg), drainer.Options{Logger: testLogger(t), CallTimeout: time.Second})
 
 	proxy.Down()
 	outage := 3 * time.Second
@@ -714,7 +714,7 @@ func TestDrainReportsFailures(t *testing.T) {
 	f.waitRunning(t, 2)
 	cfg := rest.CopyConfig(f.env.Config)
 	cfg.Impersonate = rest.ImpersonationConfig{UserName: "nobody"}
-	client, err := kubernetes.NewForConfig(cfg)
+	client, err := kubeclient.NewForConfig(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -888,7 +888,7 @@ func TestDrainGraceAllowsForSlowEvictions(t *testing.T) {
 			}()
 		}}
 	}
-	d := drainer.New(kubernetes.NewForConfigOrDie(cfg), drainer.Options{Logger: testLogger(t)})
+	d := drainer.New(kubeclient.NewForConfigOrDie(cfg), drainer.Options{Logger: testLogger(t)})
 	policy := drainer.Policy{Reserve: 2 * time.Second}
 	deadline := time.Now().Add(20 * time.Second)
 	rep, err := d.Drain(t.Context(), f.node, deadline, policy)

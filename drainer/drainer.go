@@ -13,7 +13,8 @@ import (
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/client-go/kubernetes"
+
+	"github.com/lastcall-dev/lastcall/kubeclient"
 )
 
 // PodLister lists the pods bound to a node. The agent passes one backed by
@@ -67,7 +68,7 @@ type HoldFunc func(ctx context.Context, pod *corev1.Pod) <-chan struct{}
 
 // Drainer cordons and drains nodes. It is safe for concurrent use.
 type Drainer struct {
-	client kubernetes.Interface
+	client kubeclient.Interface
 	log    *slog.Logger
 	self   types.NamespacedName
 	pods   PodLister
@@ -92,7 +93,7 @@ type Drainer struct {
 const DefaultCallTimeout = 20 * time.Second
 
 // New returns a Drainer that talks to the apiserver through client.
-func New(client kubernetes.Interface, opts Options) *Drainer {
+func New(client kubeclient.Interface, opts Options) *Drainer {
 	d := &Drainer{
 		client: client, log: opts.Logger, self: opts.Self, pods: opts.Pods, m: opts.Metrics, hold: opts.Hold,
 		now: opts.Now, call: opts.CallTimeout, poll: opts.PollInterval, effect: opts.TaintEffect,
@@ -119,10 +120,10 @@ func New(client kubernetes.Interface, opts Options) *Drainer {
 	return d
 }
 
-type apiPods struct{ client kubernetes.Interface }
+type apiPods struct{ client kubeclient.Interface }
 
 func (a apiPods) ListPods(ctx context.Context, node string) ([]corev1.Pod, error) {
-	list, err := a.client.CoreV1().Pods(metav1.NamespaceAll).List(ctx, metav1.ListOptions{
+	list, err := a.client.ListPods(ctx, metav1.NamespaceAll, metav1.ListOptions{
 		FieldSelector: fields.OneTermEqualSelector("spec.nodeName", node).String(),
 	})
 	if err != nil {

@@ -17,6 +17,8 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/lastcall-dev/lastcall/kubeclient/clientset"
 	k8stesting "k8s.io/client-go/testing"
 )
 
@@ -94,7 +96,7 @@ func TestEvictRetries(t *testing.T) {
 				client := fake.NewClientset()
 				s := &script{evicts: tc.evicts, final: tc.final}
 				s.install(client)
-				d := New(client, Options{Logger: slog.New(slog.DiscardHandler)})
+				d := New(clientset.New(client), Options{Logger: slog.New(slog.DiscardHandler)})
 				start := time.Now()
 				deadline := start.Add(30 * time.Second)
 				p := pod("p")
@@ -145,7 +147,7 @@ func TestEvictConflictMeansReplaced(t *testing.T) {
 		client := fake.NewClientset(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "p", UID: "new"}})
 		s := &script{final: apierrors.NewConflict(podGR, "p", errors.New("precondition failed: UID"))}
 		s.install(client)
-		d := New(client, Options{})
+		d := New(clientset.New(client), Options{})
 		p := pod("p")
 		plan := NewPlan([]corev1.Pod{p}, types.NamespacedName{}, time.Now().Add(30*time.Second), Policy{})
 		if res := d.evict(t.Context(), d.log, plan, &lag{}, p); res.Outcome != Gone || res.Attempts != 1 {
@@ -173,7 +175,7 @@ func TestEvictHeldPod(t *testing.T) {
 				if tc.release > 0 {
 					time.AfterFunc(tc.release, func() { close(done) })
 				}
-				d := New(client, Options{Hold: func(context.Context, *corev1.Pod) <-chan struct{} { return done }})
+				d := New(clientset.New(client), Options{Hold: func(context.Context, *corev1.Pod) <-chan struct{} { return done }})
 				start := time.Now()
 				p := pod("p", grace(10))
 				plan := NewPlan([]corev1.Pod{p}, types.NamespacedName{}, start.Add(30*time.Second), Policy{})

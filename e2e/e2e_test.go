@@ -27,6 +27,7 @@ import (
 
 	"github.com/lastcall-dev/lastcall/drainer"
 	"github.com/lastcall-dev/lastcall/internal/ec2mock"
+	"github.com/lastcall-dev/lastcall/kubeclient/clientset"
 )
 
 const (
@@ -564,7 +565,7 @@ func (c *cluster) resetNode(t *testing.T, cloud string) {
 	})
 	// The new agent finds no notice; the cordon is undone here whether or
 	// not the agent undid its own.
-	if _, err := drainer.New(c.client, drainer.Options{}).Uncordon(ctx, nodeName); err != nil {
+	if _, err := drainer.New(clientset.New(c.client), drainer.Options{}).Uncordon(ctx, nodeName); err != nil {
 		t.Fatal(err)
 	}
 	// Worker pods created while the injector was evicted went without

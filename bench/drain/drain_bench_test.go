@@ -18,6 +18,7 @@ import (
 
 	"github.com/lastcall-dev/lastcall/drainer"
 	"github.com/lastcall-dev/lastcall/internal/kubetest"
+	"github.com/lastcall-dev/lastcall/kubeclient"
 )
 
 var env *kubetest.Env
@@ -119,7 +120,7 @@ func BenchmarkDrain110(b *testing.B) {
 		for b.Loop() {
 			b.StopTimer()
 			node, stop := node110(b, e)
-			d := drainer.New(e.Client, drainer.Options{Logger: slog.New(slog.DiscardHandler)})
+			d := drainer.New(kubeclient.NewForConfigOrDie(e.Config), drainer.Options{Logger: slog.New(slog.DiscardHandler)})
 			b.StartTimer()
 			start := time.Now()
 			if _, err := d.Cordon(b.Context(), node, "gce", ""); err != nil {

@@ -30,6 +30,7 @@ import (
 	"github.com/lastcall-dev/lastcall/drainer"
 	"github.com/lastcall-dev/lastcall/internal/fleet"
 	"github.com/lastcall-dev/lastcall/internal/kubetest"
+	"github.com/lastcall-dev/lastcall/kubeclient/clientset"
 )
 
 var (
@@ -234,7 +235,7 @@ func runFleet(b *testing.B) {
 		baseMu   sync.Mutex // guards baseReps
 		baseReps []drainer.Report
 	)
-	base := baselineDrainer{d: drainer.New(c.Client, drainer.Options{Pods: obs})}
+	base := baselineDrainer{d: drainer.New(clientset.New(c.Client), drainer.Options{Pods: obs})}
 	cpu := sampleCPU(b)
 	first := time.Now()
 	var last time.Time

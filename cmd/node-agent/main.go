@@ -27,9 +27,6 @@ import (
 	"golang.org/x/sync/errgroup"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
-	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
@@ -38,6 +35,7 @@ import (
 	"github.com/lastcall-dev/lastcall/drainer"
 	"github.com/lastcall-dev/lastcall/internal/httpguard"
 	"github.com/lastcall-dev/lastcall/internal/logformat"
+	"github.com/lastcall-dev/lastcall/kubeclient"
 	"github.com/lastcall-dev/lastcall/sidecar"
 	"github.com/lastcall-dev/lastcall/sidecar/wire"
 	"github.com/lastcall-dev/lastcall/watcher"
@@ -247,9 +245,9 @@ func run(ctx context.Context, o *options, logger *slog.Logger) error {
 	// second, not in client-go's default 5 per second.
 	cfg.QPS, cfg.Burst = -1, -1
 	cfg.UserAgent = "lastcall-node-agent/" + version
-	client, err := kubernetes.NewForConfig(cfg)
+	client, err := kubeclient.NewForConfig(cfg)
 	if err != nil {
-		return fmt.Errorf("apiserver client: %w", err)
+		return err
 	}
 
 	reg := prometheus.NewRegistry()
@@ -368,8 +366,10 @@ func run(ctx context.Context, o *options, logger *slog.Logger) error {
 	d := drainer.New(client, dopts)
 	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
 	defer broadcaster.Shutdown()
-	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
-	recorder := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "lastcall", Host: o.node})
+	// Not canceled with ctx: the Events of the shutdown itself (a drain
+	// called off) are still written while the broadcaster drains.
+	broadcaster.StartRecordingToSink(kubeclient.EventSink(context.WithoutCancel(ctx), client))
+	recorder := broadcaster.NewRecorder(kubeclient.NewScheme(), corev1.EventSource{Component: "lastcall", Host: o.node})
 
 	var ack agent.Acknowledger
 	if az, ok := w.(*azure.Watcher); ok && o.azureAck {

@@ -17,6 +17,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -60,6 +61,13 @@ func limits() (metrics, hub httpguard.Limits) {
 	}
 	return metrics, hub
 }
+
+// defaultGOGC is the agent's GOGC when the environment sets none. Its live
+// heap is a few MiB, and the metadata polls (5 a second on AWS) churn it:
+// at Go's 100 the heap doubles between collections, at 50 it grows half as
+// much, about 2 MiB less resident at rest, for collections of a small heap
+// that cost well under a millisecond each.
+const defaultGOGC = 50
 
 // checkSpread is the longest the access check waits after start: a random
 // share of it spreads the checks of a fleet's agents that start together.
@@ -195,6 +203,9 @@ func Main(args []string, getenv func(string) string, stderr io.Writer) int {
 	if err != nil {
 		fmt.Fprintln(stderr, "node-agent:", err)
 		return 2
+	}
+	if getenv("GOGC") == "" {
+		debug.SetGCPercent(defaultGOGC)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

@@ -123,6 +123,7 @@ func runPeer(b *testing.B, launch func(*testing.B, *cluster, string, *memCgroup)
 	alive()
 	reqRate := float64(proxy.count()-before) / time.Since(t0).Seconds()
 	rssRest, wsRest := rssMiB(b, cmd.Process.Pid), cg.workingSetMiB(b)
+	b.Logf("memory at rest: %s", rssParts(b, cmd.Process.Pid))
 
 	peakRSS, peakWS := rssRest, wsRest
 	if c.node_(b).Spec.Unschedulable {

@@ -16,6 +16,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -172,9 +173,6 @@ func (w *worker) handle(ctx, drain context.Context, msg jetstream.Msg) {
 	work, cancel := sidecar.UntilDeadline(ctx, drain, 2*time.Second)
 	err = process(work, msg, cost)
 	cancel()
-	// The answer to the server must not depend on ctx, which SIGTERM ends.
-	actx, acancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer acancel()
 	if err != nil {
 		if nerr := msg.Nak(); nerr != nil {
 			w.emit("nak-failed", seq, nerr.Error())
@@ -183,11 +181,29 @@ func (w *worker) handle(ctx, drain context.Context, msg jetstream.Msg) {
 		w.emit("handed-back", seq, err.Error())
 		return
 	}
-	if err := msg.DoubleAck(actx); err != nil {
-		w.emit("ack-failed", seq, err.Error())
-		return
+	// The answer to the server must not depend on ctx, which SIGTERM ends.
+	// An ack whose reply is lost (a timeout) may have landed or not: it is
+	// sent again, which JetStream answers the same for a message already
+	// acknowledged, a few times within the pod's grace.
+	var aerr error
+	for attempt := 1; attempt <= 3; attempt++ {
+		actx, acancel := context.WithTimeout(context.Background(), 3*time.Second)
+		aerr = msg.DoubleAck(actx)
+		acancel()
+		if aerr == nil {
+			detail := ""
+			if attempt > 1 {
+				detail = fmt.Sprintf("attempt %d", attempt)
+			}
+			w.emit("acked", seq, detail)
+			return
+		}
+		if !errors.Is(aerr, context.DeadlineExceeded) && !errors.Is(aerr, nats.ErrTimeout) {
+			break
+		}
+		w.log.Warn("acknowledgement not answered, sending it again", "seq", seq, "attempt", attempt, "err", aerr)
 	}
-	w.emit("acked", seq, "")
+	w.emit("ack-failed", seq, aerr.Error())
 }
 
 // process works for cost in 100 ms steps, telling the server it is still

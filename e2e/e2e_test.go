@@ -212,6 +212,7 @@ func testInjected(t *testing.T, c *cluster) {
 	if _, err := c.client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: workNS}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	c.waitInjection(t)
 	if _, err := c.client.AppsV1().Deployments(workNS).Create(ctx, c.workerDeployment(), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -295,6 +296,36 @@ func ready(p *corev1.Pod) bool {
 
 // waitWorkers waits until n worker pods are ready, with their sidecars
 // subscribed to the agent and their workers started, and returns them.
+// waitInjection waits until a worker pod created now gets its sidecar: a
+// server-side dry run of one comes back injected. helm install --wait
+// returns once the injector is ready, but the apiserver reaches it through
+// its Service, whose route the node's proxy programs a moment later; a pod
+// created in between starts without the sidecar (the webhook's
+// failurePolicy is Ignore), as docs/troubleshooting.md says.
+func (c *cluster) waitInjection(t *testing.T) {
+	t.Helper()
+	tmpl := c.workerDeployment().Spec.Template
+	probe := &corev1.Pod{ObjectMeta: *tmpl.ObjectMeta.DeepCopy(), Spec: *tmpl.Spec.DeepCopy()}
+	probe.Name, probe.Namespace = "injection-probe", workNS
+	start := time.Now()
+	var last string
+	c.poll(t, time.Minute, "a dry-run worker pod injected with the sidecar", func(ctx context.Context) (bool, error) {
+		got, err := c.client.CoreV1().Pods(workNS).Create(ctx, probe, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+		if err != nil {
+			last = err.Error()
+			return false, nil
+		}
+		for _, ic := range got.Spec.InitContainers {
+			if ic.Name == "lastcall" {
+				return true, nil
+			}
+		}
+		last = "created without the sidecar"
+		return false, nil
+	})
+	t.Logf("injection works %v after the step began (last miss: %q)", time.Since(start).Round(time.Millisecond), last)
+}
+
 func (c *cluster) waitWorkers(t *testing.T, n int) []corev1.Pod {
 	t.Helper()
 	var out []corev1.Pod

@@ -81,13 +81,20 @@ type Client struct {
 var _ Interface = (*Client)(nil)
 
 // NewForConfig returns a Client for cfg (its host, credentials, rate limit
-// and user agent; the API path and serializer are set here).
+// and user agent; the API path and serializer are set here). Unless cfg
+// names a content type, it speaks protobuf, as the kubelet and the
+// controller manager do: smaller to decode than JSON for the agent, and an
+// encoding the apiserver already makes of each watch event for them.
 func NewForConfig(cfg *rest.Config) (*Client, error) {
 	s := NewScheme()
 	c := rest.CopyConfig(cfg)
 	c.APIPath = "/api"
 	c.GroupVersion = &corev1.SchemeGroupVersion
 	c.NegotiatedSerializer = serializer.NewCodecFactory(s).WithoutConversion()
+	if c.ContentType == "" {
+		c.ContentType = runtime.ContentTypeProtobuf
+		c.AcceptContentTypes = runtime.ContentTypeProtobuf + "," + runtime.ContentTypeJSON
+	}
 	if c.UserAgent == "" {
 		c.UserAgent = rest.DefaultKubernetesUserAgent()
 	}

@@ -1,7 +1,10 @@
 package kubeclient_test
 
 import (
+	"net/http"
 	"os"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -13,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/rest"
 
 	"github.com/lastcall-dev/lastcall/internal/kubetest"
 	"github.com/lastcall-dev/lastcall/kubeclient"
@@ -23,15 +27,32 @@ var env *kubetest.Env
 func TestMain(m *testing.M) { os.Exit(kubetest.Main(m, &env)) }
 
 // Every call of Interface against a real apiserver: the narrow scheme
-// encodes and decodes what the agent sends and reads, and the apiserver's
-// refusals come back as the errors apierrors recognises.
+// encodes and decodes what the agent sends and reads, in protobuf, and the
+// apiserver's refusals come back as the errors apierrors recognises.
 func TestClient(t *testing.T) {
 	e := kubetest.Need(t, env)
 	ctx := t.Context()
-	c, err := kubeclient.NewForConfig(e.Config)
+	cfg := rest.CopyConfig(e.Config)
+	answers := &contentTypes{seen: map[string]int{}}
+	cfg.Wrap(answers.wrap)
+	c, err := kubeclient.NewForConfig(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer func() {
+		// Everything the apiserver answered, objects, lists, watch events
+		// and refusals alike, came in protobuf.
+		answers.mu.Lock()
+		defer answers.mu.Unlock()
+		for ct, n := range answers.seen {
+			if !strings.HasPrefix(ct, "application/vnd.kubernetes.protobuf") {
+				t.Errorf("%d answers in %q, want protobuf (all: %v)", n, ct, answers.seen)
+			}
+		}
+		if len(answers.seen) == 0 {
+			t.Error("no answers seen")
+		}
+	}()
 	node := e.UniqueName("node")
 	if _, err := e.CreateNode(ctx, node, nil); err != nil {
 		t.Fatal(err)
@@ -140,3 +161,25 @@ func TestClient(t *testing.T) {
 		t.Errorf("Patch = %v, %v", ev, err)
 	}
 }
+
+// contentTypes counts the content types of the apiserver's answers.
+type contentTypes struct {
+	mu   sync.Mutex
+	seen map[string]int
+}
+
+func (c *contentTypes) wrap(rt http.RoundTripper) http.RoundTripper {
+	return roundTripper(func(r *http.Request) (*http.Response, error) {
+		resp, err := rt.RoundTrip(r)
+		if err == nil {
+			c.mu.Lock()
+			c.seen[resp.Header.Get("Content-Type")]++
+			c.mu.Unlock()
+		}
+		return resp, err
+	})
+}
+
+type roundTripper func(*http.Request) (*http.Response, error)
+
+func (f roundTripper) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }

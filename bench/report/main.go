@@ -218,9 +218,9 @@ func Render(w io.Writer, m Machine, r Results, raw []string) {
 // same spot notice.
 func renderPeer(p func(string, ...any), r Results) {
 	const base = "cmd/node-agent/BenchmarkPeerAWS110/"
-	lc, nd, nq := base+"lastcall", base+"nth-defaults", base+"nth-qps100"
+	lc, nd, nq, fl := base+"lastcall", base+"nth-defaults", base+"nth-qps100", base+"floor"
 	p("\n## aws-node-termination-handler, side by side\n\n")
-	p("`cmd/node-agent/BenchmarkPeerAWS110`, in one run: each handler in turn on a node with 110 pods (deletions finished at once by the fake kubelet), the same apiserver, and the real amazon-ec2-metadata-mock behind a loopback proxy that counts requests and shows the spot interruption notice when the benchmark says. lastcall runs as `make build` builds it, at its defaults (`--cloud=aws`); aws-node-termination-handler (NTH, IMDS mode) as its release build is built from its Go module (the version in `hack/nth/go.mod`), at its defaults, with in-cluster credentials of a cluster-admin service account. Times are from the notice appearing to the Node seen unschedulable and to the last of the 110 pods gone, seen by the benchmark polling every 20 ms. Memory: VmRSS (the mapped binary included), and the working set the kubelet would report for a container holding the process alone (a memory cgroup of its own: usage minus inactive file; the binary's page cache is charged to whoever read it first, on a node containerd, so this is the process's own memory), at rest after 20 s and at its peak while draining.\n\n")
+	p("`cmd/node-agent/BenchmarkPeerAWS110`, in one run: each handler in turn on a node with 110 pods (deletions finished at once by the fake kubelet), the same apiserver, and the real amazon-ec2-metadata-mock behind a loopback proxy that counts requests and shows the spot interruption notice when the benchmark says. lastcall runs as `make build` builds it, at its defaults (`--cloud=aws`); aws-node-termination-handler (NTH, IMDS mode) as its release build is built from its Go module (the version in `hack/nth/go.mod`), at its defaults, with in-cluster credentials of a cluster-admin service account. Times are from the notice appearing to the Node seen unschedulable (the benchmark reads it every 20 ms) and to the last of the 110 pods gone (as a watch of the pods reports it: the benchmark does not list 110 pods over and over, a load on the apiserver that would slow the drain it measures). Memory: VmRSS (the mapped binary included), and the working set the kubelet would report for a container holding the process alone (a memory cgroup of its own: usage minus inactive file; the binary's page cache is charged to whoever read it first, on a node containerd, so this is the process's own memory), at rest after 20 s and at its peak while draining.\n\n")
 	if _, ok := r[nq]; !ok {
 		p("NTH at QPS 100 / burst 200 (`KUBE_API_QPS`, `KUBE_API_BURST`) did not run.\n\n")
 	} else {
@@ -238,6 +238,19 @@ func renderPeer(p func(string, ...any), r Results) {
 	} {
 		p("| %s | %s | %s | %s | %s | %s |\n", x.what, r.get(lc, x.unit, 1, x.format), r.get(nd, x.unit, 1, x.format), r.get(nq, x.unit, 1, x.format),
 			r.ratio(nd, lc, x.unit), r.ratio(nq, lc, x.unit))
+	}
+	const gone = "ms-notice-to-110-gone"
+	if _, ok := r.value(fl, gone); !ok {
+		return
+	}
+	p("\nThe floor under every handler (`BenchmarkPeerAWS110/floor`, the same run): no handler runs; the benchmark itself, knowing the pods beforehand, cordons the node and sends all 110 evictions at once the moment the notice shows, with no detection and no client-side rate limit. What it measures is the apiserver's and the kubelet's own time to take 110 pods off this node: ")
+	p("notice → all 110 pods gone **%s**. ", r.get(fl, gone, 1, "%.0f ms"))
+	p("No handler can go faster here, so NTH at QPS 100 ÷ floor, **%s**, is the largest ratio any handler could show on this machine; ", r.ratio(nq, fl, gone))
+	if l, ok := r.value(lc, gone); ok {
+		f, _ := r.value(fl, gone)
+		p("lastcall takes %.0f ms more than the floor (its IMDS poll, then the cordon before the evictions).\n", l-f)
+	} else {
+		p("lastcall did not run.\n")
 	}
 }
 

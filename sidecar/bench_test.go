@@ -124,7 +124,9 @@ func BenchmarkNotify110(b *testing.B) {
 	b.StopTimer()
 
 	bin := filepath.Join(b.TempDir(), "sidecar")
-	if out, err := exec.Command("go", "build", "-ldflags", "-s -w", "-o", bin, "github.com/lastcall-dev/lastcall/cmd/sidecar").CombinedOutput(); err != nil {
+	build := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", bin, "github.com/lastcall-dev/lastcall/cmd/sidecar")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0") // as make build: what the image holds
+	if out, err := build.CombinedOutput(); err != nil {
 		b.Fatalf("build: %v\n%s", err, out)
 	}
 	fi, err := os.Stat(bin)

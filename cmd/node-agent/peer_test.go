@@ -23,9 +23,14 @@ import (
 	policyv1 "k8s.io/api/policy/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/lastcall-dev/lastcall/internal/ec2mock"
 	"github.com/lastcall-dev/lastcall/internal/kubetest"
@@ -64,7 +69,7 @@ func BenchmarkPeerAWS110(b *testing.B) {
 			runPeer(b, func(b *testing.B, c *cluster, imds string, cg *memCgroup) *exec.Cmd {
 				args := []string{
 					"--node-name=" + c.node, "--pod-name=lastcall-agent", "--pod-namespace=" + c.ns,
-					"--kubeconfig=" + c.kubeconfig, "--listen=" + freeAddr(b), "--sidecar-listen=" + freeAddr(b),
+					"--kubeconfig=" + adminKubeconfig(b, c, adminToken(b, c, "lastcall")), "--listen=" + freeAddr(b), "--sidecar-listen=" + freeAddr(b),
 					"--log-format=text", "--cloud=aws", "--aws-imds-endpoint=" + imds,
 				}
 				bin := agentBin
@@ -199,17 +204,22 @@ func runPeer(b *testing.B, launch func(*testing.B, *cluster, string, *memCgroup)
 // evictAll returns the handler that cannot be beaten: it knows the pods
 // beforehand and, the moment the notice shows (no detection), cordons the
 // node and sends every worker pod's eviction at once, with a client of no
-// rate limit. What it measures is the apiserver's and the kubelet's own
+// rate limit that speaks protobuf, as a service account bound to
+// cluster-admin like the handlers (adminToken). What it measures is the apiserver's and the kubelet's own
 // time to take 110 pods off the node: the floor under any handler's
 // notice → all pods gone on this machine.
 func evictAll(b *testing.B, c *cluster) func() {
 	ctx := b.Context()
-	list, err := c.env.Client.CoreV1().Pods(c.ns).List(ctx, metav1.ListOptions{})
+	client, err := kubernetes.NewForConfig(adminConfig(c, adminToken(b, c, "floor")))
+	if err != nil {
+		b.Fatal(err)
+	}
+	list, err := client.CoreV1().Pods(c.ns).List(ctx, metav1.ListOptions{})
 	if err != nil {
 		b.Fatal(err)
 	}
 	return func() {
-		_, err := c.env.Client.CoreV1().Nodes().Patch(ctx, c.node, types.MergePatchType, []byte(`{"spec":{"unschedulable":true}}`), metav1.PatchOptions{})
+		_, err := client.CoreV1().Nodes().Patch(ctx, c.node, types.MergePatchType, []byte(`{"spec":{"unschedulable":true}}`), metav1.PatchOptions{})
 		if err != nil {
 			b.Errorf("cordon: %v", err)
 		}
@@ -218,7 +228,7 @@ func evictAll(b *testing.B, c *cluster) func() {
 				continue
 			}
 			go func() {
-				err := c.env.Client.PolicyV1().Evictions(p.Namespace).Evict(ctx, &policyv1.Eviction{
+				err := client.PolicyV1().Evictions(p.Namespace).Evict(ctx, &policyv1.Eviction{
 					ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: p.Name},
 				})
 				if err != nil && ctx.Err() == nil {
@@ -356,18 +366,19 @@ func nthEnv(tb testing.TB, c *cluster, imds string) []string {
 	}
 }
 
-// nthSecrets writes what a pod finds in
-// /var/run/secrets/kubernetes.io/serviceaccount (a token of a service
-// account bound to cluster-admin, the apiserver's CA) into a directory and
-// returns it.
-func nthSecrets(tb testing.TB, c *cluster) string {
+// adminToken returns a token of a new service account named name, bound to
+// cluster-admin. Every handler of the benchmark, and the floor, acts with
+// such a token, as a handler in a pod does: the apiserver's flow control
+// puts their requests in the same priority level (service accounts'), not
+// the exempt one of system:masters.
+func adminToken(tb testing.TB, c *cluster, name string) string {
 	ctx := tb.Context()
-	sa, err := c.env.Client.CoreV1().ServiceAccounts(c.ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "nth"}}, metav1.CreateOptions{})
+	sa, err := c.env.Client.CoreV1().ServiceAccounts(c.ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
 	if err != nil {
 		tb.Fatal(err)
 	}
 	_, err = c.env.Client.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: c.env.UniqueName("nth")},
+		ObjectMeta: metav1.ObjectMeta{Name: c.env.UniqueName(name)},
 		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "cluster-admin"},
 		Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Namespace: c.ns, Name: sa.Name}},
 	}, metav1.CreateOptions{})
@@ -380,8 +391,44 @@ func nthSecrets(tb testing.TB, c *cluster) string {
 	if err != nil {
 		tb.Fatal(err)
 	}
+	return tok.Status.Token
+}
+
+// adminConfig is the apiserver's address and CA with token, no
+// client-side rate limit, and protobuf.
+func adminConfig(c *cluster, token string) *rest.Config {
+	return &rest.Config{
+		Host: c.env.Config.Host, BearerToken: token, QPS: -1, Burst: -1,
+		TLSClientConfig: rest.TLSClientConfig{CAData: c.env.Config.CAData},
+		ContentConfig: rest.ContentConfig{
+			ContentType:        runtime.ContentTypeProtobuf,
+			AcceptContentTypes: runtime.ContentTypeProtobuf + "," + runtime.ContentTypeJSON,
+		},
+	}
+}
+
+// adminKubeconfig writes a kubeconfig of adminConfig(c, token) and returns
+// its path.
+func adminKubeconfig(tb testing.TB, c *cluster, token string) string {
+	kc := clientcmdapi.NewConfig()
+	kc.Clusters["test"] = &clientcmdapi.Cluster{Server: c.env.Config.Host, CertificateAuthorityData: c.env.Config.CAData}
+	kc.AuthInfos["handler"] = &clientcmdapi.AuthInfo{Token: token}
+	kc.Contexts["test"] = &clientcmdapi.Context{Cluster: "test", AuthInfo: "handler"}
+	kc.CurrentContext = "test"
+	path := filepath.Join(tb.TempDir(), "kubeconfig")
+	if err := clientcmd.WriteToFile(*kc, path); err != nil {
+		tb.Fatal(err)
+	}
+	return path
+}
+
+// nthSecrets writes what a pod finds in
+// /var/run/secrets/kubernetes.io/serviceaccount (a token of a service
+// account bound to cluster-admin, the apiserver's CA) into a directory and
+// returns it.
+func nthSecrets(tb testing.TB, c *cluster) string {
 	dir := tb.TempDir()
-	for name, data := range map[string][]byte{"token": []byte(tok.Status.Token), "ca.crt": c.env.Config.CAData, "namespace": []byte(c.ns)} {
+	for name, data := range map[string][]byte{"token": []byte(adminToken(tb, c, "nth")), "ca.crt": c.env.Config.CAData, "namespace": []byte(c.ns)} {
 		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
 			tb.Fatal(err)
 		}

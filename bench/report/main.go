@@ -177,6 +177,15 @@ func Render(w io.Writer, m Machine, r Results, raw []string) {
 	row("AWS detection: spot notice appears → Notice (spot path read every 250 ms, the others in turn once a second)",
 		"p50 "+r.get(ec2, "p50-ms", 1, "%.0f ms")+", p99 "+r.get(ec2, "p99-ms", 1, "%.0f ms")+" (100 notices), "+
 			r.get(ec2, "imds-req/s-at-rest", 1, "%.1f")+" IMDS requests a second at rest", ec2)
+	other := "watcher/ec2/BenchmarkDetectionOther/"
+	for _, x := range []struct{ name, what string }{
+		{"asg", "ASG `target-lifecycle-state` Terminated (read every 2 s)"},
+		{"rebalance", "rebalance recommendation (read every 6 s)"},
+		{"scheduled", "scheduled maintenance event (read every 6 s)"},
+	} {
+		row("AWS detection: "+x.what+" → Notice",
+			"p50 "+r.get(other+x.name, "p50-ms", 1, "%.0f ms")+", p99 "+r.get(other+x.name, "p99-ms", 1, "%.0f ms")+" (12 notices)", other+x.name)
+	}
 	agent := "cmd/node-agent/BenchmarkNodeAgent110"
 	row("notice → node cordoned (agent binary, 110 pods)", r.get(agent, "ms-notice-to-cordon", 1, "%.0f ms")+" from the flip, seen by the benchmark polling the Node; "+
 		r.get(agent, "ms-detected-to-cordon", 1, "%.0f ms")+" from detection (the agent's `lastcall_notice_to_cordon_seconds`)", agent)

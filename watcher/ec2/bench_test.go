@@ -2,6 +2,7 @@ package ec2
 
 import (
 	"context"
+	"fmt"
 	"math/rand/v2"
 	"net/http/httptest"
 	"slices"
@@ -94,3 +95,66 @@ func restRate(b *testing.B, url string, fake *fakeIMDS) float64 {
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// BenchmarkDetectionOther measures, as BenchmarkDetection does for the spot
+// notice, the time from a notice appearing on each of the other paths to
+// the Notice, at the default intervals. They share one request a second
+// (RotateInterval), so each is read less often than PathSpot: PathASG
+// every 2 s, the rest every 6 s. The notice appears at a random moment of
+// the path's period; the bound is one period plus one request.
+func BenchmarkDetectionOther(b *testing.B) {
+	rotate := 4 * DefaultPollInterval
+	for _, c := range []struct {
+		name, path, rest, notice string
+		kind                     watcher.Kind
+		period                   time.Duration
+	}{
+		{"asg", PathASG, "InService", "Terminated", watcher.KindTermination, 2 * rotate},
+		{"rebalance", PathRebalance, "", rebalance, watcher.KindRebalance, 6 * rotate},
+		{"scheduled", PathScheduled, "[]", fmt.Sprintf(scheduled, "active"), watcher.KindMaintenance, 6 * rotate},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			fake := newFake()
+			srv := httptest.NewServer(fake)
+			b.Cleanup(srv.Close)
+			var lat []time.Duration
+			for b.Loop() {
+				if c.rest == "" {
+					fake.unset(c.path)
+				} else {
+					fake.set(c.path, c.rest)
+				}
+				w, err := New(Options{Endpoint: srv.URL})
+				if err != nil {
+					b.Fatal(err)
+				}
+				ctx, cancel := context.WithCancel(b.Context())
+				out := make(chan watcher.Notice, 1)
+				done := make(chan struct{})
+				before := fake.getsOf(c.path)
+				go func() {
+					defer close(done)
+					_ = w.Watch(ctx, out)
+				}()
+				fake.waitGets(ctx, c.path, before+1)
+				time.Sleep(rand.N(c.period))
+				start := time.Now()
+				fake.set(c.path, c.notice)
+				n := <-out
+				for n.State == watcher.StateSynced {
+					n = <-out
+				}
+				lat = append(lat, time.Since(start))
+				if n.Kind != c.kind {
+					b.Fatalf("got %v, want a %s notice", n, c.kind)
+				}
+				cancel()
+				<-done
+			}
+			slices.Sort(lat)
+			b.ReportMetric(ms(lat[len(lat)/2]), "p50-ms")
+			b.ReportMetric(ms(lat[min(len(lat)-1, len(lat)*99/100)]), "p99-ms")
+			b.ReportMetric(ms(lat[len(lat)-1]), "max-ms")
+		})
+	}
+}

@@ -45,7 +45,10 @@ import (
 // rest, then the notice → node unschedulable, → all 110 pods gone, and the
 // peak memory while draining. Memory is VmRSS and the working set that the
 // kubelet would report for a container holding the process alone (see
-// memCgroup).
+// memCgroup). Both act as service accounts bound to cluster-admin
+// (adminToken). First, the floor: the same work with no handler, the
+// benchmark evicting the pods itself the moment the notice shows
+// (evictAll).
 //
 // LASTCALL_PEER_AGENT names another build of the agent to run instead of
 // this one (a before-and-after comparison). NTH's binary comes from

@@ -83,9 +83,9 @@ OLDEST_KUBE := v1.30.14
 testbin-oldest: testbin
 	./hack/testbin.sh oldest
 
-test-oldest: testbin-oldest $(TOOLS)/helm $(TOOLS)/rulecheck ## the chart (install, admission policies, eviction guard), injector and drainer tests against kube-apiserver $(OLDEST_KUBE)
+test-oldest: testbin-oldest $(TOOLS)/helm $(TOOLS)/rulecheck ## the chart (install, admission policies, eviction guard), injector, drainer and kubeclient tests against kube-apiserver $(OLDEST_KUBE)
 	KUBEBUILDER_ASSETS=$(TESTBIN)/$(OLDEST_KUBE) LASTCALL_KUBE_VERSION=$(OLDEST_KUBE) \
-		$(GO) test -race -count=1 -timeout 20m ./charts/ ./injector/ ./drainer/
+		$(GO) test -race -count=1 -timeout 20m ./charts/ ./injector/ ./drainer/ ./kubeclient/
 
 
 # The linux/arm64 binaries of `make image` under qemu-aarch64 (Debian's

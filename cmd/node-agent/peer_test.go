@@ -23,10 +23,8 @@ import (
 	policyv1 "k8s.io/api/policy/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
@@ -34,6 +32,7 @@ import (
 
 	"github.com/lastcall-dev/lastcall/internal/ec2mock"
 	"github.com/lastcall-dev/lastcall/internal/kubetest"
+	"github.com/lastcall-dev/lastcall/kubeclient"
 )
 
 // BenchmarkPeerAWS110 puts lastcall and aws-node-termination-handler (NTH,
@@ -206,23 +205,23 @@ func runPeer(b *testing.B, launch func(*testing.B, *cluster, string, *memCgroup)
 
 // evictAll returns the handler that cannot be beaten: it knows the pods
 // beforehand and, the moment the notice shows (no detection), cordons the
-// node and sends every worker pod's eviction at once, with a client of no
-// rate limit that speaks protobuf, as a service account bound to
-// cluster-admin like the handlers (adminToken). What it measures is the apiserver's and the kubelet's own
+// node and sends every worker pod's eviction at once, with lastcall's
+// client (kubeclient: protobuf) and no rate limit, as a service account
+// bound to cluster-admin like the handlers (adminToken). What it measures is the apiserver's and the kubelet's own
 // time to take 110 pods off the node: the floor under any handler's
 // notice → all pods gone on this machine.
 func evictAll(b *testing.B, c *cluster) func() {
 	ctx := b.Context()
-	client, err := kubernetes.NewForConfig(adminConfig(c, adminToken(b, c, "floor")))
+	client, err := kubeclient.NewForConfig(adminConfig(c, adminToken(b, c, "floor")))
 	if err != nil {
 		b.Fatal(err)
 	}
-	list, err := client.CoreV1().Pods(c.ns).List(ctx, metav1.ListOptions{})
+	list, err := client.ListPods(ctx, c.ns, metav1.ListOptions{})
 	if err != nil {
 		b.Fatal(err)
 	}
 	return func() {
-		_, err := client.CoreV1().Nodes().Patch(ctx, c.node, types.MergePatchType, []byte(`{"spec":{"unschedulable":true}}`), metav1.PatchOptions{})
+		_, err := client.PatchNode(ctx, c.node, types.MergePatchType, []byte(`{"spec":{"unschedulable":true}}`), metav1.PatchOptions{})
 		if err != nil {
 			b.Errorf("cordon: %v", err)
 		}
@@ -231,7 +230,7 @@ func evictAll(b *testing.B, c *cluster) func() {
 				continue
 			}
 			go func() {
-				err := client.PolicyV1().Evictions(p.Namespace).Evict(ctx, &policyv1.Eviction{
+				err := client.EvictPod(ctx, &policyv1.Eviction{
 					ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: p.Name},
 				})
 				if err != nil && ctx.Err() == nil {
@@ -397,16 +396,12 @@ func adminToken(tb testing.TB, c *cluster, name string) string {
 	return tok.Status.Token
 }
 
-// adminConfig is the apiserver's address and CA with token, no
-// client-side rate limit, and protobuf.
+// adminConfig is the apiserver's address and CA with token, and no
+// client-side rate limit.
 func adminConfig(c *cluster, token string) *rest.Config {
 	return &rest.Config{
 		Host: c.env.Config.Host, BearerToken: token, QPS: -1, Burst: -1,
 		TLSClientConfig: rest.TLSClientConfig{CAData: c.env.Config.CAData},
-		ContentConfig: rest.ContentConfig{
-			ContentType:        runtime.ContentTypeProtobuf,
-			AcceptContentTypes: runtime.ContentTypeProtobuf + "," + runtime.ContentTypeJSON,
-		},
 	}
 }
 

@@ -26,32 +26,11 @@ func BenchmarkDetection(b *testing.B) {
 	var lat []time.Duration
 	for b.Loop() {
 		fake.unset(PathSpot)
-		w, err := New(Options{Endpoint: srv.URL})
-		if err != nil {
-			b.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(b.Context())
-		out := make(chan watcher.Notice, 1)
-		done := make(chan struct{})
-		before := fake.getsOf(PathSpot)
-		go func() {
-			defer close(done)
-			_ = w.Watch(ctx, out)
-		}()
-		fake.waitGets(ctx, PathSpot, before+1)
-		time.Sleep(rand.N(DefaultPollInterval))
-		start := time.Now()
-		fake.set(PathSpot, itn)
-		n := <-out
-		for n.State == watcher.StateSynced {
-			n = <-out
-		}
-		lat = append(lat, time.Since(start))
+		took, n := detectOnce(b, fake, srv.URL, PathSpot, itn, DefaultPollInterval)
+		lat = append(lat, took)
 		if n.Kind != watcher.KindSpotInterruption {
 			b.Fatalf("got %v", n)
 		}
-		cancel()
-		<-done
 	}
 	slices.Sort(lat)
 	b.Logf("slowest: %v", lat[max(0, len(lat)-5):])
@@ -64,6 +43,35 @@ func BenchmarkDetection(b *testing.B) {
 	b.ReportMetric(ms(lat[min(len(lat)-1, len(lat)*99/100)]), "p99-ms")
 	b.ReportMetric(ms(lat[len(lat)-1]), "max-ms")
 	b.ReportMetric(restRate(b, srv.URL, fake), "imds-req/s-at-rest")
+}
+
+// detectOnce starts a watcher with the default options against fake at url,
+// waits for its first read of path, then, at a random moment within
+// period, sets path to notice. It returns the time from then to the first
+// Notice other than the sync, and that Notice; the watcher is stopped.
+func detectOnce(b *testing.B, fake *fakeIMDS, url, path, notice string, period time.Duration) (time.Duration, watcher.Notice) {
+	w, err := New(Options{Endpoint: url})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(b.Context())
+	out := make(chan watcher.Notice, 1)
+	done := make(chan struct{})
+	defer func() { cancel(); <-done }()
+	before := fake.getsOf(path)
+	go func() {
+		defer close(done)
+		_ = w.Watch(ctx, out)
+	}()
+	fake.waitGets(ctx, path, before+1)
+	time.Sleep(rand.N(period))
+	start := time.Now()
+	fake.set(path, notice)
+	n := <-out
+	for n.State == watcher.StateSynced {
+		n = <-out
+	}
+	return time.Since(start), n
 }
 
 // restRate runs a watcher with the default options against fake for 10 s
@@ -124,32 +132,11 @@ func BenchmarkDetectionOther(b *testing.B) {
 				} else {
 					fake.set(c.path, c.rest)
 				}
-				w, err := New(Options{Endpoint: srv.URL})
-				if err != nil {
-					b.Fatal(err)
-				}
-				ctx, cancel := context.WithCancel(b.Context())
-				out := make(chan watcher.Notice, 1)
-				done := make(chan struct{})
-				before := fake.getsOf(c.path)
-				go func() {
-					defer close(done)
-					_ = w.Watch(ctx, out)
-				}()
-				fake.waitGets(ctx, c.path, before+1)
-				time.Sleep(rand.N(c.period))
-				start := time.Now()
-				fake.set(c.path, c.notice)
-				n := <-out
-				for n.State == watcher.StateSynced {
-					n = <-out
-				}
-				lat = append(lat, time.Since(start))
+				took, n := detectOnce(b, fake, srv.URL, c.path, c.notice, c.period)
+				lat = append(lat, took)
 				if n.Kind != c.kind {
 					b.Fatalf("got %v, want a %s notice", n, c.kind)
 				}
-				cancel()
-				<-done
 			}
 			slices.Sort(lat)
 			b.ReportMetric(ms(lat[len(lat)/2]), "p50-ms")
